@@ -1,0 +1,59 @@
+# memseg-kit: every target is idempotent and sets up what it needs.
+# `make demo` and `make test` work on a fresh machine (see README).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.memseg-installed
+DATA   ?= data/synthetic
+PORT   ?= 8866
+HOST   ?= 127.0.0.1
+PYTEST_ARGS ?=
+
+.PHONY: setup demo lab test test-fast bench browser-deps clean help
+
+help:
+	@echo "make demo   - set up, build the synthetic dataset, train a quick model if none is cached, serve the Voila dashboard"
+	@echo "make test   - set up and run the whole test suite (unit, integration, notebooks, browser)"
+	@echo "make lab    - JupyterLab on notebooks/"
+	@echo "make bench  - benchmarks (simulation, inference, training step, memory size)"
+	@echo "make setup  - create $(VENV) and install memseg with its notebook and dev extras"
+
+setup: $(STAMP)
+
+# The torch trap (DEVELOPERS.md): a CPU-only torch wheel in a local wheel folder cannot load the
+# registry's torchvision. Resolve torch and torchvision *together from the registry* by installing
+# an unpinned torchvision first (it pulls its matching torch); never pin torch==2.13.0.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch, torchvision; torchvision.ops.nms" 2>/dev/null || \
+	    $(BIN)/python -m pip install --quiet torchvision
+	$(BIN)/python -m pip install --quiet -e ".[notebooks,dev]"
+	$(BIN)/python -c "import torch, torchvision, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__)"
+	touch $(STAMP)
+
+# Headless Chromium for the dashboard's browser test comes from Debian packages (root only).
+browser-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	else echo "browser tests need Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver"; fi
+
+test: setup browser-deps
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest tests -m "not slow and not browser and not notebook" $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/run.py
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
+
+demo: setup
+	$(BIN)/python -m memseg.demo prepare --data $(DATA)
+	$(BIN)/voila "notebooks/[demo] model inference.ipynb" --port=$(PORT) --Voila.ip=$(HOST) --no-browser
+
+clean:
+	rm -rf $(VENV) .pytest_cache
