@@ -1,0 +1,352 @@
+"""Settings and preparation for the Voila demo (`make demo`).
+
+`python -m memseg.demo prepare` makes sure the dashboard has something to show:
+
+1. the dataset exists: the procedural synthetic dataset is generated when missing
+   (`memseg.data.synthetic.ensure_synthetic`);
+2. a trained checkpoint exists: a configured one is used as given; otherwise the cached demo model
+   `runs/demo/<category>/final.pt` is reused, and trained (small, quick, with a progress bar) only
+   when it is not there yet. A second run therefore returns in seconds.
+
+Settings come, lowest priority first, from the defaults below, a YAML file (`configs/demo.yaml`,
+or the file named by env `MEMSEG_DEMO_CONFIG`), environment variables (`MEMSEG_DATA`,
+`MEMSEG_CATEGORY`, `MEMSEG_CHECKPOINT`, `MEMSEG_LAYOUT`, `MEMSEG_RUNS`, `MEMSEG_DTD`,
+`MEMSEG_DEVICE`) and, for `prepare`, command-line options. The notebook calls :func:`load_settings`
+too, so the dashboard sees exactly what `prepare` prepared. Relative paths in the YAML file and in
+the environment are taken relative to the project root (the Voila kernel runs in `notebooks/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+__all__ = [
+    "DemoSettings",
+    "project_root",
+    "load_settings",
+    "demo_checkpoint_path",
+    "resolve_checkpoint",
+    "find_checkpoints",
+    "prepare",
+    "main",
+]
+
+# env variable -> DemoSettings field
+ENV_VARS: dict[str, str] = {
+    "MEMSEG_DATA": "data",
+    "MEMSEG_CATEGORY": "category",
+    "MEMSEG_CHECKPOINT": "checkpoint",
+    "MEMSEG_LAYOUT": "layout",
+    "MEMSEG_RUNS": "runs",
+    "MEMSEG_DTD": "dtd",
+    "MEMSEG_DEVICE": "device",
+}
+_PATH_FIELDS = ("data", "checkpoint", "runs", "dtd")
+DEFAULT_CONFIG = Path("configs") / "demo.yaml"
+
+
+@dataclass
+class DemoSettings:
+    """Everything the demo needs to know: where the data and the model are, and how to train one.
+
+    The `size`, `steps`, `batch_size`, `memory_size`, `lr` and `seed` fields only matter when
+    `prepare` has to train the quick demo model.
+    """
+
+    data: Path = Path("data/synthetic")
+    category: str = "weave"
+    checkpoint: Path | None = None  # None -> runs/demo/<category>/final.pt (trained by prepare)
+    layout: str = "auto"
+    runs: Path = Path("runs")  # the dashboard lists every *.pt under this folder
+    dtd: Path | None = None  # None -> auto-detect data/dtd or ../shared/data/dtd, else structure-only
+    device: str = "auto"
+    size: int = 128
+    steps: int = 300
+    batch_size: int = 8
+    memory_size: int = 30
+    lr: float | None = None  # None -> the training room's default
+    seed: int = 0
+    extra_train: dict[str, Any] = field(default_factory=dict)  # passed on to TrainConfig as given
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (paths as strings) for printing and logs."""
+        d = dataclasses.asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+def project_root() -> Path:
+    """The project folder (holding `configs/`, `notebooks/`, `runs/`).
+
+    Env `MEMSEG_ROOT` wins; else the checkout this package lives in (editable install); else the
+    current directory.
+    """
+    env = os.environ.get("MEMSEG_ROOT")
+    if env:
+        return Path(env).expanduser().resolve()
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").is_file() and (here / "memseg").is_dir():
+        return here
+    return Path.cwd().resolve()
+
+
+def _as_path(value: Any, root: Path) -> Path | None:
+    if value is None or (isinstance(value, str) and value.strip() in ("", "null", "none", "None")):
+        return None
+    p = Path(str(value)).expanduser()
+    return p if p.is_absolute() else (root / p)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert a YAML/env value to the type of the DemoSettings field `name`."""
+    if name in ("size", "steps", "batch_size", "memory_size", "seed"):
+        return int(value)
+    if name == "lr":
+        return None if value in (None, "", "null", "none") else float(value)
+    if name == "extra_train":
+        if not isinstance(value, Mapping):
+            raise ValueError(f"demo settings: 'extra_train' must be a mapping of TrainConfig options, got {value!r}")
+        return dict(value)
+    return value if value is None else str(value)
+
+
+def load_settings(
+    config: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    root: str | os.PathLike | None = None,
+    **overrides: Any,
+) -> DemoSettings:
+    """Resolve the demo settings: defaults < YAML config < environment < `overrides`.
+
+    Args:
+        config: YAML file; default env `MEMSEG_DEMO_CONFIG`, else `<root>/configs/demo.yaml` when present.
+        env: environment mapping (default `os.environ`).
+        root: project root for relative paths (default :func:`project_root`).
+        overrides: field values given explicitly (e.g. from the command line; `None` values are ignored).
+            Relative paths here are taken relative to the current directory.
+
+    Raises:
+        FileNotFoundError: an explicitly named config file does not exist.
+        ValueError: the config file holds unknown keys or is not a mapping.
+    """
+    env = os.environ if env is None else env
+    root = Path(root).resolve() if root is not None else project_root()
+    fields = {f.name for f in dataclasses.fields(DemoSettings)}
+    values: dict[str, Any] = {}
+
+    cfg_path = config if config is not None else env.get("MEMSEG_DEMO_CONFIG")
+    explicit = cfg_path is not None
+    cfg = _as_path(cfg_path, root) if explicit else root / DEFAULT_CONFIG
+    if cfg is not None and cfg.is_file():
+        loaded = yaml.safe_load(cfg.read_text()) or {}
+        if not isinstance(loaded, Mapping):
+            raise ValueError(f"demo config {cfg}: expected a YAML mapping of settings, got {type(loaded).__name__}")
+        unknown = sorted(set(loaded) - fields)
+        if unknown:
+            raise ValueError(f"demo config {cfg}: unknown keys {unknown}; expected some of {sorted(fields)}")
+        values.update({k: _coerce(k, v) for k, v in loaded.items()})
+    elif explicit:
+        raise FileNotFoundError(f"demo config {cfg} (from MEMSEG_DEMO_CONFIG or --config) does not exist")
+
+    for var, name in ENV_VARS.items():
+        if env.get(var):
+            values[name] = _coerce(name, env[var])
+    for name in _PATH_FIELDS:
+        if name in values:
+            values[name] = _as_path(values[name], root)
+
+    for name, value in overrides.items():
+        if name not in fields:
+            raise TypeError(f"load_settings: unknown setting {name!r}")
+        if value is None:
+            continue
+        if name in _PATH_FIELDS:
+            value = Path(value).expanduser().resolve()
+        values[name] = _coerce(name, value) if name not in _PATH_FIELDS else value
+
+    settings = DemoSettings(**values)
+    # Defaults are relative to the project root, not to wherever the kernel happens to run.
+    if not settings.data.is_absolute():
+        settings.data = root / settings.data
+    if not settings.runs.is_absolute():
+        settings.runs = root / settings.runs
+    if settings.dtd is None:
+        for candidate in (root / "data" / "dtd", root.parent / "shared" / "data" / "dtd"):
+            if (candidate / "images").is_dir():
+                settings.dtd = candidate
+                break
+    return settings
+
+
+def demo_checkpoint_path(settings: DemoSettings) -> Path:
+    """Where `prepare` caches its quick model: `<runs>/demo/<category>/final.pt`."""
+    return settings.runs / "demo" / settings.category / "final.pt"
+
+
+def resolve_checkpoint(settings: DemoSettings) -> Path:
+    """The configured checkpoint, else the cached demo model path (which may not exist yet)."""
+    return settings.checkpoint if settings.checkpoint is not None else demo_checkpoint_path(settings)
+
+
+def find_checkpoints(runs: str | os.PathLike, extra: list[str | os.PathLike | None] | None = None) -> list[Path]:
+    """Every `*.pt` file under `runs` (sorted, newest-trained `final.pt` files first), plus `extra` ones that exist."""
+    found: list[Path] = []
+    for p in extra or []:
+        if p is not None and Path(p).is_file():
+            found.append(Path(p).resolve())
+    runs = Path(runs)
+    if runs.is_dir():
+        pts = sorted(runs.rglob("*.pt"), key=lambda p: (p.name != "final.pt", str(p)))
+        found.extend(p.resolve() for p in pts)
+    unique: list[Path] = []
+    for p in found:
+        if p not in unique:
+            unique.append(p)
+    return unique
+
+
+def _ensure_data(settings: DemoSettings, log: Callable[[str], None]) -> None:
+    """Generate the synthetic dataset when the data root lacks the category and it is a synthetic one."""
+    from memseg.data import synthetic
+
+    if (settings.data / settings.category).is_dir():
+        log(f"data: {settings.data / settings.category} (found)")
+        return
+    if settings.category not in synthetic.CATEGORIES:
+        raise FileNotFoundError(
+            f"data: category folder {settings.data / settings.category} does not exist and {settings.category!r} "
+            f"is not a synthetic category ({', '.join(synthetic.CATEGORIES)}); set MEMSEG_DATA / MEMSEG_CATEGORY "
+            "to an MVTec AD style dataset (<root>/<category>/train/good, test/<defect>, ground_truth/<defect>)"
+        )
+    log(f"data: generating the synthetic dataset in {settings.data} (seed {settings.seed}) ...")
+    t0 = time.perf_counter()
+    synthetic.ensure_synthetic(settings.data, seed=settings.seed)
+    log(f"data: done in {time.perf_counter() - t0:.1f} s")
+
+
+def _train_config(settings: DemoSettings, out: Path):
+    """A TrainConfig for the quick demo model; only options the training room knows are passed."""
+    from memseg import training
+
+    wanted: dict[str, Any] = {
+        "data": str(settings.data),
+        "data_root": str(settings.data),
+        "root": str(settings.data),
+        "category": settings.category,
+        "layout": settings.layout,
+        "out": str(out),
+        "out_dir": str(out),
+        "run_dir": str(out),
+        "steps": settings.steps,
+        "size": settings.size,
+        "image_size": settings.size,
+        "batch_size": settings.batch_size,
+        "memory_size": settings.memory_size,
+        "seed": settings.seed,
+        "device": settings.device,
+        "dtd": str(settings.dtd) if settings.dtd else None,
+        "dtd_root": str(settings.dtd) if settings.dtd else None,
+    }
+    if settings.lr is not None:
+        wanted["lr"] = settings.lr
+    wanted.update(settings.extra_train)
+    names = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    return training.TrainConfig(**{k: v for k, v in wanted.items() if k in names})
+
+
+def prepare(
+    settings: DemoSettings | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Make sure the dataset and a checkpoint exist; returns the checkpoint path.
+
+    A configured checkpoint (`settings.checkpoint`) must exist (it is never trained over). Without
+    one, the cached demo model `<runs>/demo/<category>/final.pt` is loaded to check it, or trained
+    when missing.
+
+    Raises:
+        FileNotFoundError: the configured checkpoint or a non-synthetic dataset is missing.
+    """
+    settings = settings or load_settings()
+    t0 = time.perf_counter()
+    _ensure_data(settings, log)
+
+    if settings.checkpoint is not None:
+        if not settings.checkpoint.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {settings.checkpoint} (from MEMSEG_CHECKPOINT, the demo config or --checkpoint) does not exist; "
+                "unset it to let `prepare` train a quick demo model"
+            )
+        ckpt = settings.checkpoint
+        log(f"model: using the configured checkpoint {ckpt}")
+    else:
+        ckpt = demo_checkpoint_path(settings)
+        if ckpt.is_file():
+            log(f"model: reusing the cached demo model {ckpt} (delete it to retrain)")
+        else:
+            from memseg import training
+
+            out = ckpt.parent
+            log(
+                f"model: no cached model at {ckpt}; training a quick demo model "
+                f"({settings.steps} steps, {settings.size}x{settings.size}, batch {settings.batch_size}) ..."
+            )
+            t1 = time.perf_counter()
+            result = training.train(_train_config(settings, out), progress=progress)
+            produced = Path(result.checkpoint)
+            if produced.resolve() != ckpt.resolve():
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                tmp = ckpt.with_suffix(".pt.tmp")
+                tmp.write_bytes(produced.read_bytes())
+                os.replace(tmp, ckpt)
+            log(f"model: trained in {time.perf_counter() - t1:.1f} s -> {ckpt}")
+
+    # Load once: a corrupt or mismatched checkpoint fails here with a clear message, not in the page.
+    from memseg.checkpoint import load_checkpoint
+
+    load_checkpoint(ckpt, "cpu")
+    log(f"ready in {time.perf_counter() - t0:.1f} s: data {settings.data} category {settings.category} checkpoint {ckpt}")
+    return ckpt
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m memseg.demo", description="prepare data and a model for the Voila demo")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="generate the synthetic data and train a quick model if none is cached")
+    p.add_argument("--config", default=None, help="demo YAML (default: env MEMSEG_DEMO_CONFIG, else configs/demo.yaml)")
+    p.add_argument("--data", default=None, help="dataset root (default: env MEMSEG_DATA, config, data/synthetic)")
+    p.add_argument("--category", default=None)
+    p.add_argument("--checkpoint", default=None, help="use this trained checkpoint instead of the demo model")
+    p.add_argument("--steps", type=int, default=None, help="training steps for the quick demo model")
+    p.add_argument("--size", type=int, default=None, help="image side for the quick demo model")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda")
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(
+            args.config, data=args.data, category=args.category, checkpoint=args.checkpoint,
+            steps=args.steps, size=args.size, device=args.device,
+        )
+        print("memseg demo settings: " + ", ".join(f"{k}={v}" for k, v in settings.as_dict().items() if k != "extra_train"))
+        prepare(settings, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"memseg demo: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
