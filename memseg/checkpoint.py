@@ -1,0 +1,213 @@
+"""Checkpoints: atomic save, safe load (`torch.load(weights_only=True)`), clear mismatch errors.
+
+A checkpoint is a plain dict of tensors and Python primitives, so it loads with
+``weights_only=True`` (no pickled classes):
+
+- ``format_version`` (int) and ``kind == "memseg-kit-checkpoint"``: what this file is;
+- ``model_name`` ("memseg" | "draem" | "mmr") and ``model_config`` (``asdict(model.config)``);
+- ``model_state``: ``model.state_dict()`` — for MemSeg this includes the memory bank (buffers);
+- ``optimizer_state`` / ``scheduler_state`` (or None), ``step``, ``config`` (the TrainConfig as a dict);
+- ``weights_source``: what the encoder was initialised from ("random", "imagenet", a path);
+- ``threshold``: image-level decision threshold picked on the validation split (or None);
+- ``extra``: anything else, e.g. RNG states in weights_only-safe form (see :mod:`memseg.training`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from memseg.utils import select_device
+
+FORMAT_VERSION = 1
+KIND = "memseg-kit-checkpoint"
+
+
+def _plain(value: Any) -> Any:
+    """Convert config values (dataclasses, Paths, tuples) to weights_only-safe primitives."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def model_config_dict(model: nn.Module) -> dict:
+    """The model's config as a plain dict (``asdict(model.config)``), ``{}`` when it has none."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return {}
+    if dataclasses.is_dataclass(cfg):
+        return _plain(dataclasses.asdict(cfg))
+    return _plain(dict(cfg))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it into place.
+
+    A run killed mid-write leaves the previous file intact (never a truncated checkpoint).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    config: Any = None,
+    step: int = 0,
+    extra: dict | None = None,
+    threshold: float | None = None,
+    weights_source: str | None = None,
+) -> Path:
+    """Write a checkpoint atomically (tmp file + ``os.replace``); returns its path.
+
+    Args:
+        path: destination ``.pt`` file (parent folders are created).
+        model: a memseg-kit model (has ``name`` and ``config``); its ``state_dict`` is stored,
+            memory bank included.
+        optimizer, scheduler: stored with ``state_dict()`` when given (for ``--resume``).
+        config: the training config (dataclass or dict), stored as a plain dict.
+        step: number of optimisation steps done.
+        extra: more weights_only-safe values (e.g. RNG states, validation metrics).
+        threshold: image-level decision threshold (from the validation split).
+        weights_source: encoder initialisation ("random", "imagenet" or a path); defaults to
+            ``model.config.weights`` when the model has one.
+    """
+    mcfg = model_config_dict(model)
+    state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
+    ckpt = {
+        "kind": KIND,
+        "format_version": FORMAT_VERSION,
+        "model_name": str(getattr(model, "name", type(model).__name__.lower())),
+        "model_config": mcfg,
+        "model_state": state,
+        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
+        "config": _plain(config) if config is not None else {},
+        "step": int(step),
+        "weights_source": str(weights_source if weights_source is not None else mcfg.get("weights", "unknown")),
+        "threshold": None if threshold is None else float(threshold),
+        "extra": _plain(extra) if extra is not None else {},
+        "torch_version": torch.__version__,
+    }
+    return atomic_torch_save(ckpt, path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load the raw checkpoint dict with ``weights_only=True`` (tensors stay on the CPU).
+
+    Raises:
+        FileNotFoundError: the file does not exist (names it).
+        ValueError: the file is not a memseg-kit checkpoint, or has a newer format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (expected a .pt file written by `memseg train`)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError) as err:
+        raise ValueError(
+            f"{path} is not a memseg checkpoint (torch.load(weights_only=True) failed: {str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        ) from err
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND or "model_state" not in ckpt:
+        raise ValueError(
+            f"{path} is not a memseg checkpoint (expected a dict with kind={KIND!r}, model_state, model_config; "
+            f"found {type(ckpt).__name__}{' with keys ' + str(sorted(ckpt)[:8]) if isinstance(ckpt, dict) else ''})"
+        )
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{path} has checkpoint format_version={version!r}; this memseg-kit reads up to {FORMAT_VERSION}")
+    return ckpt
+
+
+def _as_size(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return (value, value)
+    return tuple(int(v) for v in value)  # type: ignore[return-value]
+
+
+def check_expected(ckpt: dict, path: str | Path, model: str | None = None, input_size: Any = None, memory_size: int | None = None) -> None:
+    """Raise ``ValueError`` naming stored and expected values when the checkpoint does not match."""
+    stored_name = ckpt.get("model_name")
+    if model is not None and stored_name != model:
+        raise ValueError(f"{path} holds a {stored_name!r} model, but a {model!r} model was expected")
+    mcfg = ckpt.get("model_config") or {}
+    if input_size is not None:
+        stored = _as_size(mcfg.get("input_size"))
+        if stored != _as_size(input_size):
+            raise ValueError(f"{path} was trained at input size {stored} (H, W), but input size {_as_size(input_size)} was expected")
+    if memory_size is not None:
+        stored_n = mcfg.get("memory_size")
+        if stored_n != memory_size:
+            raise ValueError(f"{path} has a memory bank of N={stored_n} samples, but N={memory_size} was expected")
+
+
+def load_checkpoint(
+    path: str | Path,
+    device: str | torch.device = "auto",
+    model: str | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    memory_size: int | None = None,
+) -> tuple[nn.Module, dict]:
+    """Rebuild the model from the stored config and load its weights (memory bank included).
+
+    Args:
+        path: checkpoint file.
+        device: "auto" | "cpu" | "cuda".
+        model, input_size, memory_size: optional expectations; a mismatch raises ``ValueError``
+            naming the stored and the expected value.
+
+    Returns:
+        ``(model, info)``: the model in eval mode on ``device``; ``info`` is the checkpoint dict
+        without ``model_state`` (step, config, threshold, weights_source, optimizer/scheduler state, extra...)
+        plus ``path``.
+    """
+    from memseg.models import build_model
+
+    ckpt = read_checkpoint(path)
+    check_expected(ckpt, path, model=model, input_size=input_size, memory_size=memory_size)
+    mcfg = dict(ckpt.get("model_config") or {})
+    if "weights" in mcfg:
+        # The stored state replaces every weight: no need to load (or download) the initial ones.
+        mcfg["weights"] = "random"
+    try:
+        net = build_model(ckpt["model_name"], mcfg)
+    except (TypeError, KeyError) as err:
+        raise ValueError(f"{path}: cannot rebuild model {ckpt.get('model_name')!r} from the stored config {mcfg}: {err}") from err
+    try:
+        net.load_state_dict(ckpt["model_state"], strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: stored weights do not fit the {ckpt['model_name']!r} model: {str(err).splitlines()[0]} ...") from err
+    dev = select_device(device)
+    net.to(dev).eval()
+    info = {k: v for k, v in ckpt.items() if k != "model_state"}
+    info["path"] = str(path)
+    return net, info

@@ -1,0 +1,272 @@
+"""Honest evaluation on the test split: one checkpoint (the final one), no model selection on test.
+
+Image score = mean of the top-k (100, paper §4.1) pixel probabilities of the anomaly map; metrics
+come from :func:`memseg.metrics.compute_metrics` (image AUROC, pixel AUROC, AUPRO@0.3, F1-max).
+The decision threshold reported with accuracy/precision/recall is the one picked on the
+*validation* split during training, never one tuned on the test set (F1-max's threshold is shown
+only as what it is: an oracle).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from memseg.utils import normalize, select_device
+
+METRICS_JSON = "metrics.json"
+METRICS_MD = "metrics.md"
+
+
+@dataclass
+class Predictions:
+    """Model outputs on a dataset, in dataset order."""
+
+    scores: np.ndarray  # (N,) float64 image scores
+    maps: np.ndarray  # (N, H, W) float32 anomaly maps in [0, 1] at the model's input size
+    labels: np.ndarray  # (N,) int 0 normal / 1 anomalous
+    masks: np.ndarray  # (N, H, W) bool ground truth (nearest-resized), zeros for normal images
+    defects: list[str]  # (N,) defect type, "good" for normal images
+    paths: list[str]
+    seconds: float = 0.0  # wall time of the forward passes
+
+
+def image_scores(maps: torch.Tensor, top_k: int = 100) -> torch.Tensor:
+    """Mean of the ``top_k`` highest pixel scores per map (paper §4.1): (B, 1, H, W) -> (B,)."""
+    flat = maps.flatten(1).float()
+    return flat.topk(min(int(top_k), flat.shape[1]), dim=1).values.mean(dim=1)
+
+
+@torch.no_grad()
+def collect_predictions(
+    model: nn.Module,
+    dataset,
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+    top_k: int = 100,
+    progress: bool = True,
+    amp: bool = False,
+) -> Predictions:
+    """Run ``model.anomaly_map`` over a dataset of dict items (``memseg.data.AnomalyDataset``).
+
+    Images are normalised right before the network; maps stay at the model's input size.
+    ``amp`` enables bf16 autocast on CUDA (off by default: metrics in float32).
+    """
+    from tqdm.auto import tqdm
+
+    if len(dataset) == 0:
+        raise ValueError("collect_predictions: the dataset is empty")
+    dev = select_device(device)
+    model = model.to(dev).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    scores, maps, labels, masks, defects, paths = [], [], [], [], [], []
+    seconds = 0.0
+    for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
+        x = batch["image"].to(dev)
+        t0 = time.perf_counter()
+        if amp and dev.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                amap = model.anomaly_map(normalize(x))
+        else:
+            amap = model.anomaly_map(normalize(x))
+        amap = amap.float().clamp_(0.0, 1.0)  # (B, 1, H, W)
+        s = image_scores(amap, top_k)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        seconds += time.perf_counter() - t0
+        scores.append(s.cpu().double().numpy())
+        maps.append(amap[:, 0].cpu().numpy().astype(np.float32))
+        masks.append(batch["mask"][:, 0].numpy() > 0.5)
+        labels.append(np.asarray(batch["label"]).astype(np.int64))
+        defects += list(batch["defect"])
+        paths += list(batch["path"])
+    return Predictions(
+        scores=np.concatenate(scores), maps=np.concatenate(maps), labels=np.concatenate(labels),
+        masks=np.concatenate(masks), defects=defects, paths=paths, seconds=seconds,
+    )
+
+
+def decision_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Accuracy, precision, recall and F1 of ``score >= threshold`` (a threshold fixed before the test)."""
+    y = np.asarray(labels) > 0
+    p = np.asarray(scores) >= threshold
+    tp, fp, fn, tn = int((p & y).sum()), int((p & ~y).sum()), int((~p & y).sum()), int((~p & ~y).sum())
+    prec = tp / (tp + fp) if tp + fp else float("nan")
+    rec = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    return {"threshold": float(threshold), "accuracy": (tp + tn) / max(y.size, 1), "precision": prec,
+            "recall": rec, "f1": f1, "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def _json_safe(value: Any) -> Any:
+    """nan/inf -> None so metrics.json is standard JSON."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{100 * v:.1f}"
+
+
+def metrics_markdown(result: dict) -> str:
+    """A markdown table like a row of the paper's Table 1, plus a per-defect table (values in %)."""
+    o = result["overall"]
+    head = "| category | image AUROC | pixel AUROC | AUPRO@0.3 | image F1-max |"
+    lines = [
+        f"# {result.get('model', 'model')} on {result.get('category')}",
+        "",
+        f"Checkpoint `{result.get('checkpoint')}` (step {result.get('step')}), weights {result.get('weights_source')}, "
+        f"input {result.get('input_size')}, image score = mean of top-{result.get('top_k')} pixel scores; "
+        f"{o['n_images']} test images ({o['n_anomalous']} anomalous).",
+        "",
+        head,
+        "|---|---|---|---|---|",
+        f"| {result.get('category')} | {_pct(o['image_auroc'])} | {_pct(o['pixel_auroc'])} | {_pct(o['aupro'])} | {_pct(o['f1_max'])} |",
+        "",
+    ]
+    if result.get("per_defect"):
+        lines += ["## Per defect type (each with all normal test images)", "",
+                  "| defect | images | image AUROC | pixel AUROC | AUPRO@0.3 | image F1-max |", "|---|---|---|---|---|---|"]
+        for name, b in result["per_defect"].items():
+            lines.append(f"| {name} | {b['n_anomalous']} | {_pct(b['image_auroc'])} | {_pct(b['pixel_auroc'])} | {_pct(b['aupro'])} | {_pct(b['f1_max'])} |")
+        lines.append("")
+    d = result.get("decision")
+    if d:
+        lines += [f"Decision threshold {d['threshold']:.4f} ({d['source']}): accuracy {_pct(d['accuracy'])} %, "
+                  f"precision {_pct(d['precision'])} %, recall {_pct(d['recall'])} %.", ""]
+    lines += ["All numbers in %. Final checkpoint only; no model selection on the test set.", ""]
+    return "\n".join(lines)
+
+
+def _resolve_model(checkpoint_or_model: Any, device: str | torch.device) -> tuple[nn.Module, dict]:
+    if isinstance(checkpoint_or_model, nn.Module):
+        return checkpoint_or_model, {"checkpoint": None}
+    from memseg.checkpoint import load_checkpoint
+
+    model, info = load_checkpoint(checkpoint_or_model, device=device)
+    cfg = info.get("config") or {}
+    planned = cfg.get("steps")
+    if planned is not None and info.get("step") is not None and info["step"] < planned:
+        warnings.warn(f"{checkpoint_or_model}: evaluating a checkpoint at step {info['step']} of {planned} "
+                      "(the run did not finish)", stacklevel=3)
+    return model, {"checkpoint": str(checkpoint_or_model), **info}
+
+
+def evaluate(
+    checkpoint_or_model: str | Path | nn.Module,
+    data: str | Path,
+    category: str,
+    layout: str = "auto",
+    out: str | Path | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+    top_k: int | None = None,
+    size: int | tuple[int, int] | None = None,
+    threshold: float | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
+    """Evaluate a checkpoint (or a model) on ``<data>/<category>`` test split.
+
+    Args:
+        checkpoint_or_model: a checkpoint path (the run's final one) or a model with ``anomaly_map``.
+        out: folder for ``metrics.json`` + ``metrics.md`` (None: write nothing). Existing metrics
+            files there are an error unless ``overwrite``.
+        top_k: image score = mean of the top-k pixel scores (default: the training config's, else 100).
+        size: input size for a bare model without ``config.input_size`` (default 256).
+        threshold: decision threshold (default: the checkpoint's validation threshold).
+
+    Returns:
+        dict with ``overall`` and ``per_defect`` metrics (image_auroc, pixel_auroc, aupro, f1_max,
+        f1_threshold, counts), ``decision`` (metrics at the validation threshold, if any) and
+        run information (category, model, checkpoint, step, weights_source, input_size, top_k).
+    """
+    from memseg.data import load_split
+    from memseg.metrics import compute_metrics
+
+    if out is not None and not overwrite:
+        existing = [Path(out) / n for n in (METRICS_JSON, METRICS_MD) if (Path(out) / n).exists()]
+        if existing:
+            raise ValueError(f"{existing[0]} already exists; choose another output folder (or overwrite=True)")
+    model, info = _resolve_model(checkpoint_or_model, device)
+    mcfg = getattr(model, "config", None)
+    input_size = getattr(mcfg, "input_size", None) or size or 256
+    input_size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(v) for v in input_size)
+    train_cfg = info.get("config") or {}
+    top_k = int(top_k or train_cfg.get("top_k") or 100)
+    if threshold is None:
+        threshold = info.get("threshold")
+
+    dataset = load_split(data, category, split="test", size=input_size, layout=layout)
+    if len(dataset) == 0:
+        raise ValueError(f"{data}: category {category!r} has no test images")
+    preds = collect_predictions(model, dataset, batch_size=batch_size, device=device, top_k=top_k, progress=progress)
+    pixel = dataset.has_masks
+    metrics = compute_metrics(preds.labels, preds.scores, preds.masks if pixel else None,
+                              preds.maps if pixel else None, defects=preds.defects)
+    result: dict[str, Any] = {
+        "category": category,
+        "data": str(data),
+        "model": getattr(model, "name", type(model).__name__),
+        "checkpoint": info.get("checkpoint"),
+        "step": info.get("step"),
+        "steps_planned": train_cfg.get("steps"),
+        "weights_source": info.get("weights_source", getattr(mcfg, "weights", None)),
+        "input_size": list(input_size),
+        "top_k": top_k,
+        "n_images": int(preds.labels.size),
+        "ms_per_image": 1000.0 * preds.seconds / max(preds.labels.size, 1),
+        **metrics,
+    }
+    if threshold is not None:
+        result["decision"] = {**decision_metrics(preds.labels, preds.scores, threshold),
+                              "source": "validation split (train/good + simulated anomalies)"}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / METRICS_JSON).write_text(json.dumps(_json_safe(result), indent=2))
+        (out / METRICS_MD).write_text(metrics_markdown(result))
+        result["out"] = str(out)
+    return result
+
+
+def _default_out(checkpoint: Path, category: str) -> Path:
+    """``<run>/eval-<category>`` next to the run's checkpoints folder; a fresh ``-2``, ``-3`` ... if taken."""
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    base = run / f"eval-{category}"
+    candidate, n = base, 1
+    while (candidate / METRICS_JSON).exists() or (candidate / METRICS_MD).exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def cli_evaluate(args) -> int:
+    """`memseg evaluate`: metrics of a checkpoint on the test split; writes metrics.json/.md."""
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else _default_out(ckpt, args.category)
+    result = evaluate(ckpt, args.data, args.category, layout=args.layout, out=out,
+                      batch_size=args.batch_size, device=args.device)
+    o = result["overall"]
+    print(f"{result['category']}: image AUROC {_pct(o['image_auroc'])}  pixel AUROC {_pct(o['pixel_auroc'])}  "
+          f"AUPRO@0.3 {_pct(o['aupro'])}  image F1-max {_pct(o['f1_max'])}  ({o['n_images']} images, step {result['step']})")
+    print(f"metrics: {out / METRICS_JSON}, {out / METRICS_MD}")
+    return 0

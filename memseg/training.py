@@ -1,0 +1,630 @@
+"""Training loop (paper §4.1): config, simulated-anomaly batches, logs, checkpoints, exact resume.
+
+One step (paper §4.1): a batch of ``batch_normal`` normal + ``batch_anomalous`` simulated
+anomalous train images (4 + 4), loss ``model.compute_loss`` (eq. 8-10 for MemSeg), SGD lr 0.04.
+
+Design (PITFALLS "Speed", "Training and evaluation"):
+- train/good images are decoded and resized ONCE into a uint8 tensor on the device; a step only
+  indexes it (no decoding, no CPU<->GPU copies of the cache);
+- anomalies are simulated batched on the device and images are ImageNet-normalised AFTER compositing;
+- the memory bank uses N random train images (seeded) that are not trained on, and a held-back
+  validation split (train/good + simulated anomalies) picks the decision threshold — the test
+  set is never looked at;
+- checkpoints hold everything needed to continue bit-identically (model incl. memory bank,
+  optimizer, scheduler, RNG states), written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import random
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+
+from memseg.checkpoint import read_checkpoint, save_checkpoint
+from memseg.utils import normalize, seed_everything, select_device
+
+MODEL_NAMES = ("memseg", "draem", "mmr")
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.pt"
+LOG_CSV = "train_log.csv"
+LOG_JSONL = "train_log.jsonl"
+
+# Fields that may differ between the stored config and the one given to ``--resume``.
+_RESUME_MUTABLE = {"steps", "device", "out", "data", "dtd_root", "log_every", "checkpoint_every", "amp", "channels_last"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; loadable from YAML (:meth:`from_yaml`).
+
+    Defaults follow the paper (§4.1): 2700 steps, 256x256, batch 4 normal + 4 simulated, SGD lr 0.04.
+    """
+
+    data: str | None = None  # dataset root
+    category: str | None = None
+    layout: str = "auto"  # auto | mvtec | btad | folder
+    model: str = "memseg"  # memseg | draem | mmr
+    model_options: dict = field(default_factory=dict)  # e.g. weights, memory_size, use_memory, ...
+    simulation: dict = field(default_factory=dict)  # SimulationConfig overrides (threshold, grid, ...)
+    size: int | list = 256  # input side, or [H, W]
+    steps: int = 2700
+    batch_normal: int = 4
+    batch_anomalous: int = 4
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.04
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 5e-4
+    scheduler: str = "cosine"  # cosine (with linear warmup) | constant
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.01  # cosine floor, as a fraction of lr
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = False  # CUDA memory format option
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
+    dtd_root: str | None = None  # DTD root (images/<category>/*.jpg); None -> structure-only simulation
+    out: str | None = None  # run folder; default runs/<category>-<model>
+    log_every: int = 10  # progress-bar refresh / log flush interval (every step is logged)
+    checkpoint_every: int = 500
+    val_fraction: float = 0.1  # held-back train/good images for the validation split
+    top_k: int = 100  # image score = mean of the top-k pixel scores
+
+    # ------------------------------------------------------------------ construction / validation
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
+        """Build from a dict; unknown keys raise ``ValueError`` naming them and ``source``."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: expected a mapping of TrainConfig fields, got {type(values).__name__}")
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"{source}: unknown config key(s) {unknown}; valid keys: {', '.join(cls.field_names())}")
+        cfg = cls(**values)
+        cfg.validate(source)
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """Load a YAML file; keyword ``overrides`` that are not None replace file values."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path} (expected a YAML file of TrainConfig keys)")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of TrainConfig keys at the top level, got {type(values).__name__}")
+        values = merge_overrides(values, overrides)
+        return cls.from_dict(values, source=str(path))
+
+    def validate(self, source: str = "config") -> None:
+        """Coerce numeric strings (YAML reads ``4e-2`` as a string) and check value ranges."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("float",) and isinstance(v, (str, int)) and not isinstance(v, bool):
+                try:
+                    setattr(self, f.name, float(v))
+                except ValueError:
+                    raise ValueError(f"{source}: {f.name} must be a number, got {v!r}") from None
+            elif f.type in ("int",) and not isinstance(v, int):
+                if isinstance(v, float) and v.is_integer():
+                    setattr(self, f.name, int(v))
+                else:
+                    raise ValueError(f"{source}: {f.name} must be an integer, got {v!r}")
+            elif f.type in ("bool",) and not isinstance(v, bool):
+                raise ValueError(f"{source}: {f.name} must be true or false, got {v!r}")
+            elif f.type == "dict" and not isinstance(v, dict):
+                raise ValueError(f"{source}: {f.name} must be a mapping, got {v!r}")
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"{source}: model must be one of {MODEL_NAMES}, got {self.model!r}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"{source}: optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.scheduler not in ("cosine", "constant"):
+            raise ValueError(f"{source}: scheduler must be 'cosine' or 'constant', got {self.scheduler!r}")
+        if self.layout not in ("auto", "mvtec", "btad", "folder"):
+            raise ValueError(f"{source}: layout must be auto, mvtec, btad or folder, got {self.layout!r}")
+        for name in ("steps", "checkpoint_every", "log_every", "top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{source}: {name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_normal < 0 or self.batch_anomalous < 0 or self.batch_normal + self.batch_anomalous < 1:
+            raise ValueError(f"{source}: batch_normal + batch_anomalous must be >= 1 (got {self.batch_normal} + {self.batch_anomalous})")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"{source}: val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.lr <= 0:
+            raise ValueError(f"{source}: lr must be > 0, got {self.lr}")
+        self.input_size  # noqa: B018  (validates size)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) of the network input."""
+        s = self.size
+        if isinstance(s, int) and not isinstance(s, bool):
+            hw = (s, s)
+        elif isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(v, int) for v in s):
+            hw = (int(s[0]), int(s[1]))
+        else:
+            raise ValueError(f"size must be an int or [H, W], got {s!r}")
+        if min(hw) < 32:
+            raise ValueError(f"size must be at least 32 pixels per side, got {hw}")
+        return hw
+
+    def run_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs") / f"{self.category}-{self.model}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def merge_overrides(values: dict, overrides: dict) -> dict:
+    """``values`` with every non-None override applied; ``model_options`` dicts are merged key by key."""
+    out = dict(values)
+    for key, val in overrides.items():
+        if val is None:
+            continue
+        if key in ("model_options", "simulation") and isinstance(val, dict):
+            out[key] = {**(out.get(key) or {}), **val}
+        else:
+            out[key] = val
+    return out
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """TrainConfig from an optional YAML file plus overrides (None values are ignored)."""
+    if path is not None:
+        return TrainConfig.from_yaml(path, **overrides)
+    return TrainConfig.from_dict(merge_overrides({}, overrides), source="overrides")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    run_dir: Path
+    checkpoint: Path
+    history: list[dict]  # one dict per step done in this call (step, loss parts, lr, seconds)
+    threshold: float | None = None  # image decision threshold from the validation split
+    validation: dict | None = None  # validation-split metrics (simulated anomalies, never the test set)
+
+
+# ------------------------------------------------------------------------------------ RNG states
+def rng_state(generator: torch.Generator) -> dict:
+    """All RNG states in weights_only-safe form (tensors, ints, floats, strings)."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "generator": generator.get_state(),  # uint8 tensor
+        "torch_cpu": torch.get_rng_state(),
+        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64), "gauss_next": py_gauss},
+    }
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    """Inverse of :func:`rng_state`."""
+    generator.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch_cpu"].cpu())
+    if state.get("torch_cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["torch_cuda"]])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
+
+
+# ---------------------------------------------------------------------------- building blocks
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier after ``step`` scheduler steps: linear warmup, then cosine to ``min_lr_ratio``."""
+    if cfg.scheduler == "constant":
+        return 1.0
+    warm = min(cfg.warmup_steps, max(cfg.steps - 1, 0))
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(cfg.steps - warm, 1)
+    progress = min(max(progress, 0.0), 1.0)
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
+    """Optimizer over the trainable parameters + a LambdaLR scheduler (stepped once per iteration)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"model {cfg.model!r} has no trainable parameters")
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    return opt, sched
+
+
+def model_config_for(cfg: TrainConfig) -> dict:
+    """The model config dict handed to ``build_model``: input size plus ``model_options``."""
+    return {"input_size": cfg.input_size, **cfg.model_options}
+
+
+def split_indices(n: int, cfg: TrainConfig, memory_size: int) -> dict[str, list[int]]:
+    """Seeded disjoint split of the n train/good images into validation, memory and training pools.
+
+    Uses its own generator so the split depends only on the seed (identical on resume).
+    """
+    g = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+    perm = torch.randperm(n, generator=g).tolist()
+    n_val = int(round(n * cfg.val_fraction)) if cfg.val_fraction > 0 else 0
+    if cfg.val_fraction > 0 and n_val < 2 and n >= 8:
+        n_val = 2
+    val, rest = perm[:n_val], perm[n_val:]
+    if memory_size > len(rest):
+        raise ValueError(
+            f"{cfg.category}: only {len(rest)} train/good images remain after holding back {n_val} for validation, "
+            f"but the memory bank needs N={memory_size}; lower model_options.memory_size or val_fraction"
+        )
+    memory = rest[:memory_size]
+    pool = rest[memory_size:]
+    if len(pool) < 1:
+        # Tiny datasets: train on the memory images too rather than not at all (warned).
+        warnings.warn(
+            f"{cfg.category}: no train/good image left for training after {n_val} validation and {memory_size} memory "
+            "images; training on the memory images as well", stacklevel=3)
+        pool = list(memory)
+    return {"val": sorted(val), "memory": memory, "train": sorted(pool)}
+
+
+def image_scores(maps: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Image score = mean of the top-k pixel scores of each map (paper §4.1). maps (B, 1, H, W) -> (B,)."""
+    flat = maps.flatten(1).float()
+    k = min(top_k, flat.shape[1])
+    return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+class _StepLog:
+    """Appends one CSV row and one JSON line per step; on resume, drops lines past the checkpoint."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None):
+        self.csv_path = run_dir / LOG_CSV
+        self.jsonl_path = run_dir / LOG_JSONL
+        self.fields: list[str] | None = None
+        if resume_step is None:
+            for p in (self.csv_path, self.jsonl_path):
+                p.unlink(missing_ok=True)
+        else:
+            self._truncate(resume_step)
+        self.csv_fh = open(self.csv_path, "a", newline="")
+        self.jsonl_fh = open(self.jsonl_path, "a")
+
+    def _truncate(self, step: int) -> None:
+        """Keep only log lines of steps <= ``step`` (a killed run may have logged steps past its last checkpoint)."""
+        if self.jsonl_path.exists():
+            lines = [ln for ln in self.jsonl_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+            self.jsonl_path.write_text("".join(ln + "\n" for ln in lines))
+        if self.csv_path.exists():
+            with open(self.csv_path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+                self.fields = list(rows[0].keys()) if rows else None
+            rows = [r for r in rows if int(r["step"]) <= step]
+            if self.fields:
+                with open(self.csv_path, "w", newline="") as fh:
+                    w = csv.DictWriter(fh, fieldnames=self.fields)
+                    w.writeheader()
+                    w.writerows(rows)
+            else:
+                self.csv_path.unlink()
+
+    def write(self, row: dict) -> None:
+        if self.fields is None:
+            self.fields = list(row.keys())
+            csv.DictWriter(self.csv_fh, fieldnames=self.fields).writeheader()
+        csv.DictWriter(self.csv_fh, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+        self.jsonl_fh.write(json.dumps(row) + "\n")
+
+    def flush(self) -> None:
+        self.csv_fh.flush()
+        self.jsonl_fh.flush()
+
+    def close(self) -> None:
+        self.csv_fh.close()
+        self.jsonl_fh.close()
+
+
+def existing_checkpoints(run_dir: Path) -> list[Path]:
+    d = Path(run_dir) / CHECKPOINT_DIR
+    return sorted(d.glob("*.pt")) if d.is_dir() else []
+
+
+def _check_resume_config(stored: dict, cfg: TrainConfig, path: Path) -> None:
+    diffs = []
+    current = cfg.to_dict()
+    for key, val in stored.items():
+        if key in _RESUME_MUTABLE or key not in current:
+            continue
+        a, b = json.dumps(val, sort_keys=True), json.dumps(current[key], sort_keys=True)
+        if a != b:
+            diffs.append(f"{key}: stored {val!r}, given {current[key]!r}")
+    if diffs:
+        raise ValueError(f"--resume: the config differs from the one stored in {path}: " + "; ".join(diffs))
+
+
+# ------------------------------------------------------------------------------------ validation
+@torch.no_grad()
+def validate(model, images_u8: torch.Tensor, simulator, cfg: TrainConfig, device: torch.device) -> dict:
+    """Image scores on held-back normal images and their simulated-anomaly versions -> threshold.
+
+    The decision threshold is the F1-max threshold on this validation split (never the test set).
+    Uses its own generator, so it neither reads nor changes the training RNG streams.
+    """
+    from memseg.metrics import f1_max, image_auroc, pixel_auroc
+
+    g = torch.Generator(device=device).manual_seed(cfg.seed + 2_000_003)
+    was_training = model.training
+    model.eval()
+    scores, labels, masks_all, maps_all = [], [], [], []
+    bs = max(cfg.batch_normal + cfg.batch_anomalous, 1)
+    try:
+        for i in range(0, images_u8.shape[0], bs):
+            clean = images_u8[i:i + bs].float().div_(255.0)
+            sim = simulator.simulate(clean, generator=g)
+            for x, m, y in ((clean, torch.zeros_like(sim.masks), 0), (sim.images, sim.masks, 1)):
+                with _autocast(device, cfg.amp):
+                    amap = model.anomaly_map(normalize(x)).float()
+                scores.append(image_scores(amap, cfg.top_k).cpu())
+                labels += [y] * x.shape[0]
+                masks_all.append(m.cpu())
+                maps_all.append(amap.cpu())
+    finally:
+        model.train(was_training)
+    s = torch.cat(scores).numpy()
+    y = np.asarray(labels)
+    f1, thr = f1_max(y, s)
+    return {
+        "n_normal": int((y == 0).sum()), "n_simulated": int((y == 1).sum()),
+        "image_auroc": image_auroc(y, s), "pixel_auroc": pixel_auroc(torch.cat(masks_all), torch.cat(maps_all)),
+        "f1_max": f1, "threshold": thr,
+    }
+
+
+# ------------------------------------------------------------------------------------- training
+def train(
+    config: TrainConfig,
+    progress: bool = True,
+    callback: Callable[[int, dict], None] | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train ``config.model`` on ``config.category``; returns the run folder, checkpoint and history.
+
+    Args:
+        config: the run's :class:`TrainConfig`.
+        progress: show a tqdm bar with the live loss.
+        callback: called as ``callback(step, logs)`` after every step (logs: loss parts, lr, seconds).
+        resume: continue from ``<run>/checkpoints/last.pt`` (weights, optimizer, scheduler and RNG
+            states restored: the result is bit-identical to an uninterrupted run on the same device).
+        overwrite: start fresh in a run folder that already has checkpoints (they are deleted).
+
+    Raises:
+        ValueError: the run folder already has checkpoints (without ``resume``/``overwrite``), or the
+            resumed config differs from the stored one, or the data is unusable.
+        FileNotFoundError: ``resume`` without a checkpoint, missing dataset.
+    """
+    from tqdm.auto import tqdm
+
+    from memseg.data import load_split
+    from memseg.models import build_model
+    from memseg.simulation import AnomalySimulator, SimulationConfig
+
+    cfg = config
+    cfg.validate()
+    run_dir = cfg.run_dir()
+    ckpt_path = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    found = existing_checkpoints(run_dir)
+    stored = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path} (start a fresh run without --resume)")
+        stored = read_checkpoint(ckpt_path)
+        _check_resume_config(stored.get("config", {}), cfg, ckpt_path)
+    elif found:
+        if not overwrite:
+            raise ValueError(
+                f"run folder {run_dir} already has checkpoints ({', '.join(p.name for p in found)}); "
+                "pass --resume to continue it, choose another --out, or overwrite=True to start over")
+        for p in found:
+            p.unlink()
+    if not cfg.data or not cfg.category:
+        raise ValueError("TrainConfig needs data (dataset root) and category")
+
+    device = select_device(cfg.device)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    seed_everything(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    # --- data: decode + resize once, keep as uint8 on the device
+    size = cfg.input_size
+    dataset = load_split(cfg.data, cfg.category, split="train", size=size, layout=cfg.layout)
+    n_images = len(dataset)
+    if n_images == 0:
+        raise ValueError(f"{cfg.data}: category {cfg.category!r} has no train/good images")
+    cache = dataset.load_images(progress=progress).to(device)  # (N, 3, H, W) uint8
+
+    # --- model
+    model = build_model(cfg.model, model_config_for(cfg))
+    memory_size = int(getattr(model.config, "memory_size", 0) or 0) if hasattr(model, "config") else 0
+    if getattr(model.config, "use_memory", True) is False:
+        memory_size = 0
+    splits = split_indices(n_images, cfg, memory_size) if stored is None else stored["extra"]["splits"]
+    model.to(device)
+    if cfg.channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    if memory_size:
+        # Memory bank from N train images, no simulation (paper §3.2). On resume the stored bank
+        # replaces it below; building it anyway keeps lazily registered buffers loadable.
+        mem = cache[torch.as_tensor(splits["memory"], device=device)].float().div_(255.0)
+        model.prepare(normalize(mem))
+        del mem
+    model.train()
+    optimizer, scheduler = build_optimizer(model, cfg)
+    start = 0
+    if stored is not None:
+        model.load_state_dict({k: v.to(device) for k, v in stored["model_state"].items()})
+        optimizer.load_state_dict(stored["optimizer_state"])
+        scheduler.load_state_dict(stored["scheduler_state"])
+        start = int(stored["step"])
+
+    simulator = None
+    if getattr(model, "needs_simulation", True) or splits["val"]:
+        sim_cfg = SimulationConfig(**cfg.simulation) if cfg.simulation else None
+        simulator = AnomalySimulator(sim_cfg, dtd_root=cfg.dtd_root, size=size, device=device, category=cfg.category)
+    train_idx = torch.as_tensor(splits["train"], device=device)
+    if stored is not None:
+        set_rng_state(stored["extra"]["rng"], gen)  # after all set-up that may draw random numbers
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if stored is None:
+        cfg.to_yaml(run_dir / "config.yaml")
+    log = _StepLog(run_dir, resume_step=start if stored is not None else None)
+    weights_source = str(cfg.model_options.get("weights", getattr(model.config, "weights", "unknown")))
+    base_extra = {"splits": splits, "n_train_images": n_images}
+
+    def checkpoint(step: int, threshold: float | None = None, validation: dict | None = None) -> Path:
+        log.flush()
+        extra = {**base_extra, "rng": rng_state(gen)}
+        if validation is not None:
+            extra["validation"] = validation
+        return save_checkpoint(ckpt_path, model, optimizer, scheduler, config=cfg.to_dict(), step=step,
+                               extra=extra, threshold=threshold, weights_source=weights_source)
+
+    history: list[dict] = []
+    bn, ba = cfg.batch_normal, cfg.batch_anomalous
+    if not getattr(model, "needs_simulation", True):
+        bn, ba = bn + ba, 0  # e.g. MMR trains on normal images only
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {cfg.model}/{cfg.category}", dynamic_ncols=True)
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            t0 = time.perf_counter()
+            idx = train_idx[torch.randint(len(train_idx), (bn + ba,), generator=gen, device=device)]
+            clean = cache[idx].float().div_(255.0)  # (B, 3, H, W) in [0, 1]
+            masks = torch.zeros(bn + ba, 1, *size, device=device)
+            inputs = clean
+            if ba:
+                sim = simulator.simulate(clean[bn:], generator=gen)  # eq. (1)-(2), unnormalised images
+                inputs = torch.cat([clean[:bn], sim.images], dim=0)
+                masks[bn:] = sim.masks
+            x, c = normalize(inputs), normalize(clean)  # normalise AFTER compositing
+            if cfg.channels_last and device.type == "cuda":
+                x, c = x.contiguous(memory_format=torch.channels_last), c.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, cfg.amp):
+                loss, parts = model.compute_loss(x, masks, c)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            row = {"step": step, "loss": float(loss.detach())}
+            row.update({k: float(v) for k, v in parts.items() if k != "loss"})
+            row.update({"lr": lr, "seconds": round(time.perf_counter() - t0, 4)})
+            log.write(row)
+            history.append(row)
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.3g}")
+                log.flush()
+            if callback is not None:
+                callback(step, row)
+            if step % cfg.checkpoint_every == 0 and step != cfg.steps:
+                checkpoint(step)
+        bar.close()
+        threshold, validation = None, None
+        if splits["val"] and simulator is not None:
+            val_imgs = cache[torch.as_tensor(splits["val"], device=device)]
+            validation = validate(model, val_imgs, simulator, cfg, device)
+            threshold = validation["threshold"]
+            (run_dir / "validation.json").write_text(json.dumps(validation, indent=2))
+        path = checkpoint(cfg.steps, threshold, validation)
+    finally:
+        bar.close()
+        log.close()
+    return TrainResult(run_dir=run_dir, checkpoint=path, history=history, threshold=threshold, validation=validation)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def config_from_args(args) -> TrainConfig:
+    """TrainConfig from `memseg train` flags: stored run config (with --resume) < --config file < flags."""
+    overrides: dict[str, Any] = {
+        "data": args.data, "category": args.category, "model": args.model, "out": args.out,
+        "steps": args.steps, "dtd_root": args.dtd, "size": args.size, "seed": args.seed,
+    }
+    if getattr(args, "layout", "auto") != "auto":
+        overrides["layout"] = args.layout
+    if getattr(args, "device", "auto") != "auto":
+        overrides["device"] = args.device
+    if args.weights is not None:
+        overrides["model_options"] = {"weights": args.weights}
+    base: dict = {}
+    if args.resume:
+        run_dir = Path(args.out) if args.out else Path("runs") / f"{args.category}-{args.model}"
+        ckpt = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} (start a fresh run without --resume)")
+        base = dict(read_checkpoint(ckpt).get("config", {}))
+        base.pop("device", None)
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path} (expected a YAML file of TrainConfig keys)")
+        try:
+            file_values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(file_values, dict):
+            raise ValueError(f"{path}: expected a mapping of TrainConfig keys at the top level")
+        unknown = sorted(set(file_values) - set(TrainConfig.field_names()))
+        if unknown:
+            raise ValueError(f"{path}: unknown config key(s) {unknown}; valid keys: {', '.join(TrainConfig.field_names())}")
+        base = merge_overrides(base, file_values)
+    return TrainConfig.from_dict(merge_overrides(base, overrides), source=args.config or "command line")
+
+
+def cli_train(args) -> int:
+    """`memseg train`: build the config, train, print where the run and checkpoint are."""
+    cfg = config_from_args(args)
+    print(f"memseg train: {cfg.model} on {cfg.category} ({cfg.data}), {cfg.steps} steps, size {cfg.input_size}, "
+          f"device {select_device(cfg.device)}, run folder {cfg.run_dir()}")
+    result = train(cfg, progress=True, resume=args.resume)
+    print(f"run folder: {result.run_dir}")
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"logs: {result.run_dir / LOG_CSV}, {result.run_dir / LOG_JSONL}")
+    if result.threshold is not None:
+        print(f"decision threshold (validation split, F1-max on simulated anomalies): {result.threshold:.4f}")
+    return 0
