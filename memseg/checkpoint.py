@@ -45,6 +45,8 @@ def _plain(value: Any) -> Any:
 
 def model_config_dict(model: nn.Module) -> dict:
     """The model's config as a plain dict (``asdict(model.config)``), ``{}`` when it has none."""
+    if callable(getattr(model, "config_dict", None)):
+        return _plain(model.config_dict())
     cfg = getattr(model, "config", None)
     if cfg is None:
         return {}
@@ -205,7 +207,9 @@ def load_checkpoint(
     try:
         net.load_state_dict(ckpt["model_state"], strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path}: stored weights do not fit the {ckpt['model_name']!r} model: {str(err).splitlines()[0]} ...") from err
+        detail = " ".join(str(err).split())
+        detail = detail if len(detail) < 600 else detail[:600] + " ..."
+        raise ValueError(f"{path}: stored weights do not fit the {ckpt['model_name']!r} model built from its config: {detail}") from err
     dev = select_device(device)
     net.to(dev).eval()
     info = {k: v for k, v in ckpt.items() if k != "model_state"}

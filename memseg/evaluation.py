@@ -47,6 +47,18 @@ def image_scores(maps: torch.Tensor, top_k: int = 100) -> torch.Tensor:
     return flat.topk(min(int(top_k), flat.shape[1]), dim=1).values.mean(dim=1)
 
 
+def score_maps(model: nn.Module | None, maps: torch.Tensor, top_k: int = 100) -> torch.Tensor:
+    """Image scores of anomaly maps (B, 1, H, W) -> (B,).
+
+    Mean of the top-k pixel scores (MemSeg, paper §4.1), unless the model defines its own
+    ``image_score(maps)`` (e.g. DRAEM: max of the mean-filtered map).
+    """
+    fn = getattr(model, "image_score", None)
+    if callable(fn):
+        return fn(maps.float()).float()
+    return image_scores(maps, top_k)
+
+
 @torch.no_grad()
 def collect_predictions(
     model: nn.Module,
@@ -80,7 +92,7 @@ def collect_predictions(
         else:
             amap = model.anomaly_map(normalize(x))
         amap = amap.float().clamp_(0.0, 1.0)  # (B, 1, H, W)
-        s = image_scores(amap, top_k)
+        s = score_maps(model, amap, top_k)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds += time.perf_counter() - t0

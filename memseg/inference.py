@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from memseg.checkpoint import load_checkpoint
-from memseg.evaluation import image_scores
+from memseg.evaluation import score_maps
 from memseg.utils import normalize, select_device
 
 DEFAULT_THRESHOLD = 0.5
@@ -105,7 +105,7 @@ class Predictor:
         h, w = images.shape[-2:]
         x = self._resize(images.to(self.device, torch.float32), self.input_size)
         amap = self.model.anomaly_map(normalize(x)).float().clamp_(0.0, 1.0)  # (B, 1, h, w)
-        scores = image_scores(amap, self.top_k)
+        scores = score_maps(self.model, amap, self.top_k)
         if (h, w) != tuple(amap.shape[-2:]):
             amap = F.interpolate(amap, size=(h, w), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
         return scores.cpu().numpy().astype(np.float32), amap[:, 0].cpu().numpy().astype(np.float32)

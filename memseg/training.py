@@ -248,7 +248,10 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     """Optimizer over the trainable parameters + a LambdaLR scheduler (stepped once per iteration)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    if callable(getattr(model, "trainable_parameters", None)):
+        params = list(model.trainable_parameters())
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"model {cfg.model!r} has no trainable parameters")
     if cfg.optimizer == "sgd":
@@ -289,13 +292,6 @@ def split_indices(n: int, cfg: TrainConfig, memory_size: int) -> dict[str, list[
             "images; training on the memory images as well", stacklevel=3)
         pool = list(memory)
     return {"val": sorted(val), "memory": memory, "train": sorted(pool)}
-
-
-def image_scores(maps: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Image score = mean of the top-k pixel scores of each map (paper §4.1). maps (B, 1, H, W) -> (B,)."""
-    flat = maps.flatten(1).float()
-    k = min(top_k, flat.shape[1])
-    return flat.topk(k, dim=1).values.mean(dim=1)
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -379,6 +375,7 @@ def validate(model, images_u8: torch.Tensor, simulator, cfg: TrainConfig, device
     The decision threshold is the F1-max threshold on this validation split (never the test set).
     Uses its own generator, so it neither reads nor changes the training RNG streams.
     """
+    from memseg.evaluation import score_maps
     from memseg.metrics import f1_max, image_auroc, pixel_auroc
 
     g = torch.Generator(device=device).manual_seed(cfg.seed + 2_000_003)
@@ -393,7 +390,7 @@ def validate(model, images_u8: torch.Tensor, simulator, cfg: TrainConfig, device
             for x, m, y in ((clean, torch.zeros_like(sim.masks), 0), (sim.images, sim.masks, 1)):
                 with _autocast(device, cfg.amp):
                     amap = model.anomaly_map(normalize(x)).float()
-                scores.append(image_scores(amap, cfg.top_k).cpu())
+                scores.append(score_maps(model, amap, cfg.top_k).cpu())
                 labels += [y] * x.shape[0]
                 masks_all.append(m.cpu())
                 maps_all.append(amap.cpu())
@@ -504,7 +501,11 @@ def train(
 
     simulator = None
     if getattr(model, "needs_simulation", True) or splits["val"]:
-        sim_cfg = SimulationConfig(**cfg.simulation) if cfg.simulation else None
+        sim_cfg = SimulationConfig(**cfg.simulation)
+        if callable(getattr(model, "simulation_overrides", None)) and model.simulation_overrides():
+            # e.g. DRAEM's own texture-only simulation; explicit `simulation` keys still win
+            overrides = {k: v for k, v in model.simulation_overrides().items() if k not in cfg.simulation}
+            sim_cfg = dataclasses.replace(sim_cfg, **overrides)
         simulator = AnomalySimulator(sim_cfg, dtd_root=cfg.dtd_root, size=size, device=device, category=cfg.category)
     train_idx = torch.as_tensor(splits["train"], device=device)
     if stored is not None:
