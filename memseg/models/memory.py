@@ -1,0 +1,131 @@
+"""Memory module of MemSeg (paper §3.2, eq. 3-4).
+
+The memory information MI is the block 1-3 features of N normal training images (paper: N=30),
+stored as registered buffers ``level1``, ``level2``, ``level3`` of shapes (N, 64, H/4, W/4),
+(N, 128, H/8, W/8), (N, 256, H/16, W/16). They are allocated at construction from the input size
+and N, so a checkpoint's ``state_dict`` loads into a fresh model and the bank moves with
+``.to(device)``. ``memory_ready`` (a bool buffer) records whether the bank was filled.
+
+Difference information (eq. 3): the paper writes DI_i = ||MI_i - II||_2 and then takes channel
+means of DI* (eq. 5-7) and concatenates DI* with II along channels (CI has 2C channels). So DI keeps
+the C channels of the features: the L2 norm is taken per feature element, i.e. over a scalar, which
+is the absolute difference ``|MI_i - II|`` (``distance="l2"``, the default). The variant of the
+public kits, the elementwise squared difference ``(MI_i - II)^2`` (``F.mse_loss(reduction="none")``),
+is available as ``distance="squared"``.
+
+DI* (eq. 4): the DI_i with the minimum sum of all its elements, summed over ALL three levels, so
+one memory sample is chosen per input image (its index is returned for notebooks).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+DISTANCES = ("l2", "squared")
+
+
+def difference(memory: torch.Tensor, features: torch.Tensor, distance: str = "l2") -> torch.Tensor:
+    """Elementwise difference information DI = ||MI - II||_2 per element (eq. 3)."""
+    diff = memory - features
+    if distance == "l2":
+        return diff.abs()  # sqrt((MI - II)^2) per element
+    if distance == "squared":
+        return diff.square()
+    raise ValueError(f"unknown distance {distance!r}; expected one of {DISTANCES}")
+
+
+class MemoryBank(nn.Module):
+    """N memory samples' block 1-3 features, and the DI / DI* computation (eq. 3-4).
+
+    Args:
+        memory_size: N, the number of memory samples.
+        feature_shapes: [(C, h, w)] of blocks 1-3 at the model's input size.
+        distance: ``"l2"`` (|MI - II|, default) or ``"squared"`` ((MI - II)^2).
+        chunk_size: memory samples compared per pass when searching DI* (bounds the work
+            memory when N is large).
+    """
+
+    def __init__(self, memory_size: int, feature_shapes: list[tuple[int, int, int]], distance: str = "l2", chunk_size: int = 32) -> None:
+        super().__init__()
+        if memory_size < 1:
+            raise ValueError(f"memory_size must be >= 1, got {memory_size}")
+        if distance not in DISTANCES:
+            raise ValueError(f"unknown distance {distance!r}; expected one of {DISTANCES}")
+        self.memory_size = int(memory_size)
+        self.feature_shapes = [tuple(int(v) for v in s) for s in feature_shapes]
+        self.distance = distance
+        self.chunk_size = max(1, int(chunk_size))
+        for i, (c, h, w) in enumerate(self.feature_shapes, start=1):
+            self.register_buffer(f"level{i}", torch.zeros(self.memory_size, c, h, w))  # MI_i: (N, C_i, h_i, w_i)
+        self.register_buffer("memory_ready", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def levels(self) -> list[torch.Tensor]:
+        return [getattr(self, f"level{i}") for i in range(1, len(self.feature_shapes) + 1)]
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.memory_ready.item())
+
+    def _check(self, features: list[torch.Tensor], what: str) -> None:
+        if len(features) != len(self.feature_shapes):
+            raise ValueError(f"{what}: expected {len(self.feature_shapes)} feature levels, got {len(features)}")
+        for i, (f, shape) in enumerate(zip(features, self.feature_shapes), start=1):
+            if tuple(f.shape[1:]) != shape:
+                raise ValueError(f"{what}: block {i} features have shape {tuple(f.shape[1:])}, the memory bank holds {shape}")
+
+    @torch.no_grad()
+    def fill(self, features: list[torch.Tensor]) -> None:
+        """Store the N memory samples' block 1-3 features (each (N, C, h, w))."""
+        self._check(features, "memory features")
+        if features[0].shape[0] != self.memory_size:
+            raise ValueError(f"the memory bank holds N={self.memory_size} samples, got features of {features[0].shape[0]} images")
+        for buf, f in zip(self.levels, features):
+            buf.copy_(f.detach().to(device=buf.device, dtype=buf.dtype))
+        self.memory_ready.fill_(True)
+
+    @torch.no_grad()
+    def distances(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Σ over all elements of all levels of DI_i, for every input and memory sample: (B, N) (eq. 3-4).
+
+        One vectorised pass per chunk of memory samples (``torch.cdist`` computes the pairwise
+        sums without materialising the (B, N, C, h, w) differences).
+        """
+        self._check(features, "input features")
+        b = features[0].shape[0]
+        out = torch.zeros(b, self.memory_size, device=features[0].device, dtype=torch.float32)
+        for f, mem in zip(features, self.levels):
+            x = f.detach().float().reshape(b, -1)  # (B, D_l)
+            m = mem.float().reshape(self.memory_size, -1)  # (N, D_l)
+            for n0 in range(0, self.memory_size, self.chunk_size):
+                chunk = m[n0 : n0 + self.chunk_size]
+                if self.distance == "l2":
+                    d = torch.cdist(x, chunk, p=1)  # Σ |MI - II|
+                else:
+                    d = torch.cdist(x, chunk, p=2, compute_mode="donot_use_mm_for_euclid_dist").square()  # Σ (MI - II)^2
+                out[:, n0 : n0 + chunk.shape[0]] += d
+        return out
+
+    @torch.no_grad()
+    def select(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """DI* for each input (eq. 4).
+
+        Args:
+            features: II, the input's block 1-3 features [(B, C_l, h_l, w_l)].
+
+        Returns:
+            ``(di_star, index)``: DI* per level [(B, C_l, h_l, w_l)] and the chosen memory
+            sample per input (B,) (long).
+        """
+        if not self.ready:
+            raise RuntimeError(
+                "the memory bank is empty: call model.prepare(normal_images) (N normal training images, "
+                "ImageNet-normalised, at the model's input size) before using the model"
+            )
+        index = self.distances(features).argmin(dim=1)  # eq. (4): (B,)
+        di_star = [difference(mem.index_select(0, index).to(f.dtype), f, self.distance) for f, mem in zip(features, self.levels)]
+        return di_star, index
+
+    def extra_repr(self) -> str:
+        return f"memory_size={self.memory_size}, feature_shapes={self.feature_shapes}, distance={self.distance!r}"

@@ -1,0 +1,284 @@
+"""The MemSeg network (Yang et al., arXiv 2205.00908; paper §3.2-3.4, Fig. 2).
+
+    x (B,3,H,W) normalised
+      └─ ResNet18 stem + blocks 1-3 (frozen, no_grad, eval BN) ─> stem, II = [f1, f2, f3]
+           └─ block 4 (trainable) ─> bottleneck (B,512,H/32,W/32)
+      II vs memory bank (N normal images) ─> DI* (eq. 3-4), memory_index
+      CI_n = concat(II_n, DI*_n)            (2C_n channels)
+      M1, M2, M3 from DI* (eq. 5-7)
+      MSFF(CI) ⊙ M ─> F1, F2, F3            (Fig. 4)
+      U-Net decoder(bottleneck, [stem, F1, F2, F3]) ─> logits (B,2,H,W); anomaly = softmax[:, 1]
+
+Ablation switches (paper Table 5): ``use_memory`` (off: CI = II, no DI, no spatial attention),
+``use_multiscale``, ``use_spatial_attention`` (needs memory; ignored without it),
+``use_coord_attention``. Loss switches (Table 4): ``l1_weight`` / ``focal_weight`` (0 = off).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from memseg.losses import MemSegLoss
+from memseg.models.attention import spatial_attention_maps
+from memseg.models.decoder import Decoder
+from memseg.models.encoder import FEATURE_CHANNELS, FEATURE_STRIDES, ResNet18Encoder
+from memseg.models.memory import DISTANCES, MemoryBank
+from memseg.models.msff import MSFF
+
+
+def _as_size(value: Any) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    try:
+        h, w = (int(v) for v in value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"input_size must be an int or (H, W), got {value!r}") from err
+    return (h, w)
+
+
+@dataclass
+class MemSegConfig:
+    """MemSeg options; ``asdict(config)`` is stored in checkpoints.
+
+    Attributes:
+        input_size: (H, W), both positive multiples of 32 (paper: 256×256).
+        memory_size: N memory samples (paper: 30; screw more, toothbrush 10).
+        weights: encoder initialisation: ``"random"``, ``"imagenet"`` (timm, needs hub access) or
+            a path to a local resnet18 state dict.
+        use_memory, use_multiscale, use_spatial_attention, use_coord_attention: ablations (Table 5).
+        distance: DI per element, ``"l2"`` = |MI - II| (eq. 3) or ``"squared"`` = (MI - II)^2.
+        decoder_channels: widths of the five decoder stages, coarsest first.
+        memory_chunk_size: memory samples compared per pass when searching DI*.
+        channels_last: run the convolutions in channels_last memory format (faster on CPU/GPU).
+        l1_weight, focal_weight, focal_gamma, focal_alpha: loss (eq. 8-10; paper 0.6, 0.4, γ=4).
+    """
+
+    input_size: tuple[int, int] = (256, 256)
+    memory_size: int = 30
+    weights: str = "random"
+    use_memory: bool = True
+    use_multiscale: bool = True
+    use_spatial_attention: bool = True
+    use_coord_attention: bool = True
+    distance: str = "l2"
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)
+    memory_chunk_size: int = 32
+    channels_last: bool = False
+    l1_weight: float = 0.6
+    focal_weight: float = 0.4
+    focal_gamma: float = 4.0
+    focal_alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        self.input_size = _as_size(self.input_size)
+        h, w = self.input_size
+        if h <= 0 or w <= 0 or h % 32 or w % 32:
+            raise ValueError(
+                f"MemSeg input_size must be (H, W) with both sides positive multiples of 32 "
+                f"(ResNet18 downsamples 32×), got {self.input_size}; e.g. (256, 256) or (288, 384)"
+            )
+        self.memory_size = int(self.memory_size)
+        if self.memory_size < 1:
+            raise ValueError(f"memory_size must be >= 1, got {self.memory_size}")
+        self.weights = str(self.weights)
+        if self.distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
+        self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
+        if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
+            raise ValueError(f"decoder_channels must be 5 positive widths (coarsest first), got {self.decoder_channels}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "MemSegConfig":
+        """Build from a plain dict (checkpoints, YAML); unknown keys are an error."""
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown MemSegConfig keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class MemSeg(nn.Module):
+    """MemSeg network with its memory bank and loss.
+
+    Args:
+        config: a :class:`MemSegConfig`, a dict of its fields, or None (defaults).
+        init_weights: when False, the encoder is not initialised from ``config.weights`` (random
+            init) but ``config.weights`` is kept as the recorded source: for rebuilding a model whose
+            weights come from a checkpoint's state dict right after (no download, no file needed).
+    """
+
+    name = "memseg"
+    needs_simulation = True
+
+    def __init__(self, config: MemSegConfig | dict[str, Any] | None = None, init_weights: bool = True) -> None:
+        super().__init__()
+        if not isinstance(config, MemSegConfig):
+            config = MemSegConfig.from_dict(config)
+        self.config = config
+        self.encoder = ResNet18Encoder(config.weights if init_weights else "random")
+        if init_weights:
+            # record the resolved source (a local file becomes an absolute path)
+            self.config.weights = self.encoder.weights_source
+        self.weights_source: str = self.config.weights
+
+        h, w = config.input_size
+        ii_channels = FEATURE_CHANNELS[1:4]  # (64, 128, 256): blocks 1-3
+        if config.use_memory:
+            shapes = [(c, h // s, w // s) for c, s in zip(ii_channels, FEATURE_STRIDES[1:4])]
+            self.memory: MemoryBank | None = MemoryBank(config.memory_size, shapes, config.distance, config.memory_chunk_size)
+            ci_channels = tuple(2 * c for c in ii_channels)  # CI = concat(II, DI*)
+        else:
+            self.memory = None
+            ci_channels = ii_channels
+        self.msff = MSFF(ci_channels, ii_channels, config.use_multiscale, config.use_coord_attention)
+        self.decoder = Decoder(FEATURE_CHANNELS[4], (FEATURE_CHANNELS[0], *ii_channels), config.decoder_channels)
+        self.loss_fn = MemSegLoss(config.l1_weight, config.focal_weight, config.focal_gamma, config.focal_alpha)
+        if config.channels_last:
+            self.set_channels_last(True)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.config.input_size
+
+    @property
+    def memory_ready(self) -> bool:
+        """Whether the memory bank has been filled (always True without memory)."""
+        return self.memory is None or self.memory.ready
+
+    def set_channels_last(self, enabled: bool = True) -> "MemSeg":
+        """Switch the conv parts (encoder, MSFF, decoder) to channels_last (or back).
+
+        The memory bank keeps the contiguous layout (the DI* search flattens it).
+        """
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        for part in (self.encoder, self.msff, self.decoder):
+            part.to(memory_format=fmt)
+        self.config.channels_last = bool(enabled)
+        return self
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _check_input(self, x: torch.Tensor, what: str = "input") -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"MemSeg {what} must be a float tensor (B, 3, H, W), ImageNet-normalised; got {shape}")
+        size = tuple(x.shape[-2:])
+        if size != self.config.input_size:
+            hint = "" if size[0] % 32 == 0 and size[1] % 32 == 0 else " (and both sides must be multiples of 32)"
+            raise ValueError(
+                f"MemSeg {what} has size {size} (H, W) but the model and its memory bank were built for "
+                f"input size {self.config.input_size}: resize the images to {self.config.input_size}{hint}"
+            )
+
+    # ------------------------------------------------------------------ memory
+    @torch.no_grad()
+    def prepare(self, train_images_normalized: torch.Tensor, batch_size: int = 8) -> None:
+        """Fill the memory bank from N normal training images (paper §3.2).
+
+        Args:
+            train_images_normalized: (N, 3, H, W) ImageNet-normalised normal images at the
+                model's input size, N = ``config.memory_size`` (the caller selects them).
+            batch_size: images encoded per pass.
+
+        A model without memory (``use_memory=False``) ignores the call.
+        """
+        if self.memory is None:
+            return
+        images = train_images_normalized
+        self._check_input(images, "memory images")
+        n = images.shape[0]
+        if n != self.config.memory_size:
+            raise ValueError(f"prepare() got {n} memory images, but the model was built for memory_size N={self.config.memory_size}")
+        device = self._device()
+        feats: list[list[torch.Tensor]] = [[], [], []]
+        for i in range(0, n, batch_size):
+            x = images[i : i + batch_size].to(device=device, dtype=torch.float32)
+            if self.config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            _, f1, f2, f3 = self.encoder.forward_frozen(x)
+            for lst, f in zip(feats, (f1, f2, f3)):
+                lst.append(f.float().contiguous())
+        self.memory.fill([torch.cat(lst) for lst in feats])
+
+    build_memory = prepare
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, return_intermediates: bool = False) -> torch.Tensor | dict[str, Any]:
+        """x (B,3,H,W) normalised -> logits (B,2,H,W), or a dict of intermediates.
+
+        The dict holds ``logits``, ``II`` [f1, f2, f3], ``DI_star`` (list of 3 or None),
+        ``memory_index`` (B,) or None, ``M1``, ``M2``, ``M3`` ((B,1,h,w) or None), ``msff``
+        [F1, F2, F3] (after attention weighting) and ``bottleneck`` (block 4).
+        """
+        self._check_input(x)
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        stem, f1, f2, f3 = self.encoder.forward_frozen(x)  # frozen, no_grad
+        ii = [f1, f2, f3]
+        bottleneck = self.encoder.forward_block4(f3)  # (B, 512, H/32, W/32)
+
+        di_star: list[torch.Tensor] | None = None
+        index: torch.Tensor | None = None
+        maps: list[torch.Tensor] | None = None
+        if self.memory is not None:
+            with torch.no_grad(), _no_autocast(x.device.type):
+                di_star, index = self.memory.select([f.float() for f in ii])  # eq. (3)-(4)
+                maps = spatial_attention_maps(di_star)  # eq. (5)-(7): [M1, M2, M3]
+            ci = [torch.cat([f, d.to(f.dtype)], dim=1) for f, d in zip(ii, di_star)]  # CI_n: (B, 2C_n, h, w)
+        else:
+            ci = ii
+        weights = maps if (maps is not None and self.config.use_spatial_attention) else None
+        fused = self.msff(ci, weights)  # [F1, F2, F3] (Fig. 4)
+        logits = self.decoder(bottleneck, [stem, *fused], x.shape[-2:])  # (B, 2, H, W)
+        if not return_intermediates:
+            return logits
+        return {
+            "logits": logits,
+            "II": ii,
+            "DI_star": di_star,
+            "memory_index": index,
+            "M1": maps[0] if maps else None,
+            "M2": maps[1] if maps else None,
+            "M3": maps[2] if maps else None,
+            "msff": fused,
+            "bottleneck": bottleneck,
+        }
+
+    # ------------------------------------------------------------------ model interface
+    def compute_loss(self, inputs: torch.Tensor, masks: torch.Tensor, clean: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of eq. (10) on a batch; ``clean`` is not used by MemSeg (memory replaces it)."""
+        logits = self(inputs)
+        loss, parts = self.loss_fn(logits, masks)
+        return loss, {k: float(v) for k, v in parts.items()}
+
+    @torch.no_grad()
+    def anomaly_map(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Per-pixel anomaly probability softmax(logits)[:, 1]: (B, 1, H, W) in [0, 1]."""
+        logits = self(inputs)
+        return torch.softmax(logits.float(), dim=1)[:, 1:2]
+
+    def extra_repr(self) -> str:
+        return f"weights_source={self.weights_source!r}"
+
+
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Keep the memory search (eq. 3-4) in float32 even inside an autocast region."""
+    try:
+        return torch.autocast(device_type=device_type, enabled=False)
+    except RuntimeError:  # device type without autocast support
+        return contextlib.nullcontext()
+
+
+__all__ = ["MemSeg", "MemSegConfig"]
