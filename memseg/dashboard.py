@@ -211,12 +211,6 @@ def _display_hw(hw: tuple[int, int], side: int) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def _checkpoint_category(info: dict) -> str | None:
-    cfg = info.get("config") or {}
-    cat = cfg.get("category") if isinstance(cfg, dict) else None
-    return str(cat) if cat else None
-
-
 class DashboardApp:
     """The dashboard: widgets plus plain-Python callbacks (testable without a browser).
 
@@ -293,7 +287,7 @@ class DashboardApp:
         slider = dict(continuous_update=False, layout=wide, style=style, readout_format=".2f")
         self.sim_threshold = W.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.05, description="Perlin T", **slider)
         self.sim_threshold.add_class("memseg-sim-threshold")
-        self.delta = W.FloatSlider(value=0.6, min=0.0, max=1.0, step=0.05, description="δ (opacity)", **slider)
+        self.delta = W.FloatSlider(value=0.6, min=0.15, max=1.0, step=0.05, description="δ (opacity)", **slider)
         self.delta.add_class("memseg-delta")
         self.scale = W.IntSlider(value=2, min=0, max=5, step=1, description="Perlin scale",
                                  continuous_update=False, layout=wide, style=style)
@@ -497,35 +491,22 @@ class DashboardApp:
             self.show_error(f"cannot load checkpoint {path}: {err}")
             return
         self.predictor, self.checkpoint = predictor, path
-        self.checkpoint_info = dict(getattr(predictor, "info", {}) or {})
-        self.input_size = self._model_input_size(predictor)
+        self.checkpoint_info = dict(predictor.info or {})
+        self.input_size = tuple(predictor.input_size)
         self._simulators.clear()
-        thr = self.checkpoint_info.get("threshold")
-        self._set_silently(self.decision, float(thr) if thr is not None else 0.5)
+        self._set_silently(self.decision, round(float(predictor.threshold), 2))
         self.show_error("")
-        cat = _checkpoint_category(self.checkpoint_info)
+        cat = predictor.category
         if cat and cat in self.category_dd.options and cat != self.category_dd.value:
             self.category_dd.value = cat  # triggers select_category -> select_image -> update
         elif refresh and self.source is not None:
             self.request_update()
 
-    def _model_input_size(self, predictor: Any) -> tuple[int, int]:
-        size = getattr(predictor, "input_size", None)
-        if size is None:
-            cfg = getattr(getattr(predictor, "model", None), "config", None)
-            size = getattr(cfg, "input_size", None)
-        if size is None:
-            size = (self.settings.size, self.settings.size)
-        if isinstance(size, int):
-            return (size, size)
-        return (int(size[0]), int(size[1]))
-
     def select_category(self, name: str) -> None:
         """List the test images of category `name` and show the first."""
-        from memseg.data import load_split
+        from memseg.data import find_records
 
-        ds = load_split(self.settings.data, name, "test", size=self.input_size, layout=self.settings.layout)
-        self.records = list(ds.records)
+        self.records = find_records(self.settings.data, name, "test", layout=self.settings.layout)
         if not self.records:
             self.show_error(f"{self.settings.data}/{name}: the test split is empty")
             return
@@ -632,11 +613,12 @@ class DashboardApp:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # missing DTD is said in the page (structure only)
                 self._simulators[key] = AnomalySimulator(
-                    dtd_root=self.settings.dtd, size=self.input_size, device="cpu", category=self.category_dd.value)
+                    dtd_root=self.settings.dtd, size=self.input_size, device="cpu",
+                    category=self.category_dd.value, max_textures=64, progress=False)
         return self._simulators[key]
 
-    def simulate(self) -> tuple[np.ndarray, np.ndarray]:
-        """The current image with a simulated defect at the model's input size: (uint8 (H, W, 3), bool mask (H, W))."""
+    def simulate(self) -> tuple[torch.Tensor, np.ndarray]:
+        """The current image with a simulated defect at the model's input size: (float (3, H, W) in [0, 1], bool mask (H, W))."""
         from memseg.data.io import to_tensor
 
         assert self.source is not None
@@ -646,8 +628,7 @@ class DashboardApp:
             x, generator=g, threshold=float(self.sim_threshold.value), delta=float(self.delta.value),
             source=self.source_tb.value, scale_exp=int(self.scale.value),
         )
-        img = (res.images[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-        return img, res.masks[0, 0].cpu().numpy() > 0.5
+        return res.images[0].clamp(0, 1).cpu(), res.masks[0, 0].cpu().numpy() > 0.5
 
     def update(self) -> None:
         """Run the model on the current (real or simulated) image and redraw every panel."""
@@ -656,14 +637,15 @@ class DashboardApp:
             return
         src = self.source
         if self.simulating:
-            image, truth = self.simulate()
+            x, truth = self.simulate()
+            image = (x.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)  # for display
             caption = (f"simulated defect on {src.name}: T={self.sim_threshold.value:.2f}, δ={self.delta.value:.2f}, "
                        f"scale 2^{self.scale.value}, {self.source_tb.value}, seed {self.seed.value}")
         else:
-            image, truth = src.image, src.mask
+            x, image, truth = src.image, src.image, src.mask
             kind = "uploaded" if src.kind == "upload" else f"test image ({src.defect})"
             caption = f"{kind}: {src.name}"
-        pred = self.predictor.predict(image)
+        pred = self.predictor.predict(x)
         self.updates_run += 1
         hw = _display_hw(image.shape[:2], self.display_side)
         self.result = Result(

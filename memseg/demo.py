@@ -73,6 +73,7 @@ class DemoSettings:
     steps: int = 300
     batch_size: int = 8
     memory_size: int = 30
+    weights: str = "random"  # encoder init: random, imagenet (needs cached torchvision weights) or a file
     lr: float | None = None  # None -> the training room's default
     seed: int = 0
     extra_train: dict[str, Any] = field(default_factory=dict)  # passed on to TrainConfig as given
@@ -233,33 +234,28 @@ def _ensure_data(settings: DemoSettings, log: Callable[[str], None]) -> None:
 
 
 def _train_config(settings: DemoSettings, out: Path):
-    """A TrainConfig for the quick demo model; only options the training room knows are passed."""
+    """The TrainConfig of the quick demo model (half normal, half simulated images per batch)."""
     from memseg import training
 
-    wanted: dict[str, Any] = {
+    values: dict[str, Any] = {
         "data": str(settings.data),
-        "data_root": str(settings.data),
-        "root": str(settings.data),
         "category": settings.category,
         "layout": settings.layout,
         "out": str(out),
-        "out_dir": str(out),
-        "run_dir": str(out),
         "steps": settings.steps,
         "size": settings.size,
-        "image_size": settings.size,
-        "batch_size": settings.batch_size,
-        "memory_size": settings.memory_size,
+        "batch_normal": max(1, settings.batch_size // 2),
+        "batch_anomalous": max(1, settings.batch_size - settings.batch_size // 2),
+        "model_options": {"memory_size": settings.memory_size, "weights": settings.weights},
         "seed": settings.seed,
         "device": settings.device,
-        "dtd": str(settings.dtd) if settings.dtd else None,
         "dtd_root": str(settings.dtd) if settings.dtd else None,
+        "checkpoint_every": max(50, settings.steps // 4),
     }
     if settings.lr is not None:
-        wanted["lr"] = settings.lr
-    wanted.update(settings.extra_train)
-    names = {f.name for f in dataclasses.fields(training.TrainConfig)}
-    return training.TrainConfig(**{k: v for k, v in wanted.items() if k in names})
+        values["lr"] = settings.lr
+    values = training.merge_overrides(values, settings.extra_train)
+    return training.TrainConfig.from_dict(values, source="demo settings")
 
 
 def prepare(
@@ -296,18 +292,18 @@ def prepare(
             from memseg import training
 
             out = ckpt.parent
+            cfg = _train_config(settings, out)
+            # An interrupted earlier run left <out>/checkpoints/last.pt: continue it instead of starting over.
+            resume = (out / training.CHECKPOINT_DIR / training.LAST_CHECKPOINT).is_file()
             log(
-                f"model: no cached model at {ckpt}; training a quick demo model "
-                f"({settings.steps} steps, {settings.size}x{settings.size}, batch {settings.batch_size}) ..."
+                f"model: no cached model at {ckpt}; {'resuming' if resume else 'training'} a quick demo model "
+                f"({settings.steps} steps, {settings.size}x{settings.size}, batch {settings.batch_size}, "
+                f"weights {settings.weights}, device {settings.device}) ..."
             )
             t1 = time.perf_counter()
-            result = training.train(_train_config(settings, out), progress=progress)
-            produced = Path(result.checkpoint)
-            if produced.resolve() != ckpt.resolve():
-                ckpt.parent.mkdir(parents=True, exist_ok=True)
-                tmp = ckpt.with_suffix(".pt.tmp")
-                tmp.write_bytes(produced.read_bytes())
-                os.replace(tmp, ckpt)
+            result = training.train(cfg, progress=progress, resume=resume)
+            # Only a finished run becomes final.pt (the cache marker); the resume copy is moved, not duplicated.
+            os.replace(result.checkpoint, ckpt)
             log(f"model: trained in {time.perf_counter() - t1:.1f} s -> {ckpt}")
 
     # Load once: a corrupt or mismatched checkpoint fails here with a clear message, not in the page.

@@ -1,0 +1,318 @@
+"""The dashboard's callbacks and the demo's settings/prepare, without a browser.
+
+A tiny MemSeg checkpoint is trained once per module (`memseg.demo.prepare`: a few steps at 64x64 on
+the synthetic fixture dataset); every test builds a fresh app on it with debounce 0 (updates run at
+once) except the debounce test, which runs the app inside an asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("ipywidgets")
+
+from memseg import demo  # noqa: E402
+from memseg.dashboard import MAX_UPLOAD_BYTES, DashboardApp, UploadError, decode_upload  # noqa: E402
+from memseg.demo import DemoSettings, load_settings  # noqa: E402
+
+CATEGORY = "weave"
+
+
+# ------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def synthetic_root_module(tmp_path_factory) -> Path:
+    """A small synthetic dataset (64x64, 8 train images, 2 test images per defect) shared by this module."""
+    from memseg.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synthetic"), categories=[CATEGORY], size=64, n_train=8, n_test=2,
+                    progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(synthetic_root_module: Path, tmp_path_factory) -> DemoSettings:
+    """Settings pointing at the synthetic dataset, with a tiny demo model trained by `prepare`."""
+    runs = tmp_path_factory.mktemp("runs")
+    settings = DemoSettings(
+        data=synthetic_root_module, category=CATEGORY, runs=runs, device="cpu", dtd=None,
+        size=64, steps=3, batch_size=2, memory_size=2, seed=0, extra_train={"val_fraction": 0.0},
+    )
+    demo.prepare(settings, progress=False, log=lambda _msg: None)
+    return settings
+
+
+@pytest.fixture
+def app(tiny_demo: DemoSettings) -> DashboardApp:
+    return DashboardApp(tiny_demo, debounce_s=0)
+
+
+def _png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode=mode).save(buf, format="PNG") if mode else Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (pixel data absent): only the header is read before the check."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+def _anomalous_index(app: DashboardApp) -> int:
+    return next(i for i, r in enumerate(app.records) if r.label == 1)
+
+
+def _normal_index(app: DashboardApp) -> int:
+    return next(i for i, r in enumerate(app.records) if r.label == 0)
+
+
+# ------------------------------------------------------------------------------------ the app
+def test_app_builds_on_the_checkpoint_and_shows_panels(app: DashboardApp, tiny_demo: DemoSettings) -> None:
+    ckpt = demo.demo_checkpoint_path(tiny_demo)
+    assert app.error_text == ""
+    assert str(ckpt.resolve()) in [v for _, v in app.checkpoint_dd.options]
+    assert app.category_dd.value == CATEGORY
+    assert app.result is not None and 0.0 <= app.result.score <= 1.0 and app.result.time_ms > 0
+    for key, img in app.panels.items():
+        assert img.value[:8] == b"\x89PNG\r\n\x1a\n", key
+    assert app.verdict in ("normal", "anomalous")
+    assert "inference" in app.time_html.value and "ms" in app.time_html.value
+
+
+def test_selecting_another_image_changes_the_panels(app: DashboardApp) -> None:
+    app.image_dd.value = _normal_index(app)  # through the widget, as a click would
+    before = {k: w.value for k, w in app.panels.items()}
+    assert not app.result.truth.any()  # a normal image has an empty ground truth
+    j = _anomalous_index(app)
+    app.image_dd.value = j
+    assert app.source.name == Path(app.records[j].image_path).name
+    assert app.result.truth is not None and app.result.truth.any()
+    assert app.panels["input"].value != before["input"]
+    assert app.panels["truth"].value != before["truth"]
+    assert app.panels["heatmap"].value != before["heatmap"]
+    # next/previous buttons walk the list
+    app.next_btn.click()
+    assert app.image_dd.value == (j + 1) % len(app.records)
+    app.prev_btn.click()
+    assert app.image_dd.value == j
+
+
+def test_delta_changes_the_simulated_image_and_the_score(app: DashboardApp) -> None:
+    app.image_dd.value = _normal_index(app)
+    real_input = app.panels["input"].value
+    app.set_simulation(threshold=0.3, delta=0.2, scale_exp=1, source="structure", seed=3)
+    app.tabs.selected_index = 1  # open "Simulate a defect"
+    assert app.result.simulated and app.result.truth.any()  # the simulated mask M is the ground truth
+    low = (app.panels["input"].value, app.result.score, app.result.image.copy())
+    assert low[0] != real_input
+    runs = app.updates_run
+    app.delta.value = 1.0
+    assert app.updates_run == runs + 1
+    high = (app.panels["input"].value, app.result.score, app.result.image.copy())
+    assert high[0] != low[0]
+    assert high[1] != low[1]
+    # the change is inside the simulated mask only (eq. 1-2: outside M the image is untouched)
+    m = app.result.truth
+    diff = np.abs(high[2].astype(int) - low[2].astype(int)).max(axis=2)
+    assert diff[m].mean() > diff[~m].mean() + 1
+    # the same seed gives the same simulation (reproducible), another seed a different one
+    app.delta.value = 0.2
+    assert app.panels["input"].value == low[0]
+    app.seed.value = 4
+    assert app.panels["input"].value != low[0]
+    # closing the tab goes back to the real image
+    app.tabs.selected_index = 0
+    assert app.panels["input"].value == real_input and not app.result.simulated
+
+
+def test_threshold_changes_the_mask_and_the_verdict_without_rerunning(app: DashboardApp) -> None:
+    app.image_dd.value = _anomalous_index(app)
+    runs, score = app.updates_run, app.result.score
+    amap = app.result.anomaly_map
+    lo, hi = float(amap.min()), float(amap.max())
+    assert hi > lo
+    app.decision.value = round(max(0.0, score - 0.005), 3)
+    assert app.verdict == "anomalous" and "ANOMALOUS" in app.verdict_html.value
+    mask_low, png_low = app.binary_mask.copy(), app.panels["mask"].value
+    app.decision.value = round(min(1.0, score + 0.005), 3)
+    assert app.verdict == "normal" and "NORMAL" in app.verdict_html.value
+    mask_high = app.binary_mask.copy()
+    assert mask_high.sum() <= mask_low.sum()
+    mid = (lo + hi) / 2
+    app.set_threshold(mid)
+    assert 0 < app.binary_mask.sum() < app.binary_mask.size
+    assert np.array_equal(app.binary_mask, amap >= mid)
+    assert app.panels["mask"].value != png_low or mask_low.sum() == app.binary_mask.sum()
+    assert app.updates_run == runs  # the threshold only redraws
+
+
+def _upload(app: DashboardApp, name: str, data: bytes) -> None:
+    """Upload through the widget, in ipywidgets 8's value format."""
+    app.upload_w.value = ({"name": name, "type": "", "size": len(data), "content": memoryview(data),
+                           "last_modified": 0},)
+
+
+@pytest.mark.parametrize(
+    "name,data,expect",
+    [
+        ("notes.png", b"this is plain text, not a picture\n" * 20, "not an image"),
+        ("empty.png", b"", "empty"),
+        ("huge.png", b"\0" * (MAX_UPLOAD_BYTES + 1), "MB limit"),
+        ("giant.png", _png_header_only(10_000, 6_000), "Mpx limit"),
+    ],
+)
+def test_bad_upload_shows_an_error_and_leaves_the_app_usable(app: DashboardApp, name: str, data: bytes, expect: str) -> None:
+    before = (app.source.name, app.result.score, app.panels["input"].value)
+    _upload(app, name, data)
+    assert name in app.error_text and expect in app.error_text
+    assert "memseg-error-box" in app.error_html.value and name in app.error_html.value
+    assert (app.source.name, app.result.score, app.panels["input"].value) == before  # nothing else changed
+    app.next_btn.click()  # still usable; a good action clears the error
+    assert app.error_text == "" and app.source.name != before[0]
+
+
+def test_truncated_and_wrong_format_uploads_are_rejected(app: DashboardApp) -> None:
+    rgb = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+    png = _png_bytes(rgb)
+    assert app.upload("cut.png", png[: len(png) // 2]) is False
+    assert "cut.png" in app.error_text and "truncated or corrupt" in app.error_text
+    gif = io.BytesIO()
+    Image.fromarray(rgb).save(gif, format="GIF")
+    assert app.upload("anim.gif", gif.getvalue()) is False
+    assert "GIF" in app.error_text and "PNG or JPEG" in app.error_text
+
+
+def test_good_uploads_are_converted_and_predicted(app: DashboardApp) -> None:
+    rgb = (np.random.default_rng(1).random((48, 64, 3)) * 255).astype(np.uint8)
+    _upload(app, "mine.png", _png_bytes(rgb))
+    assert app.error_text == ""
+    assert app.source.kind == "upload" and app.source.image.shape == (48, 64, 3)
+    assert np.array_equal(app.source.image, rgb)
+    assert app.result.truth is None and "unknown" in app.panel_titles["truth"].value
+    assert app.result.image.shape[:2] == (225, 300)  # display size keeps the 3:4 aspect
+    # grey 16-bit PNG and RGBA PNG come out as RGB; JPEG is accepted
+    grey16 = (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 1)
+    assert app.upload("grey16.png", _png_bytes(grey16, "I;16")) is True and app.source.image.shape == (48, 64, 3)
+    rgba = np.dstack([rgb, np.full((48, 64), 255, np.uint8)])
+    assert app.upload("alpha.png", _png_bytes(rgba)) is True and np.array_equal(app.source.image, rgb)
+    jpg = io.BytesIO()
+    Image.fromarray(rgb).save(jpg, format="JPEG")
+    assert app.upload("photo.jpg", jpg.getvalue()) is True and app.source.name == "photo.jpg"
+
+
+def test_decode_upload_limits_are_parameters() -> None:
+    rgb = np.zeros((40, 50, 3), np.uint8)
+    png = _png_bytes(rgb)
+    assert decode_upload("a.png", png).shape == (40, 50, 3)
+    with pytest.raises(UploadError, match=r"a\.png.*limit"):
+        decode_upload("a.png", png, max_bytes=len(png) - 1)
+    with pytest.raises(UploadError, match=r"a\.png.*Mpx"):
+        decode_upload("a.png", png, max_pixels=40 * 50 - 1)
+
+
+def test_a_bad_checkpoint_shows_an_error_and_keeps_the_model(app: DashboardApp, tmp_path: Path) -> None:
+    bad = tmp_path / "junk.pt"
+    bad.write_bytes(b"not a checkpoint")
+    model, score = app.predictor, app.result.score
+    app.select_checkpoint(bad)
+    assert "junk.pt" in app.error_text
+    assert app.predictor is model
+    app.next_btn.click()
+    assert app.error_text == "" and app.result is not None
+
+
+def test_debounce_coalesces_a_burst_into_one_latest_update(tiny_demo: DemoSettings) -> None:
+    async def scenario() -> tuple[int, int, float, float]:
+        app = DashboardApp(tiny_demo, debounce_s=0.05)  # built inside a running loop: updates are scheduled
+        await asyncio.sleep(0.5)
+        app.set_simulation(enabled=True, threshold=0.3, delta=0.2, scale_exp=1, source="structure", seed=3)
+        await asyncio.sleep(0.5)
+        start = app.updates_run
+        for d in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0):  # a burst of slider events
+            app.delta.value = d
+        burst_runs = app.updates_run - start  # nothing ran yet: all events are pending on the timer
+        await asyncio.sleep(0.5)
+        latest_score = app.result.score
+        app_now = DashboardApp(tiny_demo, debounce_s=0)
+        return burst_runs, app.updates_run - start, latest_score, _score_at(app_now, 1.0)
+
+    def _score_at(fresh: DashboardApp, delta: float) -> float:
+        fresh.set_simulation(enabled=True, threshold=0.3, delta=delta, scale_exp=1, source="structure", seed=3)
+        return fresh.result.score
+
+    burst_runs, total_runs, latest, expected = asyncio.run(scenario())
+    assert burst_runs == 0
+    assert total_runs == 1  # eight events, one model run
+    assert latest == pytest.approx(expected, abs=1e-6)  # ... for the latest value (δ = 1.0)
+
+
+# ------------------------------------------------------------------------------------ demo settings / prepare
+def test_settings_precedence_defaults_config_env_overrides(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    (root / "configs").mkdir(parents=True)
+    s = load_settings(env={}, root=root)
+    assert s.data == root / "data" / "synthetic" and s.category == "weave" and s.checkpoint is None
+    assert demo.resolve_checkpoint(s) == root / "runs" / "demo" / "weave" / "final.pt"
+    cfg = root / "configs" / "demo.yaml"
+    cfg.write_text("data: my/data\ncategory: washer\nsteps: 12\ncheckpoint: runs/x.pt\n")
+    s = load_settings(env={}, root=root)
+    assert (s.data, s.category, s.steps, s.checkpoint) == (root / "my/data", "washer", 12, root / "runs/x.pt")
+    s = load_settings(env={"MEMSEG_CATEGORY": "toys", "MEMSEG_DATA": "/abs/mvtec", "MEMSEG_CHECKPOINT": ""}, root=root)
+    assert (s.data, s.category, s.checkpoint) == (Path("/abs/mvtec"), "toys", root / "runs/x.pt")
+    s = load_settings(env={"MEMSEG_CATEGORY": "toys"}, root=root, category="bottle", steps=None)
+    assert s.category == "bottle" and s.steps == 12  # None overrides are ignored
+    other = tmp_path / "other.yaml"
+    other.write_text("category: screw\n")
+    assert load_settings(env={"MEMSEG_DEMO_CONFIG": str(other)}, root=root).category == "screw"
+
+
+def test_settings_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_settings(config=tmp_path / "missing.yaml", env={}, root=tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("categroy: weave\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*categroy"):
+        load_settings(config=bad, env={}, root=tmp_path)
+
+
+def test_prepare_reuses_the_cached_model_without_training(tiny_demo: DemoSettings, monkeypatch) -> None:
+    from memseg import training
+
+    def no_training(*_a, **_k):
+        raise AssertionError("prepare trained again although a model is cached")
+
+    monkeypatch.setattr(training, "train", no_training)
+    lines: list[str] = []
+    ckpt = demo.prepare(tiny_demo, progress=False, log=lines.append)
+    assert ckpt == demo.demo_checkpoint_path(tiny_demo) and ckpt.is_file()
+    assert any("reusing" in line for line in lines)
+    assert not (ckpt.parent / training.CHECKPOINT_DIR / training.LAST_CHECKPOINT).exists()  # moved, not duplicated
+
+
+def test_prepare_refuses_a_missing_configured_checkpoint(tiny_demo: DemoSettings, tmp_path: Path) -> None:
+    s = DemoSettings(**{**tiny_demo.__dict__, "checkpoint": tmp_path / "nope.pt"})
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        demo.prepare(s, progress=False, log=lambda _m: None)
+
+
+def test_prepare_refuses_an_unknown_non_synthetic_category(tmp_path: Path) -> None:
+    s = DemoSettings(data=tmp_path / "mvtec", category="bottle", runs=tmp_path / "runs")
+    with pytest.raises(FileNotFoundError, match="bottle"):
+        demo.prepare(s, progress=False, log=lambda _m: None)
+
+
+def test_demo_cli_reports_errors_without_a_traceback(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("MEMSEG_RUNS", str(tmp_path / "runs"))
+    rc = demo.main(["prepare", "--data", str(tmp_path / "nothing"), "--category", "bottle", "--no-progress"])
+    assert rc == 2
+    assert "bottle" in capsys.readouterr().err
