@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -116,7 +115,7 @@ def save_checkpoint(
         "weights_source": str(weights_source if weights_source is not None else mcfg.get("weights", "unknown")),
         "threshold": None if threshold is None else float(threshold),
         "extra": _plain(extra) if extra is not None else {},
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     return atomic_torch_save(ckpt, path)
 
@@ -133,7 +132,7 @@ def read_checkpoint(path: str | Path) -> dict:
         raise FileNotFoundError(f"checkpoint not found: {path} (expected a .pt file written by `memseg train`)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError) as err:
+    except Exception as err:  # the unpickler raises many types on foreign/corrupt files (IndexError, EOFError, ...)
         raise ValueError(
             f"{path} is not a memseg checkpoint (torch.load(weights_only=True) failed: {str(err).splitlines()[0] if str(err) else type(err).__name__})"
         ) from err
@@ -192,16 +191,23 @@ def load_checkpoint(
         without ``model_state`` (step, config, threshold, weights_source, optimizer/scheduler state, extra...)
         plus ``path``.
     """
-    from memseg.models import build_model
+    import inspect
+
+    from memseg.models import MODEL_REGISTRY, build_model
 
     ckpt = read_checkpoint(path)
     check_expected(ckpt, path, model=model, input_size=input_size, memory_size=memory_size)
     mcfg = dict(ckpt.get("model_config") or {})
-    if "weights" in mcfg:
+    name = ckpt["model_name"]
+    try:
+        accepts_init = "init_weights" in inspect.signature(MODEL_REGISTRY[name].__init__).parameters
+    except KeyError as err:
+        raise ValueError(f"{path} holds an unknown model kind {name!r}; this memseg-kit knows {sorted(MODEL_REGISTRY)}") from err
+    if not accepts_init and "weights" in mcfg:
         # The stored state replaces every weight: no need to load (or download) the initial ones.
         mcfg["weights"] = "random"
     try:
-        net = build_model(ckpt["model_name"], mcfg)
+        net = build_model(name, mcfg, init_weights=False)
     except (TypeError, KeyError) as err:
         raise ValueError(f"{path}: cannot rebuild model {ckpt.get('model_name')!r} from the stored config {mcfg}: {err}") from err
     try:

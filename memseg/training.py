@@ -72,7 +72,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = False  # CUDA memory format option
+    channels_last: bool = False  # channels_last memory format for the convolutions
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
     dtd_root: str | None = None  # DTD root (images/<category>/*.jpg); None -> structure-only simulation
     out: str | None = None  # run folder; default runs/<category>-<model>
@@ -434,7 +434,7 @@ def train(
 
     from memseg.data import load_split
     from memseg.models import build_model
-    from memseg.simulation import AnomalySimulator, SimulationConfig
+    from memseg.simulation import AnomalySimulator, SimulationConfig, default_dtd_root
 
     cfg = config
     cfg.validate()
@@ -456,6 +456,10 @@ def train(
             p.unlink()
     if not cfg.data or not cfg.category:
         raise ValueError("TrainConfig needs data (dataset root) and category")
+    if cfg.dtd_root is None and stored is None:
+        # same lookup as `memseg simulate` ($MEMSEG_DTD, ../shared/data/dtd); recorded in the config
+        found_dtd = default_dtd_root(None)
+        cfg.dtd_root = str(found_dtd) if found_dtd is not None else None
 
     device = select_device(cfg.device)
     if cfg.deterministic:
@@ -476,14 +480,20 @@ def train(
     cache = dataset.load_images(progress=progress).to(device)  # (N, 3, H, W) uint8
 
     # --- model
-    model = build_model(cfg.model, model_config_for(cfg))
+    if stored is None:
+        model = build_model(cfg.model, model_config_for(cfg))
+    else:  # the stored model config; weights come from the checkpoint (no download, no file)
+        model = build_model(stored["model_name"], stored["model_config"], init_weights=False)
     memory_size = int(getattr(model.config, "memory_size", 0) or 0) if hasattr(model, "config") else 0
     if getattr(model.config, "use_memory", True) is False:
         memory_size = 0
     splits = split_indices(n_images, cfg, memory_size) if stored is None else stored["extra"]["splits"]
     model.to(device)
-    if cfg.channels_last and device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    if cfg.channels_last:
+        if callable(getattr(model, "set_channels_last", None)):
+            model.set_channels_last(True)  # MemSeg converts its inputs itself
+        else:
+            model.to(memory_format=torch.channels_last)
     if memory_size:
         # Memory bank from N train images, no simulation (paper §3.2). On resume the stored bank
         # replaces it below; building it anyway keeps lazily registered buffers loadable.
@@ -506,7 +516,8 @@ def train(
             # e.g. DRAEM's own texture-only simulation; explicit `simulation` keys still win
             overrides = {k: v for k, v in model.simulation_overrides().items() if k not in cfg.simulation}
             sim_cfg = dataclasses.replace(sim_cfg, **overrides)
-        simulator = AnomalySimulator(sim_cfg, dtd_root=cfg.dtd_root, size=size, device=device, category=cfg.category)
+        simulator = AnomalySimulator(sim_cfg, dtd_root=cfg.dtd_root, size=size, device=device, category=cfg.category,
+                                     progress=progress)
     train_idx = torch.as_tensor(splits["train"], device=device)
     if stored is not None:
         set_rng_state(stored["extra"]["rng"], gen)  # after all set-up that may draw random numbers
@@ -515,7 +526,10 @@ def train(
     if stored is None:
         cfg.to_yaml(run_dir / "config.yaml")
     log = _StepLog(run_dir, resume_step=start if stored is not None else None)
-    weights_source = str(cfg.model_options.get("weights", getattr(model.config, "weights", "unknown")))
+    weights_source = str(getattr(model, "weights_source", None) or getattr(model.config, "weights", None)
+                         or cfg.model_options.get("weights", "unknown"))
+    if stored is not None:
+        weights_source = stored.get("weights_source", weights_source)
     base_extra = {"splits": splits, "n_train_images": n_images}
 
     def checkpoint(step: int, threshold: float | None = None, validation: dict | None = None) -> Path:
@@ -543,7 +557,7 @@ def train(
                 inputs = torch.cat([clean[:bn], sim.images], dim=0)
                 masks[bn:] = sim.masks
             x, c = normalize(inputs), normalize(clean)  # normalise AFTER compositing
-            if cfg.channels_last and device.type == "cuda":
+            if cfg.channels_last:
                 x, c = x.contiguous(memory_format=torch.channels_last), c.contiguous(memory_format=torch.channels_last)
             with _autocast(device, cfg.amp):
                 loss, parts = model.compute_loss(x, masks, c)
