@@ -1,0 +1,795 @@
+"""Anomaly simulation strategy of MemSeg (paper §3.1, Fig. 3, eq. (1)-(2)).
+
+Three steps, all batched torch ops on the simulator's device:
+
+1. Mask: Perlin noise P binarised with threshold T gives M_P; the foreground mask M_I of the
+   input image restricts it: M = M_P ⊙ M_I (`memseg.perlin`, `memseg.foreground`).
+2. Noise foreground: the noise image I_n is a DTD texture (textural anomaly) or the input image
+   after random mirror/rotation/brightness/saturation/hue with its 4×8 grid of tiles shuffled
+   (structural anomaly); I'_n = δ(M ⊙ I_n) + (1 − δ)(M ⊙ I), δ ~ U[0.15, 1]          eq. (1)
+3. Composite: I_A = M̄ ⊙ I + I'_n                                                    eq. (2)
+
+Images are float tensors in [0, 1] and are **not** ImageNet-normalised here; normalisation
+happens after compositing (PITFALLS). Anomalies are simulated at the final size (no crop that
+could cut an anomaly away), and every simulated sample has a non-empty mask.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from memseg.foreground import ForegroundConfig, foreground_mask, foreground_preset
+from memseg.perlin import perlin_mask, perlin_noise, random_uniform
+from memseg.utils import select_device
+
+__all__ = [
+    "SimulationConfig",
+    "SimulationResult",
+    "AnomalySimulator",
+    "find_texture_files",
+    "load_textures",
+    "colour_jitter_matrix",
+    "random_mirror_rotate",
+    "mirror_rotate_index",
+    "gather_pixels",
+    "structure_index",
+    "shuffle_tiles",
+    "structure_source",
+    "default_dtd_root",
+    "cli_simulate",
+]
+
+SOURCES = ("texture", "structure")
+_TEXTURE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+@dataclass
+class SimulationConfig:
+    """Parameters of the simulation; the first eight are the paper's/ARCHITECTURE.md's.
+
+    threshold: Perlin threshold T (M_P = P > T); P is in about [-1, 1].
+    delta_range: δ ~ U[delta_range] (eq. 1).
+    scale_exp_range: Perlin period exponents per axis, inclusive (2^0..2^5 cells).
+    grid: (rows, cols) of the structural tile shuffle (paper: 4×8).
+    texture_prob: probability of a DTD texture source (else structural); 0 => structure only.
+    rotate: rotate the Perlin sampling coordinates by a random angle.
+    max_resample: how often an empty M is redrawn before falling back to a blob.
+    foreground: ForegroundConfig for M_I; None => the category preset (or no mask).
+    brightness, saturation: multiplicative factor ranges of the structural colour jitter.
+    hue: hue rotation range, in turns (0.1 = 36°).
+    mirror_prob: probability of each horizontal/vertical mirror (structure and texture).
+    rot90: random multiples of 90° (180° only for non-square images).
+    max_angle: extra small rotation of the structure source, ±degrees (0 = off; costs a resample).
+    samples_per_cell: Perlin coarse-grid density (see `memseg.perlin.perlin_noise`).
+    blob_radius: radius of the fallback blob as a fraction of min(H, W).
+    """
+
+    threshold: float = 0.5
+    delta_range: tuple[float, float] = (0.15, 1.0)
+    scale_exp_range: tuple[int, int] = (0, 5)
+    grid: tuple[int, int] = (4, 8)
+    texture_prob: float = 0.5
+    rotate: bool = True
+    max_resample: int = 10
+    foreground: ForegroundConfig | None = None
+    brightness: tuple[float, float] = (0.8, 1.2)
+    saturation: tuple[float, float] = (0.8, 1.2)
+    hue: tuple[float, float] = (-0.1, 0.1)
+    mirror_prob: float = 0.5
+    rot90: bool = True
+    max_angle: float = 0.0
+    samples_per_cell: float = 4.0
+    blob_radius: float = 0.06
+
+    def __post_init__(self) -> None:
+        if isinstance(self.foreground, dict):  # from YAML / asdict
+            self.foreground = ForegroundConfig(**self.foreground)
+        self.delta_range = (float(self.delta_range[0]), float(self.delta_range[1]))
+        self.scale_exp_range = (int(self.scale_exp_range[0]), int(self.scale_exp_range[1]))
+        self.grid = (int(self.grid[0]), int(self.grid[1]))
+        lo, hi = self.delta_range
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"delta_range must satisfy 0 <= low <= high <= 1, got {self.delta_range}")
+        if not 0.0 <= self.texture_prob <= 1.0:
+            raise ValueError(f"texture_prob must be in [0, 1], got {self.texture_prob}")
+        if min(self.grid) < 1:
+            raise ValueError(f"grid must be (rows >= 1, cols >= 1), got {self.grid}")
+        if self.max_resample < 0:
+            raise ValueError(f"max_resample must be >= 0, got {self.max_resample}")
+
+
+@dataclass
+class SimulationResult:
+    """Output of `AnomalySimulator.simulate`.
+
+    images: I_A (B, 3, H, W) in [0, 1]; masks: M (B, 1, H, W) in {0, 1}; delta: δ (B,);
+    source: "texture" | "structure" per sample; intermediates: None or a dict with
+    P, M_P, M_I, M, I_n, I_n_prime, I_A (tensors) plus delta, source, threshold, scale_exp (B, 2),
+    angle (B,), resampled (B,) redraw counts and fallback (B,) bool (blob used).
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    delta: torch.Tensor
+    source: list[str]
+    intermediates: dict[str, Any] | None = field(default=None, repr=False)
+
+
+# --------------------------------------------------------------------------- texture source (DTD)
+
+
+def find_texture_files(dtd_root: str | Path) -> list[Path]:
+    """Sorted texture files under `<dtd_root>/images/<category>/`; dtd_root may be `images/` itself.
+
+    A folder of images without category sub-folders is accepted too. Returns [] when missing.
+    """
+    root = Path(dtd_root).expanduser()
+    images = root / "images" if (root / "images").is_dir() else root
+    if not images.is_dir():
+        return []
+    files = [p for p in images.glob("*/*") if p.suffix.lower() in _TEXTURE_SUFFIXES and p.is_file()]
+    if not files:
+        files = [p for p in images.glob("*") if p.suffix.lower() in _TEXTURE_SUFFIXES and p.is_file()]
+    return sorted(files)
+
+
+def _cover_resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize so the image covers (H, W) keeping its aspect ratio, then centre-crop."""
+    h, w = size
+    scale = max(w / img.width, h / img.height)
+    nw, nh = max(w, math.ceil(img.width * scale)), max(h, math.ceil(img.height * scale))
+    img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=2.0)
+    left, top = (nw - w) // 2, (nh - h) // 2
+    return img.crop((left, top, left + w, top + h))
+
+
+def load_textures(
+    files: Sequence[Path],
+    size: tuple[int, int],
+    max_textures: int = 256,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> torch.Tensor | None:
+    """Decode and resize textures once -> uint8 Tensor (N, 3, H, W) on `device` (None if none load).
+
+    At most `max_textures` files, picked evenly spaced over the sorted list (deterministic and
+    spread across DTD categories). Unreadable files are skipped with a warning naming them.
+    """
+    files = list(files)
+    if len(files) > max_textures > 0:
+        picks = np.unique(np.linspace(0, len(files) - 1, max_textures).round().astype(int))
+        files = [files[i] for i in picks]
+    h, w = size
+    out = []
+    for path in tqdm(files, desc="DTD textures", disable=not progress, leave=False):
+        try:
+            with Image.open(path) as img:
+                img.draft("RGB", (w, h))  # JPEG: decode at a reduced scale when possible
+                arr = np.asarray(_cover_resize(img.convert("RGB"), (h, w)))
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            warnings.warn(f"skipping texture {path}: cannot decode it as an RGB image ({err})", stacklevel=2)
+            continue
+        out.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+    if not out:
+        return None
+    return torch.stack(out).to(device)
+
+
+# --------------------------------------------------------------------------- structure source
+
+
+def _yiq() -> tuple[torch.Tensor, torch.Tensor]:
+    rgb2yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    return rgb2yiq, torch.linalg.inv(rgb2yiq)
+
+
+def colour_jitter_matrix(
+    brightness: torch.Tensor, saturation: torch.Tensor, hue: torch.Tensor
+) -> torch.Tensor:
+    """Per-sample 3×3 RGB matrices (B, 3, 3) for brightness × saturation × hue.
+
+    Saturation scales and hue (in turns) rotates the chroma plane (I, Q) of YIQ, keeping luma Y:
+    the same saturation as torchvision's blend with the grey image, and a linear approximation
+    of an HSV hue shift, so the whole jitter is one batched matrix product.
+    """
+    rgb2yiq, yiq2rgb = _yiq()
+    ang = 2 * math.pi * hue.float().cpu()
+    s = saturation.float().cpu()
+    b = brightness.float().cpu()
+    chroma = torch.zeros(len(s), 3, 3)
+    chroma[:, 0, 0] = 1.0
+    chroma[:, 1, 1], chroma[:, 1, 2] = s * torch.cos(ang), -s * torch.sin(ang)
+    chroma[:, 2, 1], chroma[:, 2, 2] = s * torch.sin(ang), s * torch.cos(ang)
+    return b.view(-1, 1, 1) * (yiq2rgb @ chroma @ rgb2yiq)
+
+
+def _draw_mirror_rotate(
+    batch: int, height: int, width: int, generator: torch.Generator | None, mirror_prob: float, rot90: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample (hflip bool, vflip bool, quarter turns long), all (B,) on the CPU."""
+    u = random_uniform((batch, 3), generator)
+    hflip, vflip = u[:, 0] < mirror_prob, u[:, 1] < mirror_prob
+    if not rot90:
+        quarter = torch.zeros(batch, dtype=torch.long)
+    elif height == width:
+        quarter = (u[:, 2] * 4).long().clamp(max=3)
+    else:  # keep the shape: 0° or 180° only
+        quarter = 2 * (u[:, 2] * 2).long().clamp(max=1)
+    return hflip, vflip, quarter
+
+
+def mirror_rotate_index(
+    hflip: torch.Tensor, vflip: torch.Tensor, quarter: torch.Tensor, height: int, width: int,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Flat source index (B, H, W) of `rot90(vflip(hflip(x)), quarter)` for each sample.
+
+    `x.view(B, C, H*W).gather(2, index)` applies the transform: mirrors and quarter turns are
+    integer affine maps of the pixel coordinates, so the index is one broadcast add
+    `P*i + Q*j + C` instead of a flip/rotate pass over the image per sample.
+    """
+    p, q, c = _mirror_rotate_coef(hflip, vflip, quarter, height, width, device)
+    i = torch.arange(height, device=device).view(1, -1, 1)
+    j = torch.arange(width, device=device).view(1, 1, -1)
+    return (p.view(-1, 1, 1) * i + c.view(-1, 1, 1)) + q.view(-1, 1, 1) * j
+
+
+def _mirror_rotate_coef(hflip, vflip, quarter, height, width, device):
+    """(P, Q, C), each (B,) long: the source flat index of output pixel (i, j) is P*i + Q*j + C."""
+    if bool((quarter % 2 == 1).any()) and height != width:
+        raise ValueError(f"90° rotations need a square image, got {height}x{width}")
+    h1, w1 = height - 1, width - 1
+    # (source row, source col) = A @ (i, j, 1) for torch.rot90(x, k, dims=(-2, -1)), k = 0..3
+    rot = torch.tensor(
+        [[[1, 0, 0], [0, 1, 0]], [[0, 1, 0], [-1, 0, w1]], [[-1, 0, h1], [0, -1, w1]], [[0, -1, h1], [1, 0, 0]]]
+    )
+    a = rot[quarter.cpu().long() % 4].clone()  # (B, 2, 3)
+    v, hf = vflip.cpu().bool(), hflip.cpu().bool()
+    a[v, 0] = -a[v, 0]  # vertical mirror: row -> H-1-row
+    a[v, 0, 2] += h1
+    a[hf, 1] = -a[hf, 1]  # horizontal mirror: col -> W-1-col
+    a[hf, 1, 2] += w1
+    coef = (a[:, 0] * width + a[:, 1]).to(device)  # flat = row * W + col
+    return coef[:, 0], coef[:, 1], coef[:, 2]
+
+
+def structure_index(
+    hflip: torch.Tensor, vflip: torch.Tensor, quarter: torch.Tensor, perm: torch.Tensor,
+    height: int, width: int, grid: tuple[int, int] = (4, 8), device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Flat source index (B, H, W) of `shuffle_tiles(rot90(vflip(hflip(x))), grid, perm)`.
+
+    With the mirror/turn map flat = P*i + Q*j + C and output tile t taken from tile perm[t] at
+    (row R, col K), the index is (P*R*th + Q*K*tw + C)[tile] + (P*di + Q*dj)[offset]: one
+    broadcast add over the image (the remainder strip of a non-divisible size keeps P*i + Q*j + C).
+    """
+    gh, gw = grid
+    th, tw = height // gh, width // gw
+    if th == 0 or tw == 0:
+        raise ValueError(f"image of size {height}x{width} is smaller than the tile grid {gh}x{gw}")
+    b = perm.shape[0]
+    p, q, c = (v.view(b, 1, 1) for v in _mirror_rotate_coef(hflip, vflip, quarter, height, width, device))
+    perm = perm.to(device, torch.long).view(b, gh, gw)
+    base = p * ((perm // gw) * th) + q * ((perm % gw) * tw) + c  # (B, gh, gw)
+    di = torch.arange(th, device=device).view(1, -1, 1)
+    dj = torch.arange(tw, device=device).view(1, 1, -1)
+    offset = p * di + q * dj  # (B, th, tw)
+    tiles = (base.view(b, gh, 1, gw, 1) + offset.view(b, 1, th, 1, tw)).view(b, gh * th, gw * tw)
+    if gh * th == height and gw * tw == width:
+        return tiles
+    index = mirror_rotate_index(hflip, vflip, quarter, height, width, device)
+    index[:, : gh * th, : gw * tw] = tiles
+    return index
+
+
+def gather_pixels(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """out[b, c, p] = images[b, c, index[b, p]] for images (B, C, H, W) and index (B, H, W)."""
+    b, c, h, w = images.shape
+    idx = index.reshape(b, 1, h * w).expand(b, c, h * w)
+    return images.reshape(b, c, h * w).gather(2, idx).view(b, c, h, w)
+
+
+def random_mirror_rotate(
+    images: torch.Tensor,
+    generator: torch.Generator | None = None,
+    mirror_prob: float = 0.5,
+    rot90: bool = True,
+) -> torch.Tensor:
+    """Random per-sample horizontal/vertical mirror and rotation by multiples of 90° (new tensor).
+
+    Non-square images only get 0° or 180° so the shape is kept. Works for any dtype (uint8 too).
+    """
+    b, _, h, w = images.shape
+    hflip, vflip, quarter = _draw_mirror_rotate(b, h, w, generator, mirror_prob, rot90)
+    return gather_pixels(images, mirror_rotate_index(hflip, vflip, quarter, h, w, images.device))
+
+
+def _small_rotation(images: torch.Tensor, max_angle: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Rotate each image by U[-max_angle, max_angle] degrees (reflection padding)."""
+    b = images.shape[0]
+    ang = random_uniform((b,), generator, "cpu", -max_angle, max_angle) * math.pi / 180
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = torch.cos(ang), -torch.sin(ang)
+    theta[:, 1, 0], theta[:, 1, 1] = torch.sin(ang), torch.cos(ang)
+    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def shuffle_tiles(
+    images: torch.Tensor,
+    grid: tuple[int, int] = (4, 8),
+    generator: torch.Generator | None = None,
+    perm: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split each image into a rows×cols grid and rearrange the tiles by a random permutation.
+
+    images (B, C, H, W) -> (shuffled (B, C, H, W), perm LongTensor (B, rows*cols)); output tile k
+    (row-major) is input tile perm[b, k]. When H or W is not divisible by the grid, the largest
+    divisible top-left crop is shuffled and the remaining bottom/right strip is kept as is.
+    """
+    b, c, h, w = images.shape
+    gh, gw = grid
+    th, tw = h // gh, w // gw
+    if th == 0 or tw == 0:
+        raise ValueError(f"image of size {h}x{w} is smaller than the tile grid {gh}x{gw}")
+    n = gh * gw
+    if perm is None:
+        perm = torch.argsort(random_uniform((b, n), generator), dim=1)
+    perm = perm.to(images.device, torch.long)
+    if perm.shape != (b, n):
+        raise ValueError(f"perm must have shape ({b}, {n}), got {tuple(perm.shape)}")
+    hc, wc = gh * th, gw * tw
+    # (B, C, gh*th, gw*tw) -> (B, gh*gw, C, th, tw)
+    tiles = images[..., :hc, :wc].reshape(b, c, gh, th, gw, tw).permute(0, 2, 4, 1, 3, 5).reshape(b, n, c, th, tw)
+    tiles = tiles[torch.arange(b, device=images.device).view(-1, 1), perm]
+    shuffled = tiles.view(b, gh, gw, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, hc, wc)
+    if hc == h and wc == w:
+        return shuffled, perm
+    out = images.clone()
+    out[..., :hc, :wc] = shuffled
+    return out, perm
+
+
+def structure_source(
+    images: torch.Tensor, config: SimulationConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Structural noise image I_n (paper §3.1): mirror, rotation, brightness, saturation, hue, then
+    the grid shuffle. images (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1].
+
+    Colour is one batched 3×3 matrix product; mirror, quarter turns and the tile shuffle are
+    composed into one pixel index (the shuffle is applied to the index map) and gathered once.
+    """
+    b, _, h, w = images.shape
+    u = random_uniform((b, 3), generator)
+    lerp = lambda r, t: r[0] + (r[1] - r[0]) * t  # noqa: E731
+    mat = colour_jitter_matrix(lerp(config.brightness, u[:, 0]), lerp(config.saturation, u[:, 1]), lerp(config.hue, u[:, 2]))
+    # einsum: much faster than bmm for K = 3 on CPU
+    x = torch.einsum("bij,bjp->bip", mat.to(images.device, images.dtype), images.reshape(b, 3, -1))
+    x = x.view_as(images).clamp_(0, 1)
+    flips = _draw_mirror_rotate(b, h, w, generator, config.mirror_prob, config.rot90)
+    if config.max_angle > 0:  # slow path: a resampling rotation sits between mirror/turn and shuffle
+        x = gather_pixels(x, mirror_rotate_index(*flips, h, w, images.device))
+        x = _small_rotation(x, config.max_angle, generator)
+        return shuffle_tiles(x, config.grid, generator)[0]
+    perm = torch.argsort(random_uniform((b, config.grid[0] * config.grid[1]), generator), dim=1)
+    return gather_pixels(x, structure_index(*flips, perm, h, w, config.grid, images.device))
+
+
+# --------------------------------------------------------------------------- simulator
+
+
+def _as_size(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    h, w = (int(v) for v in size)
+    return (h, w)
+
+
+class AnomalySimulator:
+    """Batched MemSeg anomaly simulation (paper §3.1) with an in-memory texture cache.
+
+    Args:
+        config: SimulationConfig (default: the paper's settings).
+        dtd_root: DTD folder (`<dtd_root>/images/<category>/*.jpg`, or `images/` itself). Missing or
+            empty -> a warning naming the path, then structure-only anomalies.
+        size: (H, W) of the cached textures (the training image size).
+        device: "auto" | "cpu" | "cuda"; simulation runs there (textures are cached there).
+        category: picks the foreground preset (`memseg.foreground.FOREGROUND_PRESETS`) unless
+            `config.foreground` is set.
+        textures: inject textures directly, uint8 (N, 3, H, W) or float in [0, 1] (tests, demos).
+        max_textures: at most this many DTD files are decoded (evenly spaced, deterministic).
+        progress: show a progress bar while decoding textures.
+
+    Textures are decoded lazily on first use (or by `load()`), once.
+    """
+
+    def __init__(
+        self,
+        config: SimulationConfig | None = None,
+        dtd_root: str | Path | None = None,
+        size: int | Sequence[int] = (256, 256),
+        device: str | torch.device = "cpu",
+        category: str | None = None,
+        *,
+        textures: torch.Tensor | None = None,
+        max_textures: int = 256,
+        progress: bool = True,
+    ) -> None:
+        self.config = config if config is not None else SimulationConfig()
+        self.size = _as_size(size)
+        self.device = select_device(device)
+        self.category = category
+        self.foreground = self.config.foreground if self.config.foreground is not None else foreground_preset(category)
+        self.dtd_root = Path(dtd_root) if dtd_root is not None else None
+        self.max_textures = max_textures
+        self.progress = progress
+        self._textures: torch.Tensor | None = None
+        self._texture_files: list[Path] = []
+        if textures is not None:
+            self._textures = self._check_textures(textures)
+        elif self.config.texture_prob > 0:
+            self._texture_files = self._discover()
+
+    @classmethod
+    def for_category(
+        cls,
+        category: str,
+        dtd_root: str | Path | None = None,
+        size: int | Sequence[int] = (256, 256),
+        device: str | torch.device = "cpu",
+        config: SimulationConfig | None = None,
+        **kwargs: Any,
+    ) -> "AnomalySimulator":
+        """Simulator with the foreground preset of `category` (textures: no foreground mask)."""
+        return cls(config=config, dtd_root=dtd_root, size=size, device=device, category=category, **kwargs)
+
+    # ---- textures
+    def _discover(self) -> list[Path]:
+        if self.dtd_root is None:
+            warnings.warn(
+                "no DTD root given (dtd_root=None): texture anomalies are disabled, simulating structural "
+                "anomalies only. Pass dtd_root=<folder with images/<category>/*.jpg> or set texture_prob=0.",
+                stacklevel=3,
+            )
+            return []
+        files = find_texture_files(self.dtd_root)
+        if not files:
+            warnings.warn(
+                f"no DTD textures found at {self.dtd_root} (expected {self.dtd_root}/images/<category>/*.jpg): "
+                "texture anomalies are disabled, simulating structural anomalies only.",
+                stacklevel=3,
+            )
+        return files
+
+    def _check_textures(self, textures: torch.Tensor) -> torch.Tensor:
+        if textures.dim() != 4 or textures.shape[1] != 3 or textures.shape[0] < 1:
+            raise ValueError(f"textures must be a (N>=1, 3, H, W) tensor, got shape {tuple(textures.shape)}")
+        if textures.dtype != torch.uint8:
+            textures = (textures.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        return textures.to(self.device)
+
+    def load(self) -> "AnomalySimulator":
+        """Decode the DTD textures now (otherwise on first use). Returns self."""
+        if self._textures is None and self._texture_files:
+            self._textures = load_textures(self._texture_files, self.size, self.max_textures, self.device, self.progress)
+            self._texture_files = []
+            if self._textures is None:
+                warnings.warn(
+                    f"none of the DTD textures under {self.dtd_root} could be decoded: structural anomalies only",
+                    stacklevel=2,
+                )
+        return self
+
+    @property
+    def textures(self) -> torch.Tensor | None:
+        """Cached textures, uint8 (N, 3, H, W) on the simulator's device, or None."""
+        return self.load()._textures
+
+    @property
+    def has_textures(self) -> bool:
+        return self._textures is not None or bool(self._texture_files)
+
+    # ---- per-sample choices
+    def _sources(self, batch: int, source: str | Sequence[str] | None, generator: torch.Generator | None) -> list[str]:
+        if source is None:
+            prob = self.config.texture_prob if self.has_textures else 0.0
+            u = random_uniform((batch,), generator)
+            return ["texture" if float(v) < prob else "structure" for v in u]
+        kinds = [source] * batch if isinstance(source, str) else list(source)
+        if len(kinds) != batch or any(k not in SOURCES for k in kinds):
+            raise ValueError(f"source must be 'texture', 'structure' or a list of {batch} of them, got {source!r}")
+        if "texture" in kinds and not self.has_textures:
+            where = self.dtd_root if self.dtd_root is not None else "dtd_root=None"
+            raise ValueError(f"source='texture' was requested but no DTD textures are available ({where})")
+        return kinds
+
+    def _delta(self, batch: int, delta: float | torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+        if delta is None:
+            lo, hi = self.config.delta_range
+            return random_uniform((batch,), generator, self.device, lo, hi)  # δ ~ U[0.15, 1], eq. (1)
+        d = torch.as_tensor(delta, dtype=torch.float32).to(self.device).reshape(-1)
+        d = d.expand(batch).clone() if d.numel() == 1 else d
+        if d.shape != (batch,) or float(d.min()) < 0 or float(d.max()) > 1:
+            raise ValueError(f"delta must be a float or a ({batch},) tensor with values in [0, 1], got {delta!r}")
+        return d
+
+    def _check_images(self, images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"simulate() expects images of shape (B, 3, H, W), got {shape}")
+        images = images.to(self.device)
+        if images.dtype == torch.uint8:
+            return images.float().div_(255)
+        images = images.float()
+        lo, hi = torch.aminmax(images)
+        if float(lo) < -1e-3 or float(hi) > 1 + 1e-3:
+            raise ValueError(
+                f"simulate() expects un-normalised images in [0, 1], got values in [{float(lo):.3f}, {float(hi):.3f}]; "
+                "apply ImageNet normalisation after compositing, not before (PITFALLS)"
+            )
+        return images
+
+    # ---- masks
+    def _foreground(self, images: torch.Tensor, foreground: Any) -> torch.Tensor:
+        if isinstance(foreground, torch.Tensor):
+            m = (foreground.to(self.device).float() > 0.5).float()
+            if m.dim() == 3:
+                m = m.unsqueeze(1)
+            if m.shape != (images.shape[0], 1, *images.shape[-2:]):
+                raise ValueError(f"foreground mask must have shape {(images.shape[0], 1, *images.shape[-2:])}, got {tuple(m.shape)}")
+        else:
+            if foreground is None:
+                cfg = self.foreground
+            elif foreground is False or foreground == "none":
+                cfg = None
+            elif isinstance(foreground, ForegroundConfig):
+                cfg = foreground
+            else:
+                raise ValueError(f"foreground must be None, False/'none', a ForegroundConfig or a mask tensor, got {foreground!r}")
+            m = foreground_mask(images, cfg)
+        # An image whose foreground vanished (odd lighting, wrong preset) is simulated without it.
+        empty = m.amax(dim=(1, 2, 3)) == 0
+        if bool(empty.any()):
+            m = m.clone()
+            m[empty] = 1.0
+        return m
+
+    def _perlin(self, n: int, h: int, w: int, generator, scale_exp, rows: torch.Tensor | None):
+        if isinstance(scale_exp, torch.Tensor) and scale_exp.dim() == 2 and rows is not None:
+            scale_exp = scale_exp[rows.cpu()]
+        return perlin_noise(
+            n, h, w, generator, self.device, self.config.scale_exp_range, scale_exp,
+            rotate=self.config.rotate, samples_per_cell=self.config.samples_per_cell, return_params=True,
+        )
+
+    def _blob(self, m_i: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A disc centred on a random foreground pixel of each (n, 1, H, W) M_I (fallback mask)."""
+        n, _, h, w = m_i.shape
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        weights = m_i.reshape(n, -1).to(gen_device)
+        centre = torch.multinomial(weights, 1, generator=generator).view(-1).to(self.device)
+        cy, cx = (centre // w).float().view(-1, 1, 1, 1), (centre % w).float().view(-1, 1, 1, 1)
+        r = max(1.5, self.config.blob_radius * min(h, w))
+        ys = torch.arange(h, device=self.device, dtype=torch.float32).view(1, 1, -1, 1)
+        xs = torch.arange(w, device=self.device, dtype=torch.float32).view(1, 1, 1, -1)
+        return (((ys - cy) ** 2 + (xs - cx) ** 2) <= r * r).float()
+
+    def _masks(self, m_i, threshold, generator, scale_exp):
+        """Step 1 of Fig. 3: P, M_P and M = M_P ⊙ M_I, redrawing empty masks, then the blob fallback."""
+        b, _, h, w = m_i.shape
+        p, params = self._perlin(b, h, w, generator, scale_exp, None)
+        m_p = perlin_mask(p, threshold)
+        m = m_p * m_i  # M = M_P ⊙ M_I
+        resampled = torch.zeros(b, dtype=torch.long)
+        fallback = torch.zeros(b, dtype=torch.bool)
+        thr_rows = lambda rows: threshold[rows] if isinstance(threshold, torch.Tensor) and threshold.dim() else threshold  # noqa: E731
+        empty = torch.nonzero(m.amax(dim=(1, 2, 3)) == 0).view(-1)
+        for _ in range(self.config.max_resample):
+            if empty.numel() == 0:
+                break
+            rows = empty.to(self.device)
+            p_new, par = self._perlin(len(empty), h, w, generator, scale_exp, empty)
+            p[rows], m_p[rows] = p_new, perlin_mask(p_new, thr_rows(rows))
+            m[rows] = m_p[rows] * m_i[rows]
+            params["scale_exp"][empty], params["angle"][empty] = par["scale_exp"], par["angle"]
+            resampled[empty] += 1
+            empty = empty[(m[rows].amax(dim=(1, 2, 3)) == 0).cpu()]
+        if empty.numel():  # still empty: a small blob inside the foreground
+            rows = empty.to(self.device)
+            m_p[rows] = self._blob(m_i[rows], generator)
+            m[rows] = m_p[rows] * m_i[rows]
+            fallback[empty] = True
+        return p, m_p, m, params, resampled, fallback
+
+    # ---- noise images
+    def _texture_images(self, n: int, h: int, w: int, generator: torch.Generator | None) -> torch.Tensor:
+        tex = self.textures
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        idx = torch.randint(tex.shape[0], (n,), generator=generator, device=gen_device).to(self.device)
+        x = tex[idx]  # uint8 (n, 3, Ht, Wt)
+        if x.shape[-2:] != (h, w):
+            x = F.interpolate(x.float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+            x = x.round_().clamp_(0, 255).to(torch.uint8)
+        return random_mirror_rotate(x, generator, self.config.mirror_prob, self.config.rot90).float().div_(255)
+
+    def _noise_images(self, images: torch.Tensor, kinds: list[str], generator) -> torch.Tensor:
+        b, _, h, w = images.shape
+        tex_rows = [i for i, k in enumerate(kinds) if k == "texture"]
+        if len(tex_rows) == b:
+            return self._texture_images(b, h, w, generator)
+        if not tex_rows:
+            return structure_source(images, self.config, generator)
+        str_rows = [i for i, k in enumerate(kinds) if k == "structure"]
+        i_n = torch.empty_like(images)
+        t_idx = torch.tensor(tex_rows, device=self.device)
+        s_idx = torch.tensor(str_rows, device=self.device)
+        i_n.index_copy_(0, t_idx, self._texture_images(len(tex_rows), h, w, generator))
+        i_n.index_copy_(0, s_idx, structure_source(images[s_idx], self.config, generator))
+        return i_n
+
+    # ---- main entry point
+    @torch.no_grad()
+    def simulate(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        threshold: float | torch.Tensor | None = None,
+        delta: float | torch.Tensor | None = None,
+        source: str | Sequence[str] | None = None,
+        scale_exp: int | tuple[int, int] | torch.Tensor | None = None,
+        foreground: ForegroundConfig | torch.Tensor | bool | str | None = None,
+        return_intermediates: bool = False,
+    ) -> SimulationResult:
+        """Simulate one anomaly per image (paper §3.1, Fig. 3, eq. (1)-(2)).
+
+        Args:
+            images: (B, 3, H, W) float in [0, 1] (or uint8), not normalised.
+            generator: torch.Generator; same seed -> same result.
+            threshold: Perlin threshold T (float or (B,)); default config.threshold.
+            delta: δ, float or (B,) tensor; default δ ~ U[config.delta_range].
+            source: "texture", "structure" or a per-sample list; default random (texture_prob).
+            scale_exp: fix the Perlin period exponents (int, (exp_y, exp_x) or (B, 2)).
+            foreground: override M_I: a ForegroundConfig, False/"none" (no mask) or a (B, 1, H, W) mask.
+            return_intermediates: also return P, M_P, M_I, M, I_n, I_n_prime, I_A and parameters.
+        """
+        images = self._check_images(images)
+        b, _, h, w = images.shape
+        thr = self.config.threshold if threshold is None else threshold
+        if isinstance(thr, torch.Tensor):
+            thr = thr.to(self.device, torch.float32)
+        kinds = self._sources(b, source, generator)
+        d = self._delta(b, delta, generator)
+        m_i = self._foreground(images, foreground)
+        p, m_p, m, params, resampled, fallback = self._masks(m_i, thr, generator, scale_exp)
+        i_n = self._noise_images(images, kinds, generator)
+        # eq. (1)-(2) fused: I_A = I + δM(I_n − I), exactly I wherever M = 0.
+        i_a = torch.lerp(images, i_n, d.view(b, 1, 1, 1) * m)
+        inter = None
+        if return_intermediates:
+            dd = d.view(b, 1, 1, 1)
+            inter = {
+                "P": p, "M_P": m_p, "M_I": m_i, "M": m, "I_n": i_n,
+                "I_n_prime": dd * (m * i_n) + (1 - dd) * (m * images),  # eq. (1)
+                "I_A": i_a,  # eq. (2): (1 − M) ⊙ I + I'_n
+                "I": images, "delta": d, "source": kinds, "threshold": thr,
+                "scale_exp": params["scale_exp"], "angle": params["angle"],
+                "resampled": resampled, "fallback": fallback,
+            }
+        return SimulationResult(images=i_a, masks=m, delta=d, source=kinds, intermediates=inter)
+
+    __call__ = simulate
+
+    def __repr__(self) -> str:
+        n = self._textures.shape[0] if self._textures is not None else len(self._texture_files)
+        return (f"AnomalySimulator(category={self.category!r}, size={self.size}, device={self.device}, "
+                f"textures={n}, foreground={self.foreground})")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def default_dtd_root(explicit: str | Path | None = None) -> Path | None:
+    """--dtd, else $MEMSEG_DTD, else <cwd>/../shared/data/dtd when it exists, else None."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("MEMSEG_DTD"):
+        return Path(os.environ["MEMSEG_DTD"])
+    guess = Path.cwd().parent / "shared" / "data" / "dtd"
+    return guess if guess.is_dir() else None
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    Image.fromarray(array).save(path)
+
+
+def cli_simulate(args: Any) -> int:
+    """`memseg simulate`: simulate `--n` anomalies on the category's train/good images.
+
+    Writes NNNN_image.png, NNNN_mask.png and summary.json to --out (which must be new or empty),
+    or with --no-save writes nothing and prints `throughput: X samples/s` as the last line.
+    """
+    from memseg.data.datasets import load_split  # data room; imported lazily
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    out = None
+    if not args.no_save:
+        if not args.out:
+            raise ValueError("--out is required unless --no-save is given")
+        out = Path(args.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ValueError(f"output folder {out} exists and is not empty; refusing to overwrite (choose a new or empty folder)")
+    device = select_device(args.device)
+    size = (args.size, args.size)
+    dataset = load_split(args.data, args.category, "train", size=size, layout=args.layout)
+    pool = dataset.load_images()  # uint8 (N, 3, H, W), decoded once
+    if pool.shape[0] == 0:
+        raise ValueError(f"no training images for category {args.category!r} under {args.data}")
+    pool = pool.to(device)
+    sim = AnomalySimulator.for_category(args.category, dtd_root=default_dtd_root(args.dtd), size=size, device=device)
+    sim.load()
+    gen = torch.Generator().manual_seed(args.seed)
+
+    results: list[SimulationResult] = []
+    elapsed = 0.0
+    batch = max(1, args.batch_size)
+    for start in tqdm(range(0, args.n, batch), desc=f"simulate {args.category}", leave=False):
+        idx = torch.arange(start, min(start + batch, args.n), device=device) % pool.shape[0]
+        images = pool[idx].float().div_(255)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        res = sim.simulate(images, generator=gen, threshold=args.threshold, delta=args.delta, source=args.source)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed += time.perf_counter() - t0
+        results.append(SimulationResult(res.images.cpu(), res.masks.cpu(), res.delta.cpu(), res.source))
+    throughput = args.n / max(elapsed, 1e-9)
+
+    if out is None:
+        print(f"simulated {args.n} samples of {args.category} at {args.size}x{args.size} on {device}")
+        print(f"throughput: {throughput:.1f} samples/s")
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    images = torch.cat([r.images for r in results])
+    masks = torch.cat([r.masks for r in results])
+    deltas = torch.cat([r.delta for r in results]).tolist()
+    sources = [s for r in results for s in r.source]
+    for i in tqdm(range(args.n), desc="write PNGs", leave=False):
+        img = (images[i].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+        _save_png(img, out / f"{i:04d}_image.png")
+        _save_png((masks[i, 0].numpy() > 0.5).astype(np.uint8) * 255, out / f"{i:04d}_mask.png")
+    summary = {
+        "category": args.category,
+        "data": str(args.data),
+        "n": args.n,
+        "size": [args.size, args.size],
+        "seed": args.seed,
+        "device": str(device),
+        "dtd_root": str(sim.dtd_root) if sim.dtd_root is not None else None,
+        "n_textures": 0 if sim.textures is None else int(sim.textures.shape[0]),
+        "foreground": None if sim.foreground is None else vars(sim.foreground),
+        "threshold": args.threshold if args.threshold is not None else sim.config.threshold,
+        "counts": {k: sources.count(k) for k in SOURCES},
+        "delta": deltas,
+        "source": sources,
+        "mask_fraction": masks.mean(dim=(1, 2, 3)).tolist(),
+        "throughput_samples_per_s": throughput,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"wrote {args.n} simulated samples and summary.json to {out}")
+    print(f"throughput: {throughput:.1f} samples/s")
+    return 0
