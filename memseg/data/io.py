@@ -158,7 +158,9 @@ def pil_to_rgb_array(img: Image.Image, path: str | Path = "<image>") -> np.ndarr
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ImageLoadError(f"{path}: decoded to shape {arr.shape}, expected (H, W, 3)")
-    return np.ascontiguousarray(arr)
+    if not arr.flags.writeable or not arr.flags.c_contiguous:
+        arr = np.array(arr, copy=True, order="C")  # Pillow's buffers are read-only
+    return arr
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -198,7 +200,7 @@ def load_mask(path: str | Path, size: SizeLike | None = None) -> np.ndarray:
         values = _mask_values(img)
     finally:
         img.close()
-    mask = values > 0
+    mask = np.array(values > 0)
     if size is not None:
         mask = resize_mask(mask, size)
     return mask
@@ -220,7 +222,9 @@ def to_tensor(image: np.ndarray, size: SizeLike | None = None) -> torch.Tensor:
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"to_tensor expects a uint8 (H, W, 3) array, got {image.dtype} {image.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+    if not image.flags.writeable or not image.flags.c_contiguous:
+        image = np.array(image, copy=True, order="C")
+    x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
     if size is None:
         return x
     h, w = as_size(size)

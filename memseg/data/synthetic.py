@@ -69,6 +69,10 @@ _MAX_TRIES = 25
 _Size = int | Sequence[int]
 
 
+class OutputExistsError(FileExistsError, ValueError):
+    """A category folder already holds data and ``overwrite`` was not given (a ValueError too, so the CLI reports it)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # small helpers
 
@@ -519,7 +523,7 @@ def generate(
     for c in categories:
         target = out / c
         if target.exists() and any(target.iterdir()) and not overwrite:
-            raise FileExistsError(f"{target}: category folder already exists and is not empty; "
+            raise OutputExistsError(f"{target}: category folder already exists and is not empty; "
                                   f"pass overwrite=True (--overwrite) to replace it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     for c in categories:
@@ -573,8 +577,8 @@ def ensure_synthetic(
     if missing:
         try:
             generate(root, missing, seed=seed, size=size, **kw)
-        except FileExistsError as err:
-            raise FileExistsError(f"{err} (its dataset.json does not match seed={seed}, size={hw}, "
+        except OutputExistsError as err:
+            raise OutputExistsError(f"{err} (its dataset.json does not match seed={seed}, size={hw}, "
                                   f"n_train={kw.get('n_train')}, n_test={kw.get('n_test')})") from err
     return root
 

@@ -1,0 +1,69 @@
+"""Shared pytest fixtures (data room). Other test modules rely on these names; keep them stable.
+
+- ``project_root`` (session): the repository root (the folder holding ``pyproject.toml``).
+- ``shared_data`` (session): ``<project root>/../shared/data``, the real data kept beside the
+  project; the test is *skipped* with a clear reason when the folder is absent (fresh clones).
+- ``tire_root`` (session): ``shared_data / "mvtec3d_tire"``, an MVTec AD root holding category
+  ``tire`` (300x400 WxH, non-square); skipped when absent.
+- ``dtd_root`` (session): ``shared_data / "dtd"`` (``images/<category>/*.jpg``); skipped when absent.
+- ``synthetic_root`` (session): a SMALL procedural dataset generated once per test session into a
+  tmp dir with :func:`memseg.data.synthetic.generate`: categories ``weave``, ``washer``, ``toys``,
+  ``SYNTHETIC_SIZE`` = 64 px square, ``SYNTHETIC_N_TRAIN`` = 12 train/good images and
+  ``SYNTHETIC_N_TEST`` = 3 test images per defect type plus 3 test/good, seed 0, MVTec AD layout
+  (``<root>/<category>/{train/good, test/<defect>, ground_truth/<defect>/NNN_mask.png, dataset.json}``).
+  Treat it as read-only (it is shared by the whole session); copy it to ``tmp_path`` to modify.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SYNTHETIC_SIZE = 64
+SYNTHETIC_N_TRAIN = 12
+SYNTHETIC_N_TEST = 3
+SYNTHETIC_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    """The repository root."""
+    return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data(project_root: Path) -> Path:
+    """``<project root>/../shared/data`` or skip (the real data is not part of the repository)."""
+    path = project_root.parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(f"real data not available: {path} does not exist (it lives beside the project, not in it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tire_root(shared_data: Path) -> Path:
+    """MVTec AD root with the MVTec 3D-AD ``tire`` category (RGB only, 300x400) or skip."""
+    path = shared_data / "mvtec3d_tire"
+    if not (path / "tire" / "train" / "good").is_dir():
+        pytest.skip(f"MVTec 3D-AD tire data not available: {path / 'tire' / 'train' / 'good'} does not exist")
+    return path
+
+
+@pytest.fixture(scope="session")
+def dtd_root(shared_data: Path) -> Path:
+    """The DTD folder (``images/<category>/*.jpg``) or skip."""
+    path = shared_data / "dtd"
+    if not (path / "images").is_dir():
+        pytest.skip(f"DTD textures not available: {path / 'images'} does not exist")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset (64 px, 12 train, 3 test per defect + 3 good, seed 0), built once."""
+    from memseg.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synthetic")
+    return generate(root, seed=SYNTHETIC_SEED, size=SYNTHETIC_SIZE, n_train=SYNTHETIC_N_TRAIN,
+                    n_test=SYNTHETIC_N_TEST, progress=False)
