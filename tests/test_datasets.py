@@ -220,6 +220,9 @@ def test_folder_layout_with_masks_requires_every_mask(tmp_path: Path) -> None:
 def test_missing_root_and_unknown_category(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_split(tmp_path / "nowhere", "thing")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"afile: data root is not a folder"):
+        list_categories(tmp_path / "afile")
     root = make_mvtec(tmp_path)
     make_mvtec(tmp_path, "other")
     with pytest.raises(FileNotFoundError, match=r"unknown category 'bottle'.*found under .*: other, thing"):

@@ -144,6 +144,9 @@ def test_generate_refuses_to_overwrite(tmp_path: Path) -> None:
     after = _files(root / "washer")
     assert "extra.txt" not in after and after["train/good/000.png"] != before["train/good/000.png"]
     assert json.loads(after["dataset.json"])["seed"] == 2
+    (tmp_path / "plain.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"plain\.txt.*not a folder"):
+        S.generate(tmp_path / "plain.txt", **kw)
     # an empty existing folder is fine
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "weave").mkdir()

@@ -124,7 +124,7 @@ def _check_root(root: Path) -> None:
     if not root.exists():
         raise FileNotFoundError(f"{root}: data root does not exist")
     if not root.is_dir():
-        raise NotADirectoryError(f"{root}: data root is not a folder")
+        raise FileNotFoundError(f"{root}: data root is not a folder")
 
 
 def _check_layout(layout: str) -> None:

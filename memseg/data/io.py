@@ -87,7 +87,11 @@ def open_image(path: str | Path) -> Image.Image:
             img.load()  # full decode: truncated data fails here
     except UnidentifiedImageError as err:
         raise ImageLoadError(f"{path}: not a recognised image format, expected {_EXPECTED}") from err
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning) as err:
+    except PermissionError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageLoadError(f"{path}: image is implausibly large ({err}), expected {_EXPECTED}") from err
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
         # OSError: "image file is truncated", broken PNG chunks, bad JPEG data ...
         raise ImageLoadError(f"{path}: truncated or corrupt image data ({err}), expected {_EXPECTED}") from err
     return img

@@ -518,7 +518,7 @@ def generate(
     _check_categories(categories)
     hw = _hw(size)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: output root exists and is not a folder")
+        raise OutputExistsError(f"{out}: output root exists and is not a folder")
     plans = {c: _plan(c, seed, hw, n_train, n_test) for c in categories}
     for c in categories:
         target = out / c
