@@ -25,16 +25,16 @@ WORKDIR /workspace/memseg-kit
 COPY . .
 
 # Install memseg with its notebook extra on top of the container's own torch, never replacing it:
-# the exact installed torch/torchvision versions become pip constraints (in addition to NVIDIA's
+# the exact installed torch/torchvision distribution versions become pip constraints (in addition to NVIDIA's
 # /etc/pip/constraint.txt), so timm or any other dependency can only accept them; a conflict fails
 # the build instead of pulling a second torch. Editable, so the notebooks/configs beside the
 # package are the code that runs (and a source tree mounted over /workspace/memseg-kit is used).
 RUN set -eux; \
-    python -c "import torch, torchvision; print('torch==' + torch.__version__); print('torchvision==' + torchvision.__version__)" > /tmp/keep-torch.txt; \
+    python -c "from importlib.metadata import version; print('torch==' + version('torch')); print('torchvision==' + version('torchvision'))" > /tmp/keep-torch.txt; \
     cat /tmp/keep-torch.txt; \
     python -m pip install --constraint /tmp/keep-torch.txt -e ".[notebooks]"; \
     python -c "import torch, torchvision, timm, voila, memseg; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'timm', timm.__version__)"; \
-    python -c "import sys, torch, torchvision; pins = dict(l.strip().split('==') for l in open('/tmp/keep-torch.txt')); sys.exit(0 if pins == {'torch': torch.__version__, 'torchvision': torchvision.__version__} else 'torch was replaced')"; \
+    python -c "from importlib.metadata import version; pins = dict(l.strip().split('==') for l in open('/tmp/keep-torch.txt')); assert pins == {p: version(p) for p in pins}, 'torch was replaced'"; \
     rm /tmp/keep-torch.txt; \
     chmod +x docker/entrypoint.sh
 
