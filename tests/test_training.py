@@ -1,0 +1,211 @@
+"""Training: YAML config, schedule, splits, step logs, refusing to clobber a run, exact resume after a kill."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from memseg.checkpoint import read_checkpoint
+from memseg.training import TrainConfig, load_config, lr_factor, rng_state, set_rng_state, split_indices, train
+from tiny_data import make_tiny_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------ config
+def test_yaml_load_override_and_coercion(tmp_path):
+    p = tmp_path / "cfg.yaml"
+    p.write_text("steps: 10\nlr: 4e-2\nmodel_options:\n  memory_size: 5\n  weights: random\nsize: [64, 96]\n")
+    cfg = TrainConfig.from_yaml(p, steps=3, category="weave", seed=None, model_options={"use_memory": False})
+    assert cfg.steps == 3  # flag overrides the file
+    assert cfg.lr == pytest.approx(0.04) and isinstance(cfg.lr, float)  # YAML reads 4e-2 as a string
+    assert cfg.category == "weave" and cfg.seed == 0  # None overrides are ignored
+    assert cfg.model_options == {"memory_size": 5, "weights": "random", "use_memory": False}
+    assert cfg.input_size == (64, 96)
+    assert load_config(p).steps == 10
+
+
+def test_unknown_key_is_a_clear_error(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("steps: 10\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: unknown config key\(s\) \['learning_rate'\]"):
+        TrainConfig.from_yaml(p)
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        TrainConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"model": "resnet"}, "model must be one of"),
+    ({"optimizer": "rmsprop"}, "optimizer must be"),
+    ({"steps": 0}, "steps must be >= 1"),
+    ({"lr": "fast"}, "lr must be a number"),
+    ({"val_fraction": 1.5}, "val_fraction must be in"),
+    ({"size": 8}, "at least 32"),
+])
+def test_invalid_values(bad, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig.from_dict(bad)
+
+
+def test_default_config_file_is_the_paper_setting():
+    cfg = TrainConfig.from_yaml(ROOT / "configs" / "memseg_default.yaml")
+    assert (cfg.steps, cfg.input_size, cfg.batch_normal, cfg.batch_anomalous) == (2700, (256, 256), 4, 4)
+    assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay) == ("sgd", 0.04, 0.9, 5e-4)
+    assert cfg.model_options["memory_size"] == 30 and cfg.top_k == 100
+    # every TrainConfig field is spelled out in the default file except the per-run ones
+    import yaml
+
+    keys = set(yaml.safe_load((ROOT / "configs" / "memseg_default.yaml").read_text()))
+    assert set(TrainConfig.field_names()) - keys == {"data", "category", "out", "simulation"}
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    f = [lr_factor(s, cfg) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(f[:10], f[1:10]))  # warmup rises
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))  # cosine falls
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+    assert lr_factor(50, TrainConfig(scheduler="constant")) == 1.0
+
+
+def test_split_is_disjoint_and_seeded():
+    cfg = TrainConfig(val_fraction=0.2, seed=3)
+    s = split_indices(50, cfg, memory_size=5)
+    assert len(s["val"]) == 10 and len(s["memory"]) == 5 and len(s["train"]) == 35
+    assert set(s["val"]) | set(s["memory"]) | set(s["train"]) == set(range(50))
+    assert not (set(s["val"]) & set(s["memory"])) and not (set(s["train"]) & set(s["memory"]))
+    assert s == split_indices(50, cfg, memory_size=5)
+    assert s != split_indices(50, TrainConfig(val_fraction=0.2, seed=4), memory_size=5)
+    with pytest.raises(ValueError, match="memory bank needs N=60"):
+        split_indices(50, cfg, memory_size=60)
+
+
+def test_rng_state_round_trip_is_weights_only_safe(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    state = rng_state(g)
+    torch.save(state, tmp_path / "rng.pt")
+    state = torch.load(tmp_path / "rng.pt", weights_only=True)
+    expected = (torch.rand(3, generator=g), torch.rand(2), np.random.rand(2), random.random())
+    set_rng_state(state, g)
+    got = (torch.rand(3, generator=g), torch.rand(2), np.random.rand(2), random.random())
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert np.array_equal(got[2], expected[2]) and got[3] == expected[3]
+
+
+# ---------------------------------------------------------------------------------------- training
+def _fake_dtd(root: Path) -> Path:
+    rng = np.random.default_rng(1)
+    d = root / "images" / "striped"
+    d.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(d / f"s{i}.jpg")
+    return root
+
+
+def _cfg(tmp_path: Path, out: str, **kw) -> TrainConfig:
+    values = dict(
+        data=str(tmp_path / "data"), category="tiny", size=64, steps=6, checkpoint_every=3, log_every=1,
+        batch_normal=2, batch_anomalous=2, warmup_steps=2, device="cpu", val_fraction=0.2,
+        model_options={"memory_size": 2, "weights": "random"}, dtd_root=str(tmp_path / "dtd"), out=str(tmp_path / out),
+    )
+    values.update(kw)
+    return TrainConfig.from_dict(values)
+
+
+@pytest.fixture
+def tiny_setup(tmp_path):
+    make_tiny_dataset(tmp_path / "data", n_train=12)
+    _fake_dtd(tmp_path / "dtd")
+    return tmp_path
+
+
+_KILL_SCRIPT = """
+import json, os, sys
+from memseg.training import TrainConfig, train
+cfg = TrainConfig.from_dict(json.loads(sys.argv[1]))
+def die(step, logs):
+    if step == int(sys.argv[2]):
+        os._exit(17)  # hard kill: no cleanup, no final checkpoint
+train(cfg, progress=False, callback=die)
+"""
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_resume_after_kill_is_bit_identical(tiny_setup):
+    tmp_path = tiny_setup
+    # uninterrupted reference run
+    seen: list[int] = []
+    ref = train(_cfg(tmp_path, "ref"), progress=False, callback=lambda step, logs: seen.append(step))
+    assert seen == [1, 2, 3, 4, 5, 6]
+    assert [h["step"] for h in ref.history] == [1, 2, 3, 4, 5, 6]
+
+    # a run killed during step 4 (after the step-3 checkpoint) in another process ...
+    cfg = _cfg(tmp_path, "killed")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, json.dumps(cfg.to_dict()), "4"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 17, proc.stderr[-2000:]
+    assert read_checkpoint(Path(cfg.out) / "checkpoints" / "last.pt")["step"] == 3
+    assert [r["step"] for r in _read_jsonl(Path(cfg.out) / "train_log.jsonl")] == [1, 2, 3, 4]  # step 4 got logged
+
+    # ... resumed by a fresh config object
+    res = train(_cfg(tmp_path, "killed"), progress=False, resume=True)
+    assert [h["step"] for h in res.history] == [4, 5, 6]
+    a, b = read_checkpoint(ref.checkpoint), read_checkpoint(res.checkpoint)
+    assert a["step"] == b["step"] == 6
+    assert set(a["model_state"]) == set(b["model_state"])
+    for k, v in a["model_state"].items():
+        assert torch.equal(v, b["model_state"][k]), f"{k} differs after resume"
+    mom_a = [s["momentum_buffer"] for s in a["optimizer_state"]["state"].values()]
+    mom_b = [s["momentum_buffer"] for s in b["optimizer_state"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(mom_a, mom_b))
+    assert a["threshold"] == b["threshold"] and a["threshold"] is not None
+
+    # the logs hold every step exactly once, with identical losses
+    log_ref, log_res = _read_jsonl(ref.run_dir / "train_log.jsonl"), _read_jsonl(res.run_dir / "train_log.jsonl")
+    assert [r["step"] for r in log_res] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in log_res] == [r["loss"] for r in log_ref]
+    with open(res.run_dir / "train_log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "l1", "focal", "lr", "seconds"} <= set(rows[0])
+    assert float(rows[-1]["loss"]) == pytest.approx(log_ref[-1]["loss"])
+
+
+def test_fresh_run_refuses_existing_checkpoints(tiny_setup):
+    tmp_path = tiny_setup
+    cfg = _cfg(tmp_path, "run", steps=2, checkpoint_every=5, val_fraction=0.0)
+    first = train(cfg, progress=False)
+    stamp = first.checkpoint.stat().st_mtime_ns
+    with pytest.raises(ValueError, match="already has checkpoints.*--resume"):
+        train(_cfg(tmp_path, "run", steps=2, checkpoint_every=5, val_fraction=0.0), progress=False)
+    assert first.checkpoint.stat().st_mtime_ns == stamp
+    again = train(_cfg(tmp_path, "run", steps=2, checkpoint_every=5, val_fraction=0.0), progress=False, overwrite=True)
+    assert again.threshold is None  # no validation split -> no threshold
+    ck = read_checkpoint(again.checkpoint)
+    assert ck["threshold"] is None and ck["step"] == 2 and ck["config"]["steps"] == 2
+    assert ck["extra"]["rng"]["generator"].dtype == torch.uint8
+    assert [r["step"] for r in _read_jsonl(again.run_dir / "train_log.jsonl")] == [1, 2]
+
+
+def test_resume_checks(tiny_setup):
+    tmp_path = tiny_setup
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(_cfg(tmp_path, "none"), progress=False, resume=True)
+    train(_cfg(tmp_path, "r", steps=1, val_fraction=0.0), progress=False)
+    with pytest.raises(ValueError, match=r"config differs.*lr: stored 0.04, given 0.1"):
+        train(_cfg(tmp_path, "r", steps=2, val_fraction=0.0, lr=0.1), progress=False, resume=True)
