@@ -250,7 +250,7 @@ class DRAEM(nn.Module):
             raise ValueError(f"DRAEM expects masks of shape (B, 1, H, W) matching inputs {tuple(inputs.shape)}, got {tuple(masks.shape)}")
         out = self(inputs, return_intermediates=True)
         target = denormalize(clean)  # (B, 3, H, W) in [0, 1]: the anomaly-free image
-        rec = out["reconstruction"]
+        rec = out["reconstruction"].float()
         l2 = F.mse_loss(rec, target)  # eq. (1)
         l_ssim = ssim_loss(rec, target)  # eq. (2)
         focal = focal_loss_2class(out["logits"], masks, self.config.focal_gamma)  # eq. (4)
@@ -263,7 +263,7 @@ class DRAEM(nn.Module):
     def anomaly_map(self, inputs: torch.Tensor) -> torch.Tensor:
         """Anomaly probability (softmax channel 1 of the discriminative output), (B, 1, H, W) in [0, 1]."""
         logits = self(inputs)
-        return torch.softmax(logits, dim=1)[:, 1:2]
+        return torch.softmax(logits.float(), dim=1)[:, 1:2]
 
     @torch.no_grad()
     def reconstruct(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -24,24 +24,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-TEACHER_CHOICES = ("resnet18", "resnet34", "resnet50", "wide_resnet50_2")
-
-
 @dataclass
 class MMRConfig:
     """MMR hyper-parameters. Defaults: ViT-B-like student for GPU; :meth:`small` trains in minutes on CPU.
 
     - ``input_size``: (H, W), multiples of ``patch_size`` and of 16 (teacher block 3 stride).
-    - ``weights``: teacher initialisation, "imagenet" (timm download), a local ``.pth`` state
-      dict of the timm ResNet, or "random" (reported in checkpoints as ``weights_source``).
-    - ``teacher``, ``teacher_layers``: timm ResNet name and ``features_only`` indices (1-3 = blocks 1-3).
+    - ``weights``: teacher (ResNet-18) initialisation exactly as MemSeg's encoder: "imagenet"
+      (timm download), a local resnet18 state dict (timm or torchvision names) or "random"
+      (reported in checkpoints as ``weights_source``). MMR itself uses an ImageNet teacher.
     - ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``: the ViT student.
     - ``mask_ratio``: fraction of patches masked during training (MMR: 0.4).
     - ``smoothing_sigma``: Gaussian sigma (pixels) applied to the anomaly map (4 as in MMR).
@@ -49,9 +45,7 @@ class MMRConfig:
     """
 
     input_size: tuple[int, int] = (256, 256)
-    weights: str = "imagenet"
-    teacher: str = "resnet18"
-    teacher_layers: tuple[int, ...] = (1, 2, 3)
+    weights: str = "random"
     patch_size: int = 16
     embed_dim: int = 768
     depth: int = 12
@@ -65,7 +59,6 @@ class MMRConfig:
     def __post_init__(self) -> None:
         size = tuple(int(s) for s in self.input_size)
         self.input_size = size  # YAML/JSON give lists
-        self.teacher_layers = tuple(int(i) for i in self.teacher_layers)
         self.weights = str(self.weights)
         if self.patch_size < 1 or self.patch_size & (self.patch_size - 1):
             raise ValueError(f"MMRConfig.patch_size must be a power of two, got {self.patch_size}")
@@ -75,10 +68,6 @@ class MMRConfig:
                 f"MMRConfig.input_size must be (H, W) with both sides positive multiples of {mult} "
                 f"(ViT patch {self.patch_size}, teacher stride 16), got {self.input_size!r}"
             )
-        if self.teacher not in TEACHER_CHOICES:
-            raise ValueError(f"MMRConfig.teacher must be one of {TEACHER_CHOICES}, got {self.teacher!r}")
-        if not self.teacher_layers or any(i not in (1, 2, 3, 4) for i in self.teacher_layers):
-            raise ValueError(f"MMRConfig.teacher_layers must be a non-empty subset of (1, 2, 3, 4), got {self.teacher_layers}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"MMRConfig.embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
         if self.embed_dim % 4:
@@ -109,49 +98,37 @@ class MMRConfig:
 # ----------------------------------------------------------------------------------------------
 # teacher
 # ----------------------------------------------------------------------------------------------
-def build_teacher(name: str, layers: tuple[int, ...], weights: str) -> nn.Module:
-    """Frozen timm ResNet ``features_only`` (eval-mode BN, no gradients).
+class ResNetTeacher(nn.Module):
+    """Frozen ResNet-18 stem + blocks 1-3 (eval-mode BN, no gradients), weights as for MemSeg's encoder.
 
-    ``weights``: "random", "imagenet" (timm download) or a path to a state dict of the timm model
-    (a full classifier state dict is fine: keys the feature extractor lacks, e.g. ``fc``, are ignored).
+    (B, 3, H, W) normalised -> [f1 (B, 64, H/4, W/4), f2 (B, 128, H/8, W/8), f3 (B, 256, H/16, W/16)].
+    Block 4 is not kept (not used, not in the state dict).
     """
-    import timm
 
-    if weights == "imagenet":
-        try:
-            net = timm.create_model(name, pretrained=True, features_only=True, out_indices=layers)
-        except Exception as err:  # network errors come in many types
-            raise RuntimeError(
-                f"could not load ImageNet weights for the MMR teacher {name!r} through timm ({type(err).__name__}: {err}); "
-                "without internet pass weights=<path to a local state dict> or weights='random'"
-            ) from err
-    else:
-        # zero_init_last=False: with timm's default zero-initialised last BN of every residual
-        # branch, a *random* teacher would reduce to its stem plus 1x1 projections.
-        net = timm.create_model(name, pretrained=False, features_only=True, out_indices=layers, zero_init_last=False)
-        if weights != "random":
-            path = Path(weights)
-            if not path.is_file():
-                raise FileNotFoundError(f"MMR teacher weights file not found: {path} (expected a state dict of timm {name!r}, or 'imagenet'/'random')")
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:
-                raise ValueError(f"{path} is not a torch state dict for timm {name!r}: {err}") from err
-            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-                state = state["state_dict"]
-            if not isinstance(state, dict):
-                raise ValueError(f"{path} holds a {type(state).__name__}, expected a state dict of timm {name!r}")
-            own = net.state_dict()
-            missing = [k for k in own if k not in state]
-            if missing:
-                raise ValueError(f"{path} does not fit the MMR teacher timm {name!r}: {len(missing)} missing keys, e.g. {missing[:3]}")
-            bad = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
-            if bad:
-                raise ValueError(f"{path} does not fit the MMR teacher timm {name!r}: shape mismatch for {bad[:3]}")
-            net.load_state_dict({k: state[k] for k in own}, strict=True)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net.eval()
+    channels = (64, 128, 256)
+    strides = (4, 8, 16)
+
+    def __init__(self, weights: str = "random") -> None:
+        super().__init__()
+        from memseg.models.encoder import create_backbone
+
+        backbone, self.weights_source = create_backbone(weights)  # "random" | "imagenet" | local file
+        for name in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3"):
+            self.add_module(name, getattr(backbone, name))
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "ResNetTeacher":
+        """Always eval mode: BatchNorm statistics stay fixed."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f1 = self.layer1(self.maxpool(self.act1(self.bn1(self.conv1(x)))))  # (B, 64, H/4, W/4)   block 1
+        f2 = self.layer2(f1)  # (B, 128, H/8, W/8)   block 2
+        f3 = self.layer3(f2)  # (B, 256, H/16, W/16) block 3
+        return [f1, f2, f3]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,17 +257,16 @@ class MMR(nn.Module):
         if config is None or isinstance(config, dict):
             config = MMRConfig.from_dict(config)
         self.config = config
-        self.teacher = build_teacher(config.teacher, config.teacher_layers, config.weights)
-        channels = list(self.teacher.feature_info.channels())
-        strides = list(self.teacher.feature_info.reduction())
-        self.student = MaskedViTStudent(config, channels, strides)
-        self._mult = max(config.patch_size, max(strides))
+        self.teacher = ResNetTeacher(config.weights)
+        self.weights_source = self.teacher.weights_source
+        self.student = MaskedViTStudent(config, list(ResNetTeacher.channels), list(ResNetTeacher.strides))
+        self._mult = max(config.patch_size, max(ResNetTeacher.strides))
 
     # -- interface ------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "MMR":
         """The teacher stays in eval mode (frozen BatchNorm statistics) whatever ``mode`` is."""
         super().train(mode)
-        self.teacher.eval()
+        self.teacher.eval()  # ResNetTeacher.train() keeps it in eval mode anyway
         return self
 
     def prepare(self, train_images_normalized: torch.Tensor) -> None:
@@ -327,7 +303,7 @@ class MMR(nn.Module):
     @staticmethod
     def cosine_distance(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-pixel ``1 - cos`` over channels for each scale, list of (B, 1, h_k, w_k) in [0, 2] (MMR eq. 1)."""
-        return [(1.0 - F.cosine_similarity(t, s, dim=1, eps=1e-6)).unsqueeze(1) for t, s in zip(teacher, student)]
+        return [(1.0 - F.cosine_similarity(t.float(), s.float(), dim=1, eps=1e-6)).unsqueeze(1) for t, s in zip(teacher, student)]
 
     def compute_loss(self, inputs: torch.Tensor, masks: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Sum over scales of the mean cosine distance between teacher and student features (MMR eq. 2).
@@ -340,8 +316,8 @@ class MMR(nn.Module):
         per_scale = [d.mean() for d in dists]
         loss = torch.stack(per_scale).sum()
         info = {"loss": float(loss.detach())}
-        for layer, d in zip(self.config.teacher_layers, per_scale):
-            info[f"cos_block{layer}"] = float(d.detach())
+        for block, d in enumerate(per_scale, start=1):
+            info[f"cos_block{block}"] = float(d.detach())
         return loss, info
 
     @torch.no_grad()
@@ -354,9 +330,10 @@ class MMR(nn.Module):
         out = self(inputs, mask_ratio=0.0)
         size = tuple(inputs.shape[-2:])
         dists = self.cosine_distance(out["teacher"], out["student"])
-        amap = torch.stack([F.interpolate(d, size=size, mode="bilinear", align_corners=False) for d in dists]).mean(0)
-        amap = gaussian_blur(amap, self.config.smoothing_sigma)
-        return (amap / 2.0).clamp(0.0, 1.0)
+        with torch.autocast(inputs.device.type, enabled=False):  # float32 maps (no bf16 ties)
+            amap = torch.stack([F.interpolate(d, size=size, mode="bilinear", align_corners=False) for d in dists]).mean(0)
+            amap = gaussian_blur(amap, self.config.smoothing_sigma)  # (B, 1, H, W) in [0, 2]
+        return (amap / 2.0).clamp(0.0, 1.0)  # fixed, image-independent scaling to [0, 1]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The student's parameters (the teacher is frozen)."""

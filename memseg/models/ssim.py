@@ -32,6 +32,12 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: flo
     """
     if x.shape != y.shape or x.dim() != 4:
         raise ValueError(f"ssim expects two (B, C, H, W) tensors of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    # float32 without autocast: ``E[x^2] - E[x]^2`` cancels catastrophically in bf16/fp16
+    with torch.autocast(x.device.type, enabled=False):
+        return _ssim_map_fp32(x.float(), y.float(), window_size, sigma, data_range)
+
+
+def _ssim_map_fp32(x: torch.Tensor, y: torch.Tensor, window_size: int, sigma: float, data_range: float) -> torch.Tensor:
     c = x.shape[1]
     win = gaussian_window(window_size, sigma, c, dtype=x.dtype, device=x.device)
     pad = window_size // 2
