@@ -14,6 +14,15 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("hw", [(64, 64), (37, 101), (300, 400), (400, 300), (1, 7)])
 def test_shape_dtype_and_range_for_any_size(hw):
     h, w = hw
