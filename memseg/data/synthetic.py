@@ -176,7 +176,7 @@ def _weave_scene(rng: np.random.Generator, h: int, w: int) -> _Scene:
     table = rng.normal(1.0, 0.035, size=64).astype(np.float32)
     thread = np.where(warp_on_top, table[iu.astype(np.int64) % 64], table[(iv.astype(np.int64) + 32) % 64])
 
-    base = np.array([178.0, 158.0, 122.0]) * rng.uniform(0.92, 1.08) + rng.normal(0.0, 5.0, 3)
+    base = np.array([178.0, 158.0, 122.0]) * rng.uniform(0.93, 1.07) + rng.normal(0.0, 2.5, 3)  # small intra-class variance
     weft_col = base * np.array([0.93, 0.95, 0.99])
     colour = np.where(warp_on_top[..., None], base.astype(np.float32), weft_col.astype(np.float32))
     light = 1.0 + 0.05 * _smooth_noise(rng, h, w, 3)
