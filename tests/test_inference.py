@@ -1,0 +1,98 @@
+"""Inference: Predictor from a checkpoint, every input kind, maps at the original size, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from memseg.checkpoint import save_checkpoint
+from memseg.data import ImageLoadError, load_split
+from memseg.evaluation import collect_predictions
+from memseg.inference import DEFAULT_THRESHOLD, Prediction, Predictor
+from memseg.models import build_model
+from memseg.utils import normalize
+from tiny_data import make_tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inf")
+    torch.manual_seed(0)
+    model = build_model("memseg", {"input_size": (64, 64), "memory_size": 2, "weights": "random"})
+    model.prepare(normalize(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))))
+    cfg = {"category": "tiny", "top_k": 100, "size": 64}
+    with_thr = save_checkpoint(d / "with_thr.pt", model, config=cfg, step=5, threshold=0.25)
+    without = save_checkpoint(d / "no_thr.pt", model, config=cfg, step=5)
+    return with_thr, without
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    return Predictor.from_checkpoint(checkpoint[0], device="cpu")
+
+
+def test_attributes(predictor, checkpoint):
+    assert predictor.input_size == (64, 64)
+    assert predictor.threshold == pytest.approx(0.25) and predictor.threshold_source == "validation split"
+    assert predictor.category == "tiny" and predictor.model_name == "memseg" and predictor.weights_source == "random"
+    assert Predictor.from_checkpoint(checkpoint[1], device="cpu").threshold == DEFAULT_THRESHOLD
+
+
+def test_every_input_kind_gives_the_same_map_at_the_original_size(predictor, tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)  # non-square, not the model size
+    path = tmp_path / "img.png"
+    Image.fromarray(img).save(path)
+    preds = [
+        predictor.predict(img),
+        predictor.predict(Image.fromarray(img)),
+        predictor.predict(path),
+        predictor.predict(str(path)),
+        predictor.predict(torch.from_numpy(img).permute(2, 0, 1).float() / 255.0),
+    ]
+    for p in preds:
+        assert isinstance(p, Prediction)
+        assert p.anomaly_map.shape == (50, 70) and p.anomaly_map.dtype == np.float32
+        assert 0.0 <= p.anomaly_map.min() and p.anomaly_map.max() <= 1.0
+        assert p.time_ms > 0 and p.is_anomalous == (p.score >= predictor.threshold)
+        np.testing.assert_allclose(p.anomaly_map, preds[0].anomaly_map, atol=1e-5)
+        assert p.score == pytest.approx(preds[0].score, abs=1e-5)
+    grey = predictor.predict(img[..., 0])  # (H, W) grey array is replicated to RGB
+    assert grey.anomaly_map.shape == (50, 70)
+
+
+def test_predict_batch_shapes(predictor):
+    scores, maps = predictor.predict_batch(torch.rand(3, 3, 64, 64))
+    assert scores.shape == (3,) and maps.shape == (3, 64, 64) and maps.dtype == np.float32
+    scores2, maps2 = predictor.predict_batch(torch.rand(2, 3, 32, 48))
+    assert maps2.shape == (2, 32, 48)
+    with pytest.raises(ValueError, match="predict_batch expects"):
+        predictor.predict_batch(torch.rand(3, 64, 64))
+
+
+def test_score_matches_evaluation(predictor, tmp_path):
+    """The same image scores the same through `predict` and through evaluation."""
+    root = make_tiny_dataset(tmp_path / "d", size=(64, 64), n_good=1, n_defect=2)
+    ds = load_split(root, "tiny", "test", size=(64, 64))
+    ev = collect_predictions(predictor.model, ds, batch_size=4, device="cpu", top_k=100, progress=False)
+    for path, score, amap in zip(ev.paths, ev.scores, ev.maps):
+        p = predictor.predict(path)
+        assert p.score == pytest.approx(float(score), abs=1e-5)
+        np.testing.assert_allclose(p.anomaly_map, amap, atol=1e-5)
+
+
+def test_bad_inputs_name_the_problem(predictor, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        predictor.predict(tmp_path / "missing.png")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png at all")
+    with pytest.raises(ImageLoadError, match="broken.png"):
+        predictor.predict(broken)
+    with pytest.raises(ValueError, match="uint8"):
+        predictor.predict(np.zeros((10, 10, 3), dtype=np.float64))
+    with pytest.raises(ValueError, match="float tensor"):
+        predictor.predict(torch.zeros(4, 10, 10))
+    with pytest.raises(ValueError, match="expects a path"):
+        predictor.predict(12)
