@@ -6,6 +6,7 @@ Measures at 256x256 (``--size``):
   autocast on CUDA (when present);
 - seconds per training step at batch 8 (CPU; CUDA with bf16 autocast when present);
 - memory-module cost as N grows (N = 1, 10, 30, 100): img/s and bytes of the memory bank;
+- evaluation metrics: seconds of `compute_metrics` (image/pixel AUROC, AUPRO@0.3, F1) on 100 maps;
 - a yardstick in the same run: plain timm resnet18 feature extraction (random weights, batch 8),
   img/s, so that numbers from noisy or different machines compare as ratios.
 
@@ -89,6 +90,25 @@ def reference_resnet18(device: torch.device, size: int, batch: int = REFERENCE_B
     with torch.inference_mode():
         times = _timed(lambda: model(x), device, iters, warmup)
     return batch / statistics.median(times)
+
+
+def bench_metrics(size: int = 256, n_images: int = 100, seed: int = 0) -> float:
+    """Seconds of `memseg.metrics.compute_metrics` on n random maps with rectangular defects (2 types)."""
+    import numpy as np
+
+    from memseg.metrics import compute_metrics
+
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n_images, size, size), bool)
+    for i in range(n_images // 2):
+        y, x = rng.integers(0, size - size // 4, 2)
+        masks[i, y : y + size // 8, x : x + size // 6] = True
+    maps = (rng.random(masks.shape, dtype=np.float32) * 0.7 + masks * 0.3).astype(np.float32)
+    labels = masks.reshape(n_images, -1).any(1).astype(int)
+    defects = ["a" if i < n_images // 4 else "b" if lab else "good" for i, lab in enumerate(labels)]
+    t0 = time.perf_counter()
+    compute_metrics(labels, maps.reshape(n_images, -1).max(1), masks, maps, defects=defects)
+    return time.perf_counter() - t0
 
 
 def _fallback_bench_simulation(size: int = 256, batch: int = 32, threads: int | None = 1, device: str = "cpu", seconds: float = 3.0) -> float:
@@ -178,6 +198,7 @@ def _empty_results() -> dict[str, Any]:
         },
         "train_step": {"cpu": None, "cuda_bf16": None, "batch": TRAIN_BATCH},
         "memory": {"device": None, "rows": []},
+        "metrics": {"compute_metrics_s": None, "n_images": 100},
         "ratios": {},
         "errors": [],
     }
@@ -238,6 +259,11 @@ def run_suite(size: int = 256, device: str = "auto", quick: bool = False, progre
             add(f"inference cuda bf16 batch {b}", lambda b=b: infer("cuda_bf16", cuda, b, torch.bfloat16))
         add("train step cuda bf16", lambda: train("cuda_bf16", cuda, torch.bfloat16))
     add("memory bank N=" + ",".join(map(str, MEMORY_NS)), lambda: memory(cuda or cpu))
+
+    def metrics() -> None:
+        res["metrics"]["compute_metrics_s"] = bench_metrics(size, res["metrics"]["n_images"])
+
+    add("metrics (100 maps)", metrics)
 
     bar = tqdm(steps, desc="benchmarks", unit="step", disable=not progress)
     for name, fn in bar:
@@ -314,6 +340,9 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         if r is not None:
             measured = f"{_fmt(r['seconds'], 3)} s/step (2700 steps: {_fmt(r['est_2700_steps_s'], 0)} s)"
             rows.append(("train step", f"{label} batch {res['train_step']['batch']}", measured, target))
+    m = res.get("metrics", {})
+    if m.get("compute_metrics_s") is not None:
+        rows.append(("metrics", f"compute_metrics, {m['n_images']} maps", f"{_fmt(m['compute_metrics_s'], 2)} s", "AUROCs, AUPRO@0.3, F1, per defect"))
     for r in res["memory"]["rows"]:
         measured = f"{_fmt(r.get('img_per_s'))} img/s, bank {_fmt(r.get('bank_bytes', 0) / 2**20, 1)} MiB"
         rows.append(("memory bank", f"N={r.get('N')} ({res['memory']['device']})", measured, ""))

@@ -101,15 +101,18 @@ def _masks_and_maps(masks: Any, maps: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -------------------------------------------------------------------------------- curve machinery
-def _descending_curve(y: np.ndarray, s: np.ndarray, weights_pos: np.ndarray | None = None):
+def _descending_curve(y: np.ndarray, s: np.ndarray, weights_pos: np.ndarray | None = None,
+                      order: np.ndarray | None = None):
     """Cumulative counts at every distinct threshold, scores sorted descending (one sort).
 
     Returns ``(thresholds, tp, fp, wtp)``: for threshold ``thresholds[k]``, ``tp[k]`` / ``fp[k]`` count
     the positives / negatives with ``score >= thresholds[k]``, and ``wtp[k]`` sums ``weights_pos`` over
     those positives (None without weights). Ties are exact: only the last index of every run of equal
-    scores is kept.
+    scores is kept. ``order``: indices into y/s sorting the scores descending (a subset is allowed),
+    computed here when None.
     """
-    order = np.argsort(s)[::-1]
+    if order is None:
+        order = np.argsort(s)[::-1]
     s_sorted = s[order]
     y_sorted = y[order]
     # last position of each run of equal scores
@@ -255,19 +258,56 @@ def _normalised_pro_area(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> 
     return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
 
 
-def _pixel_metrics(m: np.ndarray, a: np.ndarray, fpr_limit: float, num_thresholds: int | None) -> tuple[float, float]:
-    """(pixel AUROC, AUPRO) from one sort of the scores; nan for an undefined metric."""
-    y, s = m.reshape(-1), a.reshape(-1)
-    try:
-        weights = _region_weights(m)
-    except ValueError:  # no anomalous region or no normal pixel: both metrics undefined
-        return float("nan"), float("nan")
-    fpr, pro, _, tp = _pro_curve_from(y, s, weights, num_thresholds)
-    if tp is None:  # binned AUPRO: the AUROC needs its own exact curve
-        auroc = _auroc(y, s, "pixel AUROC")
-    else:
-        auroc = float(_trapezoid(np.concatenate([[0.0], tp / y.sum()]), np.concatenate([[0.0], fpr])))
-    return auroc, _normalised_pro_area(fpr, pro, fpr_limit)
+class _PixelIndex:
+    """Flattened masks/maps sorted once; pixel AUROC + AUPRO of any subset of images without re-sorting.
+
+    compute_metrics evaluates the whole test set and every defect type (its images plus the normal
+    ones); filtering the global descending order by a subset keeps it sorted, so one ``argsort``
+    serves every block. Regions are labelled once (8-connectivity per image).
+    """
+
+    def __init__(self, m: np.ndarray, a: np.ndarray) -> None:
+        self.n_images, h, w = m.shape
+        self.hw = h * w
+        self.y = m.reshape(-1)
+        self.s = a.reshape(-1)
+        self.order = np.argsort(self.s)[::-1]
+        regions, self.n_regions = ndimage.label(m, structure=_STRUCTURE_8)
+        self.lab = regions.reshape(-1)
+        self.region_sizes = np.bincount(self.lab, minlength=self.n_regions + 1).astype(np.float64)
+        self.region_image = np.zeros(self.n_regions + 1, dtype=np.int64)  # image index of every region
+        anomalous = np.flatnonzero(self.lab)
+        self.region_image[self.lab[anomalous]] = anomalous // self.hw
+
+    def metrics(self, images: np.ndarray | None, fpr_limit: float, num_thresholds: int | None) -> tuple[float, float]:
+        """(pixel AUROC, AUPRO) of the images selected by the boolean ``images`` (None: all); nan if undefined."""
+        if images is None:
+            pixels, order = None, self.order
+            in_subset = np.ones(self.n_regions, dtype=bool)
+        else:
+            pixels = np.repeat(images, self.hw)
+            order = self.order[pixels[self.order]]
+            in_subset = images[self.region_image[1:]]
+        n_regions = int(in_subset.sum())
+        y_sel = self.y if pixels is None else self.y[pixels]
+        n_pos = int(y_sel.sum())
+        n_neg = int(y_sel.size - n_pos)
+        if n_regions == 0 or n_neg == 0:
+            return float("nan"), float("nan")
+        weight_of_region = np.zeros(self.n_regions + 1)
+        weight_of_region[1:][in_subset] = 1.0 / (self.region_sizes[1:][in_subset] * n_regions)
+        weights = weight_of_region[self.lab]
+        if num_thresholds is not None:  # binned AUPRO on the subset; the AUROC stays exact
+            s_sel = self.s if pixels is None else self.s[pixels]
+            w_sel = weights if pixels is None else weights[pixels]
+            fpr, pro, _, _ = _pro_curve_from(y_sel, s_sel, w_sel, num_thresholds)
+            _, tp, fp, _ = _descending_curve(self.y, self.s, order=order)
+        else:
+            _, tp, fp, pro = _descending_curve(self.y, self.s, weights_pos=weights, order=order)
+            fpr = fp / n_neg
+            pro = np.minimum(pro, 1.0)
+        auroc = float(_trapezoid(np.concatenate([[0.0], tp / n_pos]), np.concatenate([[0.0], fp / n_neg])))
+        return auroc, _normalised_pro_area(fpr, pro, fpr_limit)
 
 
 def f1_max(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> tuple[float, float]:
@@ -297,8 +337,9 @@ def _safe(fn, *args, **kwargs) -> float:
         return float("nan")
 
 
-def _block(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, maps: np.ndarray | None,
+def _block(labels: np.ndarray, scores: np.ndarray, pixel_index: _PixelIndex | None, images: np.ndarray | None,
            fpr_limit: float, num_thresholds: int | None) -> dict[str, float | int]:
+    """Metrics of one block; ``images`` selects its images in ``pixel_index`` (None: all)."""
     f1, thr = (float("nan"), float("nan"))
     if labels.any():
         f1, thr = f1_max(labels, scores)
@@ -312,8 +353,8 @@ def _block(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, map
         "n_anomalous": int(labels.sum()),
         "n_normal": int(labels.size - labels.sum()),
     }
-    if masks is not None and maps is not None:
-        out["pixel_auroc"], out["aupro"] = _pixel_metrics(masks, maps, fpr_limit, num_thresholds)
+    if pixel_index is not None:
+        out["pixel_auroc"], out["aupro"] = pixel_index.metrics(images, fpr_limit, num_thresholds)
     return out
 
 
@@ -354,8 +395,9 @@ def compute_metrics(
         m, a = _masks_and_maps(masks, maps)
         if m.shape[0] != y.size:
             raise ValueError(f"masks/maps hold {m.shape[0]} images but labels hold {y.size}")
+    index = _PixelIndex(m, a) if m is not None else None
     result: dict[str, Any] = {
-        "overall": _block(y, s, m, a, fpr_limit, num_thresholds),
+        "overall": _block(y, s, index, None, fpr_limit, num_thresholds),
         "per_defect": {},
         "fpr_limit": fpr_limit,
     }
@@ -366,7 +408,5 @@ def compute_metrics(
         normal = ~y
         for name in sorted(set(d[y].tolist())):
             sel = (d == name) | normal
-            result["per_defect"][name] = _block(
-                y[sel], s[sel], None if m is None else m[sel], None if a is None else a[sel], fpr_limit, num_thresholds
-            )
+            result["per_defect"][name] = _block(y[sel], s[sel], index, sel, fpr_limit, num_thresholds)
     return result

@@ -65,6 +65,7 @@ def test_suite_fills_every_key_on_cpu(bench, fake_benches):
     assert res["ratios"]["cpu_batch1_vs_resnet18"] == pytest.approx(10.0 / 40.0)
     assert res["ratios"]["cpu_batch32_vs_resnet18"] == pytest.approx(320.0 / 40.0)
     assert res["ratios"]["cuda_fp32_batch1_vs_resnet18"] is None
+    assert res["metrics"]["compute_metrics_s"] > 0  # the real compute_metrics on 100 maps of 64x64
     # every benchmark ran at the requested size, on the CPU only
     assert all(c[2] == 64 for c in fake_benches if c[0] in ("inference", "train", "memory"))
     assert {c[1] for c in fake_benches if c[0] == "inference"} == {1, 32}

@@ -268,3 +268,17 @@ def test_compute_metrics_input_errors():
         compute_metrics([0, 1, 1, 0], [0.1, 0.2, 0.3, 0.4], masks, None)
     with pytest.raises(ValueError, match="defects holds 2"):
         compute_metrics([0, 1, 1, 0], [0.1, 0.2, 0.3, 0.4], masks, maps, defects=["good", "x"])
+
+
+def test_compute_metrics_binned_matches_standalone_binned_aupro():
+    masks, maps = random_case(11, n=8, ties=False)
+    labels = masks.reshape(len(masks), -1).any(1).astype(int)
+    scores = maps.reshape(len(maps), -1).max(1)
+    defects = [("x" if i % 2 else "y") if lab else "good" for i, lab in enumerate(labels)]
+    assert {"x", "y"} <= set(defects)
+    out = compute_metrics(labels, scores, masks, maps, defects=defects, num_thresholds=300)
+    assert out["overall"]["aupro"] == pytest.approx(aupro(masks, maps, num_thresholds=300), abs=1e-12)
+    assert out["overall"]["pixel_auroc"] == pytest.approx(pixel_auroc(masks, maps), abs=1e-12)  # AUROC stays exact
+    for name, block in out["per_defect"].items():
+        sel = np.array([d in (name, "good") for d in defects])
+        assert block["aupro"] == pytest.approx(aupro(masks[sel], maps[sel], num_thresholds=300), abs=1e-12)
