@@ -409,7 +409,9 @@ class DashboardApp:
         if not files:
             return
         item = files[0]  # ipywidgets 8: tuple of dicts {name, type, size, content (memoryview), last_modified}
-        self._guard(self.upload, item.get("name", "upload"), item["content"])
+        name, content = item.get("name", "upload"), item["content"]
+        self._set_silently(self.upload_w, ())  # free the bytes; the same file can be uploaded again
+        self._guard(self.upload, name, content)
 
     def _on_sim_param(self, change: dict) -> None:
         if not self._silent and self.simulating:
@@ -441,6 +443,7 @@ class DashboardApp:
             if s.category not in cats and (Path(s.data) / s.category).is_dir():
                 cats = [*cats, s.category]
             self.category_dd.options = cats
+            self.category_dd.value = s.category if s.category in cats else None
         finally:
             self._silent = False
         if not ckpts:
@@ -452,7 +455,7 @@ class DashboardApp:
             self.checkpoint_dd.value = target
             self._silent = False
             self._guard(self.select_checkpoint, target, refresh=False)
-        if s.category in self.category_dd.options:
+        if not self.records and s.category in self.category_dd.options:  # the checkpoint did not pick one
             self._set_silently(self.category_dd, s.category)
             self._guard(self.select_category, s.category)
 
@@ -579,7 +582,11 @@ class DashboardApp:
         for k, v in params.items():
             self._set_silently(widgets[k], v)
         if enabled is not None:
-            self._set_silently(self.tabs, 1 if enabled else 0)
+            self._silent = True
+            try:
+                self.tabs.selected_index = 1 if enabled else 0
+            finally:
+                self._silent = False
         self.request_update()
 
     # ------------------------------------------------------------------ update scheduling

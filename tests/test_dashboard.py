@@ -8,6 +8,7 @@ once) except the debounce test, which runs the app inside an asyncio loop.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import struct
 import zlib
@@ -53,9 +54,9 @@ def app(tiny_demo: DemoSettings) -> DashboardApp:
     return DashboardApp(tiny_demo, debounce_s=0)
 
 
-def _png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
+def _png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(arr, mode=mode).save(buf, format="PNG") if mode else Image.fromarray(arr).save(buf, format="PNG")
+    Image.fromarray(arr).save(buf, format="PNG")  # uint16 (H, W) -> a 16-bit grey PNG
     return buf.getvalue()
 
 
@@ -159,7 +160,7 @@ def test_threshold_changes_the_mask_and_the_verdict_without_rerunning(app: Dashb
 def _upload(app: DashboardApp, name: str, data: bytes) -> None:
     """Upload through the widget, in ipywidgets 8's value format."""
     app.upload_w.value = ({"name": name, "type": "", "size": len(data), "content": memoryview(data),
-                           "last_modified": 0},)
+                           "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
 
 
 @pytest.mark.parametrize(
@@ -202,7 +203,7 @@ def test_good_uploads_are_converted_and_predicted(app: DashboardApp) -> None:
     assert app.result.image.shape[:2] == (225, 300)  # display size keeps the 3:4 aspect
     # grey 16-bit PNG and RGBA PNG come out as RGB; JPEG is accepted
     grey16 = (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 1)
-    assert app.upload("grey16.png", _png_bytes(grey16, "I;16")) is True and app.source.image.shape == (48, 64, 3)
+    assert app.upload("grey16.png", _png_bytes(grey16)) is True and app.source.image.shape == (48, 64, 3)
     rgba = np.dstack([rgb, np.full((48, 64), 255, np.uint8)])
     assert app.upload("alpha.png", _png_bytes(rgba)) is True and np.array_equal(app.source.image, rgb)
     jpg = io.BytesIO()
