@@ -1,0 +1,164 @@
+"""Speed of the MemSeg network: inference throughput/latency, training step, memory-bank size.
+
+Usage::
+
+    python benchmarks/bench_model.py                      # all three, 256², on "auto" device
+    python benchmarks/bench_model.py --what infer --batch 1 --size 256 --device cpu
+    python benchmarks/bench_model.py --what train --batch 8 --channels-last
+
+Numbers are printed (one JSON line per measurement); nothing here is asserted. Reference on the
+2-core development CPU: the known public kit needs ~6.3 s per batch-8 training step at 256² and
+~200 ms per image at inference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from memseg.models.memseg import MemSeg, MemSegConfig  # noqa: E402
+from memseg.utils import select_device  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _model(size: int | tuple[int, int], device: torch.device, memory_size: int = 30, channels_last: bool = False, **kw) -> MemSeg:
+    cfg = MemSegConfig(input_size=size, memory_size=memory_size, weights="random", channels_last=channels_last, **kw)
+    model = MemSeg(cfg).to(device)
+    g = torch.Generator().manual_seed(0)
+    h, w = cfg.input_size
+    model.prepare(torch.randn(memory_size, 3, h, w, generator=g).to(device))
+    return model
+
+
+def bench_inference(
+    batch: int = 1,
+    size: int | tuple[int, int] = 256,
+    device: str | torch.device = "auto",
+    dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    memory_size: int = 30,
+    iters: int = 10,
+    warmup: int = 2,
+) -> dict:
+    """Forward + softmax of a batch in eval mode under ``inference_mode``.
+
+    Args:
+        dtype: None (float32) or an autocast dtype (``torch.bfloat16`` / ``torch.float16``).
+
+    Returns:
+        dict(img_per_s, p50_ms, p95_ms) where the latencies are per batch.
+    """
+    dev = select_device(device)
+    model = _model(size, dev, memory_size, channels_last).eval()
+    h, w = model.input_size
+    x = torch.randn(batch, 3, h, w, device=dev)
+    ctx = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype is not None else (lambda: torch.autocast(dev.type, enabled=False))
+    times = []
+    with torch.inference_mode(), ctx():
+        for i in range(warmup + iters):
+            _sync(dev)
+            t0 = time.perf_counter()
+            model.anomaly_map(x)
+            _sync(dev)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    times.sort()
+    p50 = statistics.median(times)
+    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+    return {"img_per_s": batch / p50, "p50_ms": p50 * 1000, "p95_ms": p95 * 1000}
+
+
+def bench_train_step(
+    batch: int = 8,
+    size: int | tuple[int, int] = 256,
+    device: str | torch.device = "auto",
+    channels_last: bool = False,
+    dtype: torch.dtype | None = None,
+    iters: int = 3,
+    warmup: int = 1,
+) -> float:
+    """Median seconds of one SGD step (forward, loss, backward, update) on a fixed batch."""
+    dev = select_device(device)
+    model = _model(size, dev, 30, channels_last).train()
+    h, w = model.input_size
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 3, h, w, generator=g).to(dev)
+    masks = (torch.rand(batch, 1, h, w, generator=g) > 0.9).float().to(dev)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.04, momentum=0.9, weight_decay=5e-4)
+    times = []
+    for i in range(warmup + iters):
+        _sync(dev)
+        t0 = time.perf_counter()
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+            loss, _ = model.compute_loss(x, masks, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(dev)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_memory_size(
+    ns: tuple[int, ...] = (1, 10, 30, 100),
+    size: int | tuple[int, int] = 256,
+    device: str | torch.device = "auto",
+    batch: int = 1,
+    iters: int = 5,
+) -> list[dict]:
+    """Inference latency and memory-bank bytes for several N (the DI* search grows with N)."""
+    dev = select_device(device)
+    rows = []
+    for n in ns:
+        r = bench_inference(batch=batch, size=size, device=dev, memory_size=n, iters=iters, warmup=1)
+        cfg = MemSegConfig(input_size=size, memory_size=n)
+        h, w = cfg.input_size
+        bank_bytes = 4 * n * (64 * h * w // 16 + 128 * h * w // 64 + 256 * h * w // 256)
+        rows.append({"N": n, "bank_MiB": bank_bytes / 2**20, **r})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--what", nargs="+", default=["infer", "train", "memory"], choices=["infer", "train", "memory"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--batch", type=int, default=None, help="default: 1 and 8 for inference, 8 for training")
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp16"], help="autocast dtype for inference")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.dtype]
+    dev = select_device(args.device)
+    print(json.dumps({"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__, "channels_last": args.channels_last, "dtype": args.dtype}))
+    if "infer" in args.what:
+        for b in [args.batch] if args.batch else [1, 8]:
+            r = bench_inference(batch=b, size=args.size, device=dev, dtype=dtype, channels_last=args.channels_last)
+            print(json.dumps({"bench": "inference", "batch": b, "size": args.size, **{k: round(v, 2) for k, v in r.items()}}), flush=True)
+    if "train" in args.what:
+        b = args.batch or 8
+        s = bench_train_step(batch=b, size=args.size, device=dev, channels_last=args.channels_last, dtype=dtype)
+        print(json.dumps({"bench": "train_step", "batch": b, "size": args.size, "seconds": round(s, 3)}), flush=True)
+    if "memory" in args.what:
+        for row in bench_memory_size(size=args.size, device=dev):
+            print(json.dumps({"bench": "memory_size", **{k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
