@@ -48,6 +48,9 @@ __all__ = [
     "structure_index",
     "shuffle_tiles",
     "structure_source",
+    "StructureParams",
+    "draw_structure_params",
+    "render_structure",
     "default_dtd_root",
     "cli_simulate",
 ]
@@ -75,6 +78,8 @@ class SimulationConfig:
     max_angle: extra small rotation of the structure source, ±degrees (0 = off; costs a resample).
     samples_per_cell: Perlin coarse-grid density (see `memseg.perlin.perlin_noise`).
     blob_radius: radius of the fallback blob as a fraction of min(H, W).
+    sparse_max_fraction: composite only the masked pixels when M covers at most this fraction
+        of the batch (same result, much faster); 0 = always build the full noise image.
     """
 
     threshold: float = 0.5
@@ -93,6 +98,7 @@ class SimulationConfig:
     max_angle: float = 0.0
     samples_per_cell: float = 4.0
     blob_radius: float = 0.06
+    sparse_max_fraction: float = 0.3
 
     def __post_init__(self) -> None:
         if isinstance(self.foreground, dict):  # from YAML / asdict
@@ -317,14 +323,14 @@ def random_mirror_rotate(
     return gather_pixels(images, mirror_rotate_index(hflip, vflip, quarter, h, w, images.device))
 
 
-def _small_rotation(images: torch.Tensor, max_angle: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Rotate each image by U[-max_angle, max_angle] degrees (reflection padding)."""
+def _small_rotation(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each image by its angle in degrees (bilinear, reflection padding)."""
     b = images.shape[0]
-    ang = random_uniform((b,), generator, "cpu", -max_angle, max_angle) * math.pi / 180
+    ang = degrees.float().cpu() * math.pi / 180
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1] = torch.cos(ang), -torch.sin(ang)
     theta[:, 1, 0], theta[:, 1, 1] = torch.sin(ang), torch.cos(ang)
-    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -363,29 +369,72 @@ def shuffle_tiles(
     return out, perm
 
 
+@dataclass
+class StructureParams:
+    """Random draws of the structural source for n images (all on the CPU).
+
+    colour (n, 3, 3) jitter matrices; flips = (hflip, vflip, quarter turns), each (n,);
+    perm (n, rows*cols) tile permutations; angle (n,) degrees or None (config.max_angle = 0).
+    """
+
+    colour: torch.Tensor
+    flips: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    perm: torch.Tensor
+    angle: torch.Tensor | None = None
+
+
+def draw_structure_params(
+    n: int, height: int, width: int, config: SimulationConfig, generator: torch.Generator | None = None
+) -> StructureParams:
+    """Draw colour jitter, mirror/quarter turn, optional small angle and tile permutation (in that order)."""
+    u = random_uniform((n, 3), generator)
+    lerp = lambda r, t: r[0] + (r[1] - r[0]) * t  # noqa: E731
+    colour = colour_jitter_matrix(lerp(config.brightness, u[:, 0]), lerp(config.saturation, u[:, 1]), lerp(config.hue, u[:, 2]))
+    flips = _draw_mirror_rotate(n, height, width, generator, config.mirror_prob, config.rot90)
+    angle = random_uniform((n,), generator, "cpu", -config.max_angle, config.max_angle) if config.max_angle > 0 else None
+    perm = torch.argsort(random_uniform((n, config.grid[0] * config.grid[1]), generator), dim=1)
+    return StructureParams(colour, flips, perm, angle)
+
+
+def render_structure(images: torch.Tensor, params: StructureParams, grid: tuple[int, int] = (4, 8)) -> torch.Tensor:
+    """Structural noise image I_n for images (n, 3, H, W) in [0, 1] and drawn `params`.
+
+    Colour is one batched 3×3 matrix product; mirror, quarter turns and the tile shuffle are
+    composed into one pixel index (:func:`structure_index`) and gathered once.
+    """
+    b, _, h, w = images.shape
+    mat = params.colour.to(images.device, images.dtype)
+    x = torch.einsum("bij,bjp->bip", mat, images.reshape(b, 3, -1))  # einsum: much faster than bmm for K = 3
+    x = x.view_as(images).clamp_(0, 1)
+    if params.angle is not None:  # a resampling rotation sits between mirror/turn and shuffle
+        x = _small_rotation(gather_pixels(x, mirror_rotate_index(*params.flips, h, w, images.device)), params.angle)
+        return shuffle_tiles(x, grid, perm=params.perm)[0]
+    return gather_pixels(x, structure_index(*params.flips, params.perm, h, w, grid, images.device))
+
+
 def structure_source(
     images: torch.Tensor, config: SimulationConfig, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Structural noise image I_n (paper §3.1): mirror, rotation, brightness, saturation, hue, then
-    the grid shuffle. images (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1].
-
-    Colour is one batched 3×3 matrix product; mirror, quarter turns and the tile shuffle are
-    composed into one pixel index (the shuffle is applied to the index map) and gathered once.
-    """
+    """Structural noise image I_n (paper §3.1): random mirror, rotation, brightness, saturation and
+    hue, then the grid shuffle. images (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1]."""
     b, _, h, w = images.shape
-    u = random_uniform((b, 3), generator)
-    lerp = lambda r, t: r[0] + (r[1] - r[0]) * t  # noqa: E731
-    mat = colour_jitter_matrix(lerp(config.brightness, u[:, 0]), lerp(config.saturation, u[:, 1]), lerp(config.hue, u[:, 2]))
-    # einsum: much faster than bmm for K = 3 on CPU
-    x = torch.einsum("bij,bjp->bip", mat.to(images.device, images.dtype), images.reshape(b, 3, -1))
-    x = x.view_as(images).clamp_(0, 1)
-    flips = _draw_mirror_rotate(b, h, w, generator, config.mirror_prob, config.rot90)
-    if config.max_angle > 0:  # slow path: a resampling rotation sits between mirror/turn and shuffle
-        x = gather_pixels(x, mirror_rotate_index(*flips, h, w, images.device))
-        x = _small_rotation(x, config.max_angle, generator)
-        return shuffle_tiles(x, config.grid, generator)[0]
-    perm = torch.argsort(random_uniform((b, config.grid[0] * config.grid[1]), generator), dim=1)
-    return gather_pixels(x, structure_index(*flips, perm, h, w, config.grid, images.device))
+    return render_structure(images, draw_structure_params(b, h, w, config, generator), config.grid)
+
+
+def _structure_index_at(
+    params: StructureParams, grid: tuple[int, int], height: int, width: int,
+    rows: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`structure_index` evaluated only at pixels (rows[k], i[k], j[k]) -> (K,) flat indices."""
+    gh, gw = grid
+    th, tw = height // gh, width // gw
+    p, q, c = (v[rows] for v in _mirror_rotate_coef(*params.flips, height, width, rows.device))
+    ti, tj = i // th, j // tw
+    inside = (ti < gh) & (tj < gw)
+    t = params.perm.to(rows.device)[rows, ti.clamp(max=gh - 1) * gw + tj.clamp(max=gw - 1)]
+    si = torch.where(inside, (t // gw) * th + i % th, i)
+    sj = torch.where(inside, (t % gw) * tw + j % tw, j)
+    return p * si + q * sj + c
 
 
 # --------------------------------------------------------------------------- simulator
@@ -534,7 +583,7 @@ class AnomalySimulator:
         if images.dtype == torch.uint8:
             return images.float().div_(255)
         images = images.float()
-        lo, hi = torch.aminmax(images)
+        lo, hi = torch.aminmax(images[..., ::4, ::4])  # a strided look suffices to catch normalised input
         if float(lo) < -1e-3 or float(hi) > 1 + 1e-3:
             raise ValueError(
                 f"simulate() expects un-normalised images in [0, 1], got values in [{float(lo):.3f}, {float(hi):.3f}]; "
@@ -543,7 +592,8 @@ class AnomalySimulator:
         return images
 
     # ---- masks
-    def _foreground(self, images: torch.Tensor, foreground: Any) -> torch.Tensor:
+    def _foreground(self, images: torch.Tensor, foreground: Any) -> torch.Tensor | None:
+        """M_I (B, 1, H, W), or None for "no foreground mask" (all ones, not materialised)."""
         if isinstance(foreground, torch.Tensor):
             m = (foreground.to(self.device).float() > 0.5).float()
             if m.dim() == 3:
@@ -559,6 +609,8 @@ class AnomalySimulator:
                 cfg = foreground
             else:
                 raise ValueError(f"foreground must be None, False/'none', a ForegroundConfig or a mask tensor, got {foreground!r}")
+            if cfg is None:
+                return None
             m = foreground_mask(images, cfg)
         # An image whose foreground vanished (odd lighting, wrong preset) is simulated without it.
         empty = m.amax(dim=(1, 2, 3)) == 0
@@ -587,58 +639,123 @@ class AnomalySimulator:
         xs = torch.arange(w, device=self.device, dtype=torch.float32).view(1, 1, 1, -1)
         return (((ys - cy) ** 2 + (xs - cx) ** 2) <= r * r).float()
 
-    def _masks(self, m_i, threshold, generator, scale_exp):
-        """Step 1 of Fig. 3: P, M_P and M = M_P ⊙ M_I, redrawing empty masks, then the blob fallback."""
-        b, _, h, w = m_i.shape
+    def _masks(self, m_i, shape, threshold, generator, scale_exp):
+        """Step 1 of Fig. 3: P, M_P and M = M_P ⊙ M_I, redrawing empty masks, then the blob fallback.
+
+        m_i None means no foreground restriction (M = M_P; the product is skipped).
+        """
+        b, h, w = shape
         p, params = self._perlin(b, h, w, generator, scale_exp, None)
         m_p = perlin_mask(p, threshold)
-        m = m_p * m_i  # M = M_P ⊙ M_I
+        m = m_p * m_i if m_i is not None else m_p  # M = M_P ⊙ M_I
         resampled = torch.zeros(b, dtype=torch.long)
         fallback = torch.zeros(b, dtype=torch.bool)
         thr_rows = lambda rows: threshold[rows] if isinstance(threshold, torch.Tensor) and threshold.dim() else threshold  # noqa: E731
-        empty = torch.nonzero(m.amax(dim=(1, 2, 3)) == 0).view(-1)
+        empty = torch.nonzero(m.amax(dim=(1, 2, 3)) == 0).view(-1).cpu()
         for _ in range(self.config.max_resample):
             if empty.numel() == 0:
                 break
             rows = empty.to(self.device)
             p_new, par = self._perlin(len(empty), h, w, generator, scale_exp, empty)
             p[rows], m_p[rows] = p_new, perlin_mask(p_new, thr_rows(rows))
-            m[rows] = m_p[rows] * m_i[rows]
+            if m_i is not None:
+                m[rows] = m_p[rows] * m_i[rows]
             params["scale_exp"][empty], params["angle"][empty] = par["scale_exp"], par["angle"]
             resampled[empty] += 1
             empty = empty[(m[rows].amax(dim=(1, 2, 3)) == 0).cpu()]
         if empty.numel():  # still empty: a small blob inside the foreground
             rows = empty.to(self.device)
-            m_p[rows] = self._blob(m_i[rows], generator)
-            m[rows] = m_p[rows] * m_i[rows]
+            fg = m_i[rows] if m_i is not None else torch.ones(len(empty), 1, h, w, device=self.device)
+            m_p[rows] = self._blob(fg, generator)
+            if m_i is not None:
+                m[rows] = m_p[rows] * m_i[rows]
             fallback[empty] = True
         return p, m_p, m, params, resampled, fallback
 
-    # ---- noise images
-    def _texture_images(self, n: int, h: int, w: int, generator: torch.Generator | None) -> torch.Tensor:
-        tex = self.textures
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        idx = torch.randint(tex.shape[0], (n,), generator=generator, device=gen_device).to(self.device)
-        x = tex[idx]  # uint8 (n, 3, Ht, Wt)
-        if x.shape[-2:] != (h, w):
-            x = F.interpolate(x.float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-            x = x.round_().clamp_(0, 255).to(torch.uint8)
-        return random_mirror_rotate(x, generator, self.config.mirror_prob, self.config.rot90).float().div_(255)
-
-    def _noise_images(self, images: torch.Tensor, kinds: list[str], generator) -> torch.Tensor:
-        b, _, h, w = images.shape
+    # ---- noise images (step 2 of Fig. 3)
+    def _draw_noise(self, kinds: list[str], h: int, w: int, generator: torch.Generator | None) -> dict[str, Any]:
+        """All random draws for I_n, in a fixed order (texture picks and mirror/turns, then the
+        structural parameters), so the dense and the sparse compositing give the same result."""
         tex_rows = [i for i, k in enumerate(kinds) if k == "texture"]
-        if len(tex_rows) == b:
-            return self._texture_images(b, h, w, generator)
-        if not tex_rows:
-            return structure_source(images, self.config, generator)
         str_rows = [i for i, k in enumerate(kinds) if k == "structure"]
+        plan: dict[str, Any] = {"tex_rows": torch.tensor(tex_rows, dtype=torch.long),
+                                "str_rows": torch.tensor(str_rows, dtype=torch.long)}
+        if tex_rows:
+            gen_device = generator.device if generator is not None else torch.device("cpu")
+            n_bank = self.textures.shape[0]
+            plan["tex_idx"] = torch.randint(n_bank, (len(tex_rows),), generator=generator, device=gen_device).cpu()
+            plan["tex_flips"] = _draw_mirror_rotate(len(tex_rows), h, w, generator, self.config.mirror_prob, self.config.rot90)
+        if str_rows:
+            plan["structure"] = draw_structure_params(len(str_rows), h, w, self.config, generator)
+        return plan
+
+    def _noise_dense(self, images: torch.Tensor, plan: dict[str, Any]) -> torch.Tensor:
+        """The full noise image I_n (B, 3, H, W) in [0, 1]."""
+        b, _, h, w = images.shape
+        tex_rows, str_rows = plan["tex_rows"].to(self.device), plan["str_rows"].to(self.device)
+        tex = st = None
+        if tex_rows.numel():
+            x = self.textures[plan["tex_idx"].to(self.device)]  # uint8 (n, 3, Ht, Wt)
+            if x.shape[-2:] != (h, w):  # images of another size than the cache: resize on the fly
+                x = F.interpolate(x.float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+                x = x.round_().clamp_(0, 255).to(torch.uint8)
+            tex = gather_pixels(x, mirror_rotate_index(*plan["tex_flips"], h, w, self.device)).float().div_(255)
+        if str_rows.numel():
+            st = render_structure(images if str_rows.numel() == b else images[str_rows], plan["structure"], self.config.grid)
+        if st is None or tex is None:
+            return tex if st is None else st
         i_n = torch.empty_like(images)
-        t_idx = torch.tensor(tex_rows, device=self.device)
-        s_idx = torch.tensor(str_rows, device=self.device)
-        i_n.index_copy_(0, t_idx, self._texture_images(len(tex_rows), h, w, generator))
-        i_n.index_copy_(0, s_idx, structure_source(images[s_idx], self.config, generator))
+        i_n.index_copy_(0, tex_rows, tex)
+        i_n.index_copy_(0, str_rows, st)
         return i_n
+
+    def _composite_sparse(
+        self, images: torch.Tensor, m: torch.Tensor, d: torch.Tensor, plan: dict[str, Any], inplace: bool = False
+    ) -> torch.Tensor | None:
+        """eq. (1)-(2) evaluated only at the K pixels inside M (I_A = I elsewhere).
+
+        The noise image is never materialised: each masked pixel fetches its source pixel (texture
+        or mirrored/turned/shuffled input) through the same index arithmetic as the dense path and
+        applies the colour matrix there. Returns None when M is too large for this to pay off.
+        """
+        b, _, h, w = images.shape
+        hw = h * w
+        dev = self.device
+        tex_rows, str_rows = plan["tex_rows"].to(dev), plan["str_rows"].to(dev)
+        order = torch.cat([tex_rows, str_rows])  # texture rows first: each group is a contiguous run
+        n_tex = tex_rows.numel()
+        m_rows = m.view(b, hw) > 0.5
+        if n_tex and n_tex < b:
+            m_rows = m_rows[order]
+        nz = m_rows.nonzero()  # (K, 2): position in `order`, flat pixel; sorted by the first column
+        if nz.shape[0] > self.config.sparse_max_fraction * b * hw:
+            return None
+        slot, pix = nz[:, 0], nz[:, 1]
+        rows = order[slot] if n_tex and n_tex < b else slot
+        k_tex = int(torch.searchsorted(slot, torch.tensor([n_tex], device=dev))[0]) if 0 < n_tex < b else (nz.shape[0] if n_tex else 0)
+        chan = torch.arange(3, device=dev) * hw
+        dst = ((rows * (3 * hw) + pix).unsqueeze(1) + chan).view(-1)  # flat (K*3,) offsets into I
+        flat = images.reshape(-1)
+        vals = torch.empty(nz.shape[0], 3, device=dev, dtype=images.dtype)  # I_n at the masked pixels
+        if k_tex:
+            r, i, j = slot[:k_tex], pix[:k_tex] // w, pix[:k_tex] % w
+            p, q, c = _mirror_rotate_coef(*plan["tex_flips"], h, w, dev)
+            src = plan["tex_idx"].to(dev)[r] * (3 * hw) + p[r] * i + q[r] * j + c[r]
+            bank = self.textures.reshape(-1)
+            vals[:k_tex] = bank.index_select(0, (src.unsqueeze(1) + chan).view(-1)).view(-1, 3).to(images.dtype).div_(255)
+        if k_tex < nz.shape[0]:
+            r, px = slot[k_tex:] - n_tex, pix[k_tex:]
+            params = plan["structure"]
+            src = _structure_index_at(params, self.config.grid, h, w, r, px // w, px % w)
+            src = rows[k_tex:] * (3 * hw) + src
+            raw = flat.index_select(0, (src.unsqueeze(1) + chan).view(-1)).view(-1, 3)
+            mat = params.colour.to(dev, images.dtype)[r]  # (K_s, 3, 3)
+            vals[k_tex:] = torch.einsum("kij,kj->ki", mat, raw).clamp_(0, 1)
+        cur = flat.index_select(0, dst).view(-1, 3)
+        new = torch.lerp(cur, vals, d[rows].unsqueeze(1))  # eq. (1)-(2) inside M
+        out = images if inplace else images.clone()
+        out.view(-1).index_copy_(0, dst, new.view(-1))
+        return out
 
     # ---- main entry point
     @torch.no_grad()
@@ -665,7 +782,8 @@ class AnomalySimulator:
             foreground: override M_I: a ForegroundConfig, False/"none" (no mask) or a (B, 1, H, W) mask.
             return_intermediates: also return P, M_P, M_I, M, I_n, I_n_prime, I_A and parameters.
         """
-        images = self._check_images(images)
+        owned = isinstance(images, torch.Tensor) and (images.dtype != torch.float32 or images.device != self.device)
+        images = self._check_images(images)  # a new tensor when converted: safe to composite in place
         b, _, h, w = images.shape
         thr = self.config.threshold if threshold is None else threshold
         if isinstance(thr, torch.Tensor):
@@ -673,12 +791,22 @@ class AnomalySimulator:
         kinds = self._sources(b, source, generator)
         d = self._delta(b, delta, generator)
         m_i = self._foreground(images, foreground)
-        p, m_p, m, params, resampled, fallback = self._masks(m_i, thr, generator, scale_exp)
-        i_n = self._noise_images(images, kinds, generator)
+        p, m_p, m, params, resampled, fallback = self._masks(m_i, (b, h, w), thr, generator, scale_exp)
+        plan = self._draw_noise(kinds, h, w, generator)
+        sparse_ok = (
+            not return_intermediates and self.config.sparse_max_fraction > 0 and self.config.max_angle == 0
+            and (plan["tex_rows"].numel() == 0 or tuple(self.textures.shape[-2:]) == (h, w))
+        )
+        i_a = self._composite_sparse(images, m, d, plan, inplace=owned) if sparse_ok else None
+        if i_a is not None:
+            return SimulationResult(images=i_a, masks=m, delta=d, source=kinds)
+        i_n = self._noise_dense(images, plan)
         # eq. (1)-(2) fused: I_A = I + δM(I_n − I), exactly I wherever M = 0.
         i_a = torch.lerp(images, i_n, d.view(b, 1, 1, 1) * m)
         inter = None
         if return_intermediates:
+            if m_i is None:  # no foreground restriction: M_I is all ones and M a copy of M_P
+                m_i, m = torch.ones_like(m_p), m_p.clone()
             dd = d.view(b, 1, 1, 1)
             inter = {
                 "P": p, "M_P": m_p, "M_I": m_i, "M": m, "I_n": i_n,

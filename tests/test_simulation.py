@@ -128,6 +128,11 @@ def test_every_anomalous_sample_has_a_mask_even_when_perlin_gives_none():
     assert r.intermediates["fallback"].all()
     assert (r.intermediates["resampled"] == 2).all()
     assert (r.masks <= r.intermediates["M_I"]).all()  # the blob stays on the object
+    # no foreground mask at all: the blob may go anywhere
+    plain = AnomalySimulator(SimulationConfig(max_resample=1), size=(H, W), textures=random_textures())
+    r = plain.simulate(images, gen(3), threshold=1.5, return_intermediates=True)
+    assert (r.masks.sum(dim=(1, 2, 3)) > 0).all() and r.intermediates["fallback"].all()
+    assert (r.intermediates["M_I"] == 1).all()
     # realistic thresholds: many samples, none empty
     r = s.simulate(disc_images(64, seed=1), gen(4), threshold=0.6)
     assert (r.masks.sum(dim=(1, 2, 3)) > 0).all()
@@ -139,6 +144,34 @@ def test_empty_foreground_falls_back_to_whole_image():
     r = s.simulate(black, gen(0), return_intermediates=True)
     assert (r.intermediates["M_I"] == 1).all()
     assert (r.masks.sum(dim=(1, 2, 3)) > 0).all()
+
+
+@pytest.mark.parametrize("hw", [(H, W), (30, 45)])
+@pytest.mark.parametrize("category", [None, "washer"])
+def test_sparse_compositing_equals_the_dense_noise_image_path(hw, category):
+    # Fast path (only masked pixels fetched and blended) vs full I_n: same draws, same result.
+    h, w = hw
+    tex = random_textures(5, h, w)
+    fast = AnomalySimulator(size=hw, textures=tex, category=category)
+    dense = AnomalySimulator(SimulationConfig(sparse_max_fraction=0.0), size=hw, textures=tex, category=category)
+    images = disc_images(12, h, w)
+    for seed in range(3):
+        a, b = fast.simulate(images, gen(seed)), dense.simulate(images, gen(seed))
+        assert a.source == b.source and torch.equal(a.masks, b.masks) and torch.equal(a.delta, b.delta)
+        assert (a.images - b.images).abs().max() < 1e-5
+    assert {"texture", "structure"} <= set(a.source)
+    # uint8 input (converted, then composited in place) gives the same as float input
+    u8 = (images * 255).round().to(torch.uint8)
+    c, d = fast.simulate(u8, gen(0)), fast.simulate(u8.float() / 255, gen(0))
+    assert (c.images - d.images).abs().max() < 1e-5
+    assert torch.equal(u8, (images * 255).round().to(torch.uint8))  # the caller's tensor is untouched
+
+
+def test_caller_images_are_not_modified(sim):
+    images = disc_images(4)
+    before = images.clone()
+    sim.simulate(images, gen(0))
+    assert torch.equal(images, before)
 
 
 def test_threshold_controls_mask_area(sim):
@@ -300,6 +333,17 @@ def test_foreground_otsu_threshold_invert_and_morphology():
     hole = torch.ones(1, 1, 9, 9)
     hole[..., 4, 4] = 0
     assert erode(dilate(hole, 3), 3).eq(1).all()
+
+
+@pytest.mark.parametrize("size", [2, 3, 5, 8])
+def test_dilate_erode_match_max_pool_reference(size):
+    k = size + 1 - size % 2  # odd kernel
+    m = (torch.rand(3, 1, 17, 23, generator=gen(size)) > 0.7).float()
+    ref = torch.nn.functional.max_pool2d(m, k, stride=1, padding=k // 2)
+    assert torch.equal(dilate(m, size), ref)
+    ref_erode = -torch.nn.functional.max_pool2d(-m, k, stride=1, padding=k // 2)
+    assert torch.equal(erode(m, size), ref_erode)
+    assert dilate(m > 0.5, size).dtype == torch.bool
 
 
 def test_presets_and_category_lookup():
