@@ -456,7 +456,9 @@ def train(
             p.unlink()
     if not cfg.data or not cfg.category:
         raise ValueError("TrainConfig needs data (dataset root) and category")
-    if cfg.dtd_root is None and stored is None:
+    if cfg.dtd_root is None and stored is not None:
+        cfg.dtd_root = stored.get("config", {}).get("dtd_root")  # same textures as before the interruption
+    elif cfg.dtd_root is None:
         # same lookup as `memseg simulate` ($MEMSEG_DTD, ../shared/data/dtd); recorded in the config
         found_dtd = default_dtd_root(None)
         cfg.dtd_root = str(found_dtd) if found_dtd is not None else None

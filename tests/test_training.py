@@ -209,3 +209,22 @@ def test_resume_checks(tiny_setup):
     train(_cfg(tmp_path, "r", steps=1, val_fraction=0.0), progress=False)
     with pytest.raises(ValueError, match=r"config differs.*lr: stored 0.04, given 0.1"):
         train(_cfg(tmp_path, "r", steps=2, val_fraction=0.0, lr=0.1), progress=False, resume=True)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("draem", {"base_width": 8, "disc_base_width": 8, "simulation_source": "structure"}),
+    ("mmr", {"embed_dim": 32, "depth": 1, "num_heads": 2, "weights": "random"}),
+])
+def test_baseline_models_train_and_reload(tiny_setup, name, options):
+    """DRAEM and MMR go through the same loop, checkpoint and predictor."""
+    from memseg.inference import Predictor
+
+    tmp_path = tiny_setup
+    cfg = _cfg(tmp_path, name, model=name, model_options=options, steps=2, optimizer="adamw", lr=1e-3)
+    res = train(cfg, progress=False)
+    assert [h["step"] for h in res.history] == [1, 2] and all(np.isfinite(h["loss"]) for h in res.history)
+    ck = read_checkpoint(res.checkpoint)
+    assert ck["model_name"] == name and ck["step"] == 2 and ck["extra"]["splits"]["memory"] == []
+    pred = Predictor.from_checkpoint(res.checkpoint, device="cpu")
+    out = pred.predict(np.zeros((40, 48, 3), np.uint8))
+    assert out.anomaly_map.shape == (40, 48) and 0.0 <= out.score <= 1.0
