@@ -234,7 +234,8 @@ def run_suite(size: int = 256, device: str = "auto", quick: bool = False, progre
         res["simulation"][key] = float(funcs["simulation"](size=size, batch=batch, threads=threads, device=d, seconds=sim_seconds))
 
     def infer(key: str, d: torch.device, batch: int, dtype: torch.dtype | None) -> None:
-        r = funcs["inference"](batch=batch, size=size, device=d, dtype=dtype, iters=iters, warmup=warmup)
+        n = iters if d.type == "cuda" or batch == 1 else max(1, iters // 4)  # big CPU batches: fewer repeats
+        r = funcs["inference"](batch=batch, size=size, device=d, dtype=dtype, iters=n, warmup=1 if d.type == "cpu" else warmup)
         res["inference"][key][f"batch{batch}"] = {k: float(v) for k, v in r.items()}
 
     def train(key: str, d: torch.device, dtype: torch.dtype | None) -> None:
