@@ -579,7 +579,7 @@ class AnomalySimulator:
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"simulate() expects images of shape (B, 3, H, W), got {shape}")
-        images = images.to(self.device)
+        images = images.to(self.device).contiguous()  # e.g. channels_last input -> plain NCHW
         if images.dtype == torch.uint8:
             return images.float().div_(255)
         images = images.float()

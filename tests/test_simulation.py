@@ -167,11 +167,13 @@ def test_sparse_compositing_equals_the_dense_noise_image_path(hw, category):
     assert torch.equal(u8, (images * 255).round().to(torch.uint8))  # the caller's tensor is untouched
 
 
-def test_caller_images_are_not_modified(sim):
+def test_caller_images_are_not_modified_and_layout_does_not_matter(sim):
     images = disc_images(4)
     before = images.clone()
-    sim.simulate(images, gen(0))
+    a = sim.simulate(images, gen(0))
     assert torch.equal(images, before)
+    b = sim.simulate(images.to(memory_format=torch.channels_last), gen(0))
+    assert torch.equal(a.images, b.images)
 
 
 def test_threshold_controls_mask_area(sim):
