@@ -471,3 +471,22 @@ def test_cli_simulate_writes_refuses_overwrite_and_no_save(tmp_path, capsys, mon
     assert last.startswith("throughput:") and last.endswith("samples/s")
     assert float(last.split()[1]) > 0
     assert sorted(p.name for p in out.iterdir()) == names  # --no-save wrote nothing
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU path is tested above)")
+def test_cuda_simulation_matches_cpu_with_a_cpu_generator():
+    # All random draws come from the (CPU) generator, so CPU and CUDA differ only by float rounding.
+    tex = random_textures()
+    cpu = AnomalySimulator(size=(H, W), textures=tex, category="washer")
+    gpu = AnomalySimulator(size=(H, W), textures=tex, category="washer", device="cuda")
+    images = disc_images(16)
+    a, b = cpu.simulate(images, gen(0)), gpu.simulate(images.cuda(), gen(0))
+    assert b.images.is_cuda and b.masks.is_cuda
+    assert a.source == b.source and torch.allclose(a.delta, b.delta.cpu())
+    agree = (a.masks == b.masks.cpu()).float().mean()
+    assert agree > 0.995
+    same = (a.masks == b.masks.cpu()).expand_as(a.images)
+    assert (a.images - b.images.cpu()).abs()[same].max() < 1e-4
+    # a CUDA generator works too, and is deterministic
+    g1, g2 = torch.Generator("cuda").manual_seed(1), torch.Generator("cuda").manual_seed(1)
+    assert torch.equal(gpu.simulate(images.cuda(), g1).images, gpu.simulate(images.cuda(), g2).images)
