@@ -858,7 +858,9 @@ def cli_simulate(args: Any) -> int:
         if not args.out:
             raise ValueError("--out is required unless --no-save is given")
         out = Path(args.out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is an existing file, not a folder; refusing to overwrite it")
+        if out.exists() and any(out.iterdir()):
             raise ValueError(f"output folder {out} exists and is not empty; refusing to overwrite (choose a new or empty folder)")
     device = select_device(args.device)
     size = (args.size, args.size)

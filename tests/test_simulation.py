@@ -463,6 +463,10 @@ def test_cli_simulate_writes_refuses_overwrite_and_no_save(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert str(out) in err and "not empty" in err
     assert (out / "0000_image.png").read_bytes() == before
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("keep me")
+    assert cli_main([*args, "--out", str(a_file)]) == 2
+    assert "a_file.txt" in capsys.readouterr().err and a_file.read_text() == "keep me"
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
