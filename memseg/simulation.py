@@ -549,7 +549,8 @@ class AnomalySimulator:
 
     @property
     def has_textures(self) -> bool:
-        return self._textures is not None or bool(self._texture_files)
+        """True when a texture bank is available (decodes pending DTD files first)."""
+        return self.textures is not None
 
     # ---- per-sample choices
     def _sources(self, batch: int, source: str | Sequence[str] | None, generator: torch.Generator | None) -> list[str]:

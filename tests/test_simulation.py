@@ -398,6 +398,15 @@ def test_textures_from_a_folder_corrupt_file_skipped_with_warning(tmp_path):
             Image.new("RGB", (40 + 10 * i, 30), colour).save(root / cat / f"{cat}_{i}.jpg")
     bad = root / "red" / "red_broken.jpg"
     bad.write_bytes(b"not a jpeg")
+    only_bad = tmp_path / "only_bad"
+    (only_bad / "images" / "x").mkdir(parents=True)
+    (only_bad / "images" / "x" / "empty.jpg").write_bytes(b"")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        s = AnomalySimulator(dtd_root=only_bad, size=(H, W), progress=False)
+        assert s.simulate(disc_images(3), gen(0)).source == ["structure"] * 3  # nothing decodable
+    messages = " | ".join(str(w.message) for w in record)
+    assert "empty.jpg" in messages and "could be decoded" in messages
     assert len(find_texture_files(tmp_path / "dtd")) == 7
     assert find_texture_files(root) == find_texture_files(tmp_path / "dtd")  # images/ itself works too
     with pytest.warns(UserWarning, match="red_broken.jpg"):
