@@ -93,17 +93,15 @@ def _noise_at(
     per_px_x = cells[:, 1].to(torch.float32) / width
     grad_x, grad_y = torch.cos(theta).view(g, -1), torch.sin(theta).view(g, -1)  # unit gradients
 
-    per_px_y, per_px_x = per_px_y.to(device), per_px_x.to(device)
-    cos_a, sin_a = torch.cos(angle).to(device), torch.sin(angle).to(device)
-    # Centred pixel coordinates, rotated about the image centre: (G, n_y, n_x).
+    px, py = per_px_x.to(device).view(-1, 1, 1), per_px_y.to(device).view(-1, 1, 1)
+    c, s = torch.cos(angle).to(device).view(-1, 1, 1), torch.sin(angle).to(device).view(-1, 1, 1)
+    # Centred pixel coordinates (xc, yc) rotated about the image centre and scaled to lattice
+    # units, shifted so they are >= 0:  u = px (c xc - s yc + R),  v = py (s xc + c yc + R).
+    # Both are affine, so each is one broadcast add of a row term and a column term: (G, n_y, n_x).
     yc = (ys + 0.5 - height / 2).view(1, -1, 1)
     xc = (xs + 0.5 - width / 2).view(1, 1, -1)
-    c, s = cos_a.view(-1, 1, 1), sin_a.view(-1, 1, 1)
-    xr = c * xc - s * yc
-    yr = s * xc + c * yc
-    # Lattice coordinates, shifted so they are >= 0 (u in [0, 2 * radius * per_px]).
-    u = (xr + radius) * per_px_x.view(-1, 1, 1)
-    v = (yr + radius) * per_px_y.view(-1, 1, 1)
+    u = (px * c) * xc + (px * radius - (px * s) * yc)
+    v = (py * s) * xc + (py * radius + (py * c) * yc)
     u0, v0 = u.floor(), v.floor()
     fu, fv = u - u0, v - v0
     i00 = (v0.long() * n_lat_x + u0.long()).view(g, -1)  # (G, N) flat lattice index
