@@ -12,6 +12,12 @@ Three steps, all batched torch ops on the simulator's device:
 Images are float tensors in [0, 1] and are **not** ImageNet-normalised here; normalisation
 happens after compositing (PITFALLS). Anomalies are simulated at the final size (no crop that
 could cut an anomaly away), and every simulated sample has a non-empty mask.
+
+Speed (PITFALLS, "Speed"): textures are decoded once into a uint8 cache on the device; mirror,
+quarter turns and the tile shuffle are integer index arithmetic (one gather, no per-sample
+loops); and unless intermediates are requested, eq. (1)-(2) are evaluated only at the pixels
+inside M (a few percent of the image), fetching each one's source pixel through that index
+arithmetic, so the full noise image I_n is never built. Both paths give the same result.
 """
 
 from __future__ import annotations
