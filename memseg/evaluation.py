@@ -226,6 +226,9 @@ def evaluate(
     top_k = int(top_k or train_cfg.get("top_k") or 100)
     if threshold is None:
         threshold = info.get("threshold")
+    if train_cfg.get("category") not in (None, category):
+        warnings.warn(f"{info.get('checkpoint')} was trained on category {train_cfg['category']!r}, "
+                      f"evaluating it on {category!r}", stacklevel=2)
 
     dataset = load_split(data, category, split="test", size=input_size, layout=layout)
     if len(dataset) == 0:

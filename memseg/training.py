@@ -148,6 +148,8 @@ class TrainConfig:
             raise ValueError(f"{source}: val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.lr <= 0:
             raise ValueError(f"{source}: lr must be > 0, got {self.lr}")
+        if "input_size" in self.model_options:
+            raise ValueError(f"{source}: set the input size with `size`, not model_options.input_size")
         self.input_size  # noqa: B018  (validates size)
 
     @property
