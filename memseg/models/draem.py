@@ -196,8 +196,10 @@ class DRAEM(nn.Module):
 
     name = "draem"
     needs_simulation = True
+    weights_source = "random"  # no pretrained weights (for checkpoints' ``weights_source``)
 
-    def __init__(self, config: DRAEMConfig | dict[str, Any] | None = None) -> None:
+    def __init__(self, config: DRAEMConfig | dict[str, Any] | None = None, init_weights: bool = True) -> None:
+        """``init_weights`` is accepted for the registry's uniform interface; DRAEM has no pretrained weights."""
         super().__init__()
         if config is None or isinstance(config, dict):
             config = DRAEMConfig.from_dict(config)

@@ -252,13 +252,18 @@ class MMR(nn.Module):
     name = "mmr"
     needs_simulation = False
 
-    def __init__(self, config: MMRConfig | dict[str, Any] | None = None) -> None:
+    def __init__(self, config: MMRConfig | dict[str, Any] | None = None, init_weights: bool = True) -> None:
+        """``init_weights=False``: the teacher is not initialised from ``config.weights`` (random init)
+        but ``config.weights`` is kept as the recorded source, for rebuilding a model whose weights
+        come from a checkpoint right after (no download, no file needed) — as for MemSeg."""
         super().__init__()
         if config is None or isinstance(config, dict):
             config = MMRConfig.from_dict(config)
         self.config = config
-        self.teacher = ResNetTeacher(config.weights)
-        self.weights_source = self.teacher.weights_source
+        self.teacher = ResNetTeacher(config.weights if init_weights else "random")
+        if init_weights:
+            self.config.weights = self.teacher.weights_source  # a local file becomes an absolute path
+        self.weights_source: str = self.config.weights
         self.student = MaskedViTStudent(config, list(ResNetTeacher.channels), list(ResNetTeacher.strides))
         self._mult = max(config.patch_size, max(ResNetTeacher.strides))
 
