@@ -281,7 +281,8 @@ class DashboardApp:
         self.prev_btn.add_class("memseg-prev")
         self.next_btn = W.Button(description="next ▶", layout=W.Layout(width="49%"))
         self.next_btn.add_class("memseg-next")
-        self.upload_w = W.FileUpload(accept=",".join(UPLOAD_SUFFIXES), multiple=False, description="Upload PNG/JPEG")
+        self.upload_w = W.FileUpload(accept=",".join(UPLOAD_SUFFIXES), multiple=False, description="Upload an image",
+                                     layout=W.Layout(width="auto"))
         self.upload_w.add_class("memseg-upload")
 
         slider = dict(continuous_update=False, layout=wide, style=style, readout_format=".2f")
@@ -298,9 +299,9 @@ class DashboardApp:
             value="texture" if have_dtd else "structure", description="Source", style=style,
         )
         self.source_tb.add_class("memseg-source")
-        self.seed = W.BoundedIntText(value=0, min=0, max=2**31 - 1, description="Seed", layout=W.Layout(width="70%"), style=style)
+        self.seed = W.BoundedIntText(value=0, min=0, max=2**31 - 1, description="Seed", layout=W.Layout(width="64%"), style=style)
         self.seed.add_class("memseg-seed")
-        self.reseed_btn = W.Button(description="new seed", layout=W.Layout(width="28%"))
+        self.reseed_btn = W.Button(description="new seed", layout=W.Layout(width="30%"))
         self.reseed_btn.add_class("memseg-reseed")
 
         self.decision = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, description="Decision",
@@ -312,12 +313,12 @@ class DashboardApp:
         note = "<div class='memseg-note'>PNG or JPEG, at most {:.0f} MB and {:.0f} Mpx.</div>".format(
             self.max_upload_bytes / 2**20, self.max_upload_pixels / 1e6)
         inspect_tab = W.VBox([W.HTML("<div class='memseg-note'>Inspect the selected test image, or upload one:</div>"),
-                              self.upload_w, W.HTML(note)])
+                              self.upload_w, W.HTML(note)], layout=W.Layout(overflow="hidden"))
         dtd_note = "" if have_dtd else "<div class='memseg-note'>No DTD textures found: structure source only.</div>"
         sim_tab = W.VBox([
             W.HTML("<div class='memseg-note'>Anomaly simulation (paper §3.1, eq. 1&ndash;2) on the current image:</div>"),
             self.sim_threshold, self.delta, self.scale, self.source_tb, W.HBox([self.seed, self.reseed_btn]), W.HTML(dtd_note),
-        ])
+        ], layout=W.Layout(overflow="hidden"))
         self.tabs = W.Tab(children=[inspect_tab, sim_tab])
         self.tabs.titles = ("Inspect", "Simulate a defect")
         self.tabs.add_class("memseg-tabs")
@@ -330,7 +331,7 @@ class DashboardApp:
                 W.HTML("<div class='memseg-section'>Decision threshold (pixels and image score)</div>"), self.decision,
                 self.error_html,
             ],
-            layout=W.Layout(width="400px", min_width="360px"),
+            layout=W.Layout(width="400px", min_width="360px", overflow="hidden"),
         )
         sidebar.add_class("memseg-sidebar")
 
@@ -351,16 +352,18 @@ class DashboardApp:
         boxes = []
         for key, title in PANELS.items():
             t = W.HTML(f"<div class='memseg-panel-title'>{title}</div>")
-            img = W.Image(format="png", layout=W.Layout(width="100%", height="auto"))
+            img = W.Image(format="png", layout=W.Layout(width="100%", height="auto", margin="0", object_fit="contain"))
             img.add_class(f"memseg-image-{key}")
-            box = W.VBox([t, img], layout=W.Layout(align_items="stretch"))
+            box = W.VBox([t, img], layout=W.Layout(align_items="stretch", overflow="hidden"))
             box.add_class("memseg-panel")
             box.add_class(f"memseg-panel-{key}")
             self.panel_titles[key], self.panels[key] = t, img
             boxes.append(box)
-        self.grid = W.GridBox(boxes, layout=W.Layout(grid_template_columns="repeat(3, minmax(220px, 1fr))",
+        boxes.append(self._legend())
+        self.grid = W.GridBox(boxes, layout=W.Layout(grid_template_columns="repeat(3, minmax(200px, 330px))",
                                                       grid_gap="12px", width="100%"))
-        main = W.VBox([result_bar, self.caption_html, self.grid], layout=W.Layout(flex="1 1 auto", padding="0 0 0 16px"))
+        main = W.VBox([result_bar, self.caption_html, self.grid],
+                      layout=W.Layout(flex="1 1 auto", padding="0 0 0 16px", max_width="1040px"))
         self.widget = W.VBox([self.title, W.HBox([sidebar, main], layout=W.Layout(width="100%"))],
                              layout=W.Layout(width="100%", padding="8px"))
         self.widget.add_class("memseg-app")
@@ -376,6 +379,27 @@ class DashboardApp:
         self.reseed_btn.on_click(lambda _b: self._guard(self.set_simulation, seed=(self.seed.value * 7919 + 1) % 100_000))
         self.tabs.observe(self._on_tab, names="selected_index")
         self.decision.observe(self._on_decision, names="value")
+
+    def _legend(self) -> Any:
+        """The sixth grid cell: how to read the panels, with the heat map's colour scale."""
+        import ipywidgets as W
+        from memseg.viz import heatmap
+
+        ramp = np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, :], (18, 1))
+        bar = W.Image(value=_png(heatmap(ramp)), format="png", layout=W.Layout(width="100%", height="18px", margin="0"))
+        text = W.HTML(
+            "<div class='memseg-note' style='display:flex;justify-content:space-between'><span>0 normal</span>"
+            "<span>pixel anomaly score</span><span>1 anomalous</span></div>"
+            "<div class='memseg-note' style='margin-top:8px;line-height:1.4'>"
+            "<b>Image score</b>: mean of the 100 highest pixel scores (paper §4.1); the image is called "
+            "<b>anomalous</b> when it reaches the decision threshold, which also cuts the heat map into the "
+            "binary mask.<br><b>Ground truth</b>: the dataset's defect mask, or the simulated mask M "
+            "(eq. 1&ndash;2) in the simulation tab.</div>")
+        box = W.VBox([W.HTML("<div class='memseg-panel-title'>How to read</div>"), bar, text],
+                     layout=W.Layout(overflow="hidden"))
+        box.add_class("memseg-panel")
+        box.add_class("memseg-legend")
+        return box
 
     def _ipython_display_(self) -> None:  # pragma: no cover - display hook for notebooks
         from IPython.display import display
@@ -629,7 +653,7 @@ class DashboardApp:
         from memseg.data.io import to_tensor
 
         assert self.source is not None
-        x = to_tensor(self.source.image, self.input_size)[None]  # (1, 3, H, W) in [0, 1]
+        x = to_tensor(self.source.image, self.input_size)[None].contiguous()  # (1, 3, H, W) in [0, 1]
         g = torch.Generator().manual_seed(int(self.seed.value))
         res = self._simulator().simulate(
             x, generator=g, threshold=float(self.sim_threshold.value), delta=float(self.delta.value),
@@ -690,7 +714,8 @@ class DashboardApp:
         self.panels["overlay"].value = _png(overlay(r.image, r.anomaly_map, alpha=0.5))
         self.panels["mask"].value = _png(_mask_rgb(self.binary_mask))
         self.panel_titles["mask"].value = f"<div class='memseg-panel-title'>Binary mask (map &ge; {thr:.2f})</div>"
-        self.score_html.value = f"image score <b class='memseg-score-value'>{r.score:.3f}</b> (threshold {thr:.2f})"
+        self.score_html.value = (f"image score <b class='memseg-score-value' data-score='{r.score!r}'>{r.score:.3f}</b> "
+                                 f"(threshold {thr:.2f})")
         self.verdict_html.value = f"<span class='memseg-badge {self.verdict}'>{self.verdict.upper()}</span>"
         self.time_html.value = f"inference <b class='memseg-time-value'>{r.time_ms:.0f}</b> ms"
         self.caption_html.value = f"<div class='memseg-note'>{html.escape(r.caption)}</div>"
