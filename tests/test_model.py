@@ -380,3 +380,24 @@ def test_build_model_registry(model: MemSeg) -> None:
     lazy = build_model("memseg", {"input_size": (H, W), "memory_size": 1, "weights": "imagenet"}, init_weights=False)
     assert lazy.weights_source == "imagenet" and lazy.config.weights == "imagenet"
     assert model.name == "memseg" and model.needs_simulation is True
+
+
+def test_autocast_bf16_forward_and_backward(model: MemSeg) -> None:
+    """Mixed precision (used on CUDA; bf16 autocast also runs on CPU): the memory search stays
+    float32, the loss is computed in float32, and the map stays close to the float32 one."""
+    m = copy.deepcopy(model)
+    x = _images(2, seed=15)
+    masks = torch.zeros(2, 1, H, W)
+    masks[0, :, 8:24, 8:40] = 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, parts = m.compute_loss(x, masks, x)
+        out = m(x, return_intermediates=True)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert m.decoder.head[1].weight.grad is not None
+    assert out["M1"].dtype == torch.float32
+    m.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = m.anomaly_map(x)
+    ref = m.anomaly_map(x)
+    assert (low - ref).abs().max() < 0.05
