@@ -676,6 +676,9 @@ class DashboardApp:
             x, image, truth = src.image, src.image, src.mask
             kind = "uploaded" if src.kind == "upload" else f"test image ({src.defect})"
             caption = f"{kind}: {src.name}"
+        trained_on = getattr(self.predictor, "category", None)
+        if trained_on and trained_on != self.category_dd.value:
+            caption += f" — note: this model was trained on {trained_on!r}, not {self.category_dd.value!r}"
         pred = self.predictor.predict(x)
         self.updates_run += 1
         hw = _display_hw(image.shape[:2], self.display_side)

@@ -77,13 +77,12 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_env(tmp_path_factory) -> dict[str, str]:
-    """A tiny synthetic dataset and a tiny trained checkpoint, as env vars for the demo notebook."""
+def demo_env(synthetic_root: Path, tmp_path_factory) -> dict[str, str]:
+    """The synthetic fixture dataset and a tiny trained checkpoint, as env vars for the demo notebook."""
     from memseg import demo
-    from memseg.data.synthetic import generate
 
     base = tmp_path_factory.mktemp("browser")
-    data = generate(base / "synthetic", categories=[CATEGORY], size=64, n_train=8, n_test=2, progress=False)
+    data = synthetic_root
     settings = demo.DemoSettings(data=data, category=CATEGORY, runs=base / "runs", device="cpu", dtd=None,
                                  size=64, steps=3, batch_size=2, memory_size=2, extra_train={"val_fraction": 0.0})
     ckpt = demo.prepare(settings, progress=False, log=lambda _m: None)
@@ -225,6 +224,14 @@ def test_dashboard_in_headless_chromium(demo_env: dict[str, str], tmp_path: Path
         wait(lambda: "not-an-image.png" in text(".memseg-error"), 60, "the upload error message")
         assert "not an image" in text(".memseg-error")
         driver.save_screenshot(str(tmp_path / "dashboard-upload-error.png"))
+        # an upload over the 20 MB limit reaches the kernel (voila.json raises the websocket message limit)
+        # and is refused by size, before any decoding
+        huge = tmp_path / "huge.png"
+        huge.write_bytes(b"\0" * (21 * 2**20))
+        css("button.memseg-upload, .memseg-upload").click()
+        css("input.memseg-test-file-input").send_keys(str(huge))
+        wait(lambda: "huge.png" in text(".memseg-error"), 90, "the oversize upload error")
+        assert "MB limit" in text(".memseg-error")
         caption = text(".memseg-caption")
         css(".memseg-next").click()  # the kernel is alive and answers; a good action clears the error
         wait(lambda: text(".memseg-caption") != caption, 60, "the next image after the bad upload")

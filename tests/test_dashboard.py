@@ -29,20 +29,11 @@ CATEGORY = "weave"
 
 # ------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def synthetic_root_module(tmp_path_factory) -> Path:
-    """A small synthetic dataset (64x64, 8 train images, 2 test images per defect) shared by this module."""
-    from memseg.data.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("synthetic"), categories=[CATEGORY], size=64, n_train=8, n_test=2,
-                    progress=False)
-
-
-@pytest.fixture(scope="module")
-def tiny_demo(synthetic_root_module: Path, tmp_path_factory) -> DemoSettings:
-    """Settings pointing at the synthetic dataset, with a tiny demo model trained by `prepare`."""
+def tiny_demo(synthetic_root: Path, tmp_path_factory) -> DemoSettings:
+    """Settings pointing at the synthetic fixture dataset, with a tiny demo model trained by `prepare`."""
     runs = tmp_path_factory.mktemp("runs")
     settings = DemoSettings(
-        data=synthetic_root_module, category=CATEGORY, runs=runs, device="cpu", dtd=None,
+        data=synthetic_root, category=CATEGORY, runs=runs, device="cpu", dtd=None,
         size=64, steps=3, batch_size=2, memory_size=2, seed=0, extra_train={"val_fraction": 0.0},
     )
     demo.prepare(settings, progress=False, log=lambda _msg: None)
