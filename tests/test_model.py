@@ -234,6 +234,10 @@ def test_size_mismatch_and_bad_config_errors(model: MemSeg) -> None:
         model(torch.randn(1, 1, H, W))
     with pytest.raises(ValueError, match="distance"):
         MemSegConfig(distance="cosine")
+    with pytest.raises(ValueError, match="uint8"):
+        model.prepare(torch.zeros(3, 3, H, W, dtype=torch.uint8))
+    with pytest.warns(UserWarning, match="normalised"):
+        copy.deepcopy(model).prepare(torch.rand(3, 3, H, W))
     empty = MemSeg(MemSegConfig(input_size=(H, W), memory_size=2))
     with pytest.raises(RuntimeError, match="prepare"):
         empty(_images(1))

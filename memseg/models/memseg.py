@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -175,6 +176,11 @@ class MemSeg(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"MemSeg {what} must be a float tensor (B, 3, H, W), ImageNet-normalised; got {shape}")
+        if not x.is_floating_point():
+            raise ValueError(
+                f"MemSeg {what} must be a float tensor, ImageNet-normalised; got dtype {x.dtype} "
+                f"(for uint8 images use memseg.utils.normalize(images.float() / 255))"
+            )
         size = tuple(x.shape[-2:])
         if size != self.config.input_size:
             hint = "" if size[0] % 32 == 0 and size[1] % 32 == 0 else " (and both sides must be multiples of 32)"
@@ -202,6 +208,12 @@ class MemSeg(nn.Module):
         n = images.shape[0]
         if n != self.config.memory_size:
             raise ValueError(f"prepare() got {n} memory images, but the model was built for memory_size N={self.config.memory_size}")
+        if float(images.min()) >= 0.0:
+            warnings.warn(
+                "prepare(): the memory images have no negative value; they look like [0, 1] images that were "
+                "not ImageNet-normalised (use memseg.utils.normalize first)",
+                stacklevel=2,
+            )
         device = self._device()
         feats: list[list[torch.Tensor]] = [[], [], []]
         for i in range(0, n, batch_size):
