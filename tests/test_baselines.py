@@ -394,3 +394,65 @@ def test_short_training_run_beats_chance(kind, synthetic_weave, tmp_path):
     overall = metrics["overall"]
     print(kind, {k: round(float(overall[k]), 3) for k in ("image_auroc", "pixel_auroc", "aupro")})
     assert overall["pixel_auroc"] > run["min_pixel_auroc"], f"{kind}: pixel AUROC {overall['pixel_auroc']:.3f}"
+
+
+# ------------------------------------------------------------------ notebook 06
+NOTEBOOK = "06_baselines.ipynb"
+
+
+def _notebook_cells() -> list[dict]:
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / NOTEBOOK
+    if not path.is_file():
+        pytest.fail(f"{path} is missing")
+    return json.loads(path.read_text())["cells"]
+
+
+def test_baselines_notebook_form():
+    """Committed without outputs; tagged parameters cell first; short cells calling into memseg; a final check."""
+    cells = _notebook_cells()
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    first = "".join(code[0]["source"])
+    assert "parameters" in code[0].get("metadata", {}).get("tags", [])
+    for p in ("DATA_ROOT = ", "CATEGORY = ", "DEVICE = ", "QUICK = True"):
+        assert p in first
+    for c in code:
+        src = "".join(c["source"])
+        assert "\ndef " not in "\n" + src and "\nclass " not in "\n" + src
+        assert src.count("\n") < 25
+    body = "\n".join("".join(c["source"]) for c in code)
+    for needle in ("teaching.setup(", '"draem"', '"mmr"', "evaluate(", "image_grid("):
+        assert needle in body
+    assert "assert " in "".join(code[-1]["source"])
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_baselines_notebook_runs(tmp_path):
+    """Execute notebook 06 top to bottom in quick mode (data and runs in tmp folders)."""
+    import os
+    from pathlib import Path
+
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    nb_dir = Path(__file__).resolve().parents[1] / "notebooks"
+    nb = nbformat.read(nb_dir / NOTEBOOK, as_version=4)
+    env = dict(os.environ)
+    env.update({"MEMSEG_QUICK": "1", "MEMSEG_DATA": os.environ.get("MEMSEG_NB_DATA", str(tmp_path / "synthetic")),
+                "MEMSEG_RUNS": str(tmp_path / "runs"), "MEMSEG_CATEGORY": os.environ.get("MEMSEG_NB_CATEGORY", "washer"),
+                "MPLBACKEND": "module://matplotlib_inline.backend_inline", "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
+    client = nbclient.NotebookClient(nb, timeout=int(os.environ.get("MEMSEG_NB_TIMEOUT", "900")), kernel_name="python3",
+                                     resources={"metadata": {"path": str(nb_dir)}}, allow_errors=False)
+    try:
+        client.execute(env=env)
+    finally:
+        out = os.environ.get("MEMSEG_NB_OUT")
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, Path(out) / NOTEBOOK)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors
+    assert nb.cells[-1].cell_type == "code" and nb.cells[-1].get("execution_count") is not None

@@ -45,7 +45,6 @@ class DRAEMConfig:
       structure sources), "texture" (DRAEM's own: DTD textures only, opacity in [0.2, 1]) or
       "structure" (MemSeg's structure source only). See :meth:`DRAEM.simulation_overrides`.
     - ``focal_gamma``, ``*_weight``: DRAEM's loss ``l2 + ssim + focal`` (all weights 1 in the paper).
-    - ``lr``: DRAEM trains with Adam, lr 1e-4 (a suggestion for the training loop).
     - ``score_pool``: image score = max of the anomaly map after a ``score_pool`` x ``score_pool``
       mean filter (DRAEM §3.3, 21 in the official code); see :meth:`DRAEM.image_score`.
     """
@@ -58,7 +57,6 @@ class DRAEMConfig:
     l2_weight: float = 1.0
     ssim_weight: float = 1.0
     focal_weight: float = 1.0
-    lr: float = 1e-4
     score_pool: int = 21
 
     def __post_init__(self) -> None:
@@ -76,12 +74,21 @@ class DRAEMConfig:
         if self.score_pool < 1 or self.score_pool % 2 == 0:
             raise ValueError(f"DRAEMConfig.score_pool must be a positive odd integer, got {self.score_pool}")
 
+    @staticmethod
+    def quick_options() -> dict[str, Any]:
+        """``model_options`` of the quick (CPU) configuration: narrow sub-networks (16 / 16 channels)."""
+        return {"base_width": 16, "disc_base_width": 16}
+
+    @staticmethod
+    def train_overrides(quick: bool = False) -> dict[str, Any]:
+        """Suggested :class:`memseg.training.TrainConfig` fields: DRAEM trains with Adam, lr 1e-4
+        (paper); the quick configuration learns faster with lr 1e-3 over its few steps."""
+        return {"optimizer": "adamw", "lr": 1e-3 if quick else 1e-4, "weight_decay": 0.0}
+
     @classmethod
     def small(cls, **overrides: Any) -> "DRAEMConfig":
-        """Quick-mode configuration: narrow sub-networks (16 / 16 channels) that train in minutes on CPU."""
-        kw: dict[str, Any] = dict(base_width=16, disc_base_width=16, lr=5e-4)
-        kw.update(overrides)
-        return cls(**kw)
+        """Quick-mode configuration (:meth:`quick_options`) that trains in minutes on CPU."""
+        return cls(**{**cls.quick_options(), **overrides})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "DRAEMConfig":
