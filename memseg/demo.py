@@ -70,7 +70,7 @@ class DemoSettings:
     dtd: Path | None = None  # None -> auto-detect data/dtd or ../shared/data/dtd, else structure-only
     device: str = "auto"
     size: int = 128
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 8
     memory_size: int = 30
     weights: str = "random"  # encoder init: random, imagenet (needs cached torchvision weights) or a file
@@ -306,10 +306,11 @@ def prepare(
             os.replace(result.checkpoint, ckpt)
             log(f"model: trained in {time.perf_counter() - t1:.1f} s -> {ckpt}")
 
-    # Load once: a corrupt or mismatched checkpoint fails here with a clear message, not in the page.
-    from memseg.checkpoint import load_checkpoint
+    # Read it once (torch.load, weights_only): a corrupt or foreign file fails here with a clear message,
+    # not in the page. The model itself is built by the dashboard.
+    from memseg.checkpoint import read_checkpoint
 
-    load_checkpoint(ckpt, "cpu")
+    read_checkpoint(ckpt)
     log(f"ready in {time.perf_counter() - t0:.1f} s: data {settings.data} category {settings.category} checkpoint {ckpt}")
     return ckpt
 

@@ -162,6 +162,7 @@ def _upload(app: DashboardApp, name: str, data: bytes) -> None:
         ("huge.png", b"\0" * (MAX_UPLOAD_BYTES + 1), "MB limit"),
         ("giant.png", _png_header_only(10_000, 6_000), "Mpx limit"),
     ],
+    ids=["not-an-image", "empty", "over-20MB", "over-50Mpx"],
 )
 def test_bad_upload_shows_an_error_and_leaves_the_app_usable(app: DashboardApp, name: str, data: bytes, expect: str) -> None:
     before = (app.source.name, app.result.score, app.panels["input"].value)
