@@ -70,7 +70,7 @@ class DemoSettings:
     dtd: Path | None = None  # None -> auto-detect data/dtd or ../shared/data/dtd, else structure-only
     device: str = "auto"
     size: int = 128
-    steps: int = 200
+    steps: int = 300
     batch_size: int = 8
     memory_size: int = 30
     weights: str = "random"  # encoder init: random, imagenet (needs cached torchvision weights) or a file
@@ -337,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
             args.config, data=args.data, category=args.category, checkpoint=args.checkpoint,
             steps=args.steps, size=args.size, device=args.device,
         )
+        env_data = os.environ.get("MEMSEG_DATA")
+        if args.data and env_data and load_settings(args.config, data=None).data != settings.data:
+            print(f"memseg demo: warning: --data {args.data} overrides MEMSEG_DATA={env_data} here, but the dashboard "
+                  "reads MEMSEG_DATA; set both to the same folder", file=sys.stderr)
         print("memseg demo settings: " + ", ".join(f"{k}={v}" for k, v in settings.as_dict().items() if k != "extra_train"))
         prepare(settings, progress=not args.no_progress)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
