@@ -86,10 +86,13 @@ class NotebookSettings:
     size: tuple[int, int] = FULL_SIZE
     synthetic: bool = False
     weights: str = "random"
+    steps: int | None = None  # $MEMSEG_STEPS: overrides train_steps
 
     @property
     def train_steps(self) -> int:
-        """Training iterations of the notebooks' model (paper: 2700)."""
+        """Training iterations of the notebooks' model (paper: 2700; QUICK: 150; ``$MEMSEG_STEPS`` overrides)."""
+        if self.steps is not None:
+            return self.steps
         return 150 if self.quick else 2700
 
     @property
@@ -143,7 +146,7 @@ def setup(
 
     Environment variables override the arguments (so CI and a real dataset need no edits):
     ``MEMSEG_DATA`` (dataset root) and ``MEMSEG_CATEGORY`` (unless ``env_data=False``),
-    ``MEMSEG_QUICK`` (1/0), ``MEMSEG_DEVICE``, ``MEMSEG_DTD`` (texture source, default
+    ``MEMSEG_QUICK`` (1/0), ``MEMSEG_STEPS`` (training steps), ``MEMSEG_DEVICE``, ``MEMSEG_DTD`` (texture source, default
     ``<repo>/../shared/data/dtd``), ``MEMSEG_WEIGHTS`` (encoder weights: random, imagenet or a
     file; default random, nothing is downloaded) and ``MEMSEG_RUNS`` (cache of the notebooks'
     model, default ``<repo>/runs/notebooks``).
@@ -192,11 +195,25 @@ def setup(
         size=QUICK_SIZE if quick else FULL_SIZE,
         synthetic=is_synth,
         weights=os.environ.get("MEMSEG_WEIGHTS", "random"),
+        steps=_env_int("MEMSEG_STEPS"),
     )
     seed_everything(seed)
     if verbose:
         print(settings.describe())
     return settings
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r}: expected a positive integer") from None
+    if value < 1:
+        raise ValueError(f"environment variable {name}={raw!r}: expected a positive integer")
+    return value
 
 
 def _repo_path(p: str | Path, repo: Path) -> Path:
@@ -469,6 +486,8 @@ def quick_model(settings: NotebookSettings, callback: Callable | None = None, re
 
 def _same_config(stored: dict, current: dict) -> bool:
     ignore = {"device", "log_every", "checkpoint_every"}
+    if current.get("dtd_root") is None:
+        ignore.add("dtd_root")  # training resolves a default DTD folder itself
     keys = (set(stored) | set(current)) - ignore
     return all(json.dumps(stored.get(k), sort_keys=True) == json.dumps(current.get(k), sort_keys=True) for k in keys)
 
@@ -561,9 +580,10 @@ def run_ablations(settings: NotebookSettings, variants: dict[str, dict], steps: 
         run = train(cfg, progress=progress, overwrite=True)
         metrics = evaluate(run.checkpoint, settings.data_root, settings.category, device=settings.device, progress=False)
         o = metrics["overall"]
+        h, w = cfg.input_size
         results.append({"variant": name, "options": dict(options), "image_auroc": float(o["image_auroc"]),
                         "pixel_auroc": float(o["pixel_auroc"]), "aupro": float(o["aupro"]),
-                        "seconds": time.perf_counter() - t0})
+                        "steps": cfg.steps, "size": f"{h}×{w}", "seconds": time.perf_counter() - t0})
     return results
 
 
@@ -724,12 +744,13 @@ class SimulationPanel:
 
     def update(self) -> None:
         import matplotlib.pyplot as plt
+        from IPython.display import display
 
         self.controls["fg_threshold"].disabled = self.controls["otsu"].value or not self.controls["use_foreground"].value
         with self.out:
             self.out.clear_output(wait=True)
             fig, _ = self.render(**self.values())
-            plt.show(fig)
+            display(fig)
             plt.close(fig)
 
     def _ipython_display_(self):
@@ -984,11 +1005,14 @@ def prediction_grid(images, masks, maps, scores=None, n: int = 4, title: str = "
     return fig
 
 
-def plot_ablations(results: Sequence[dict], title: str = "Table 5 ablations (quick mode)"):
+def plot_ablations(results: Sequence[dict], title: str | None = None):
     """Grouped bars of image / pixel AUROC per ablation variant (``results`` from :func:`run_ablations`)."""
     import matplotlib.pyplot as plt
 
     names = [r["variant"] for r in results]
+    if title is None:
+        r0 = results[0]
+        title = f"Table 5 ablations — {r0.get('steps', '?')} steps at {r0.get('size', '?')}, same seed"
     x = np.arange(len(names))
     w = 0.38
     fig, ax = plt.subplots(figsize=(max(10, 2.6 * len(names)), 5.5), layout="constrained")
@@ -1001,7 +1025,8 @@ def plot_ablations(results: Sequence[dict], title: str = "Table 5 ablations (qui
     ax.set_ylim(0, 1.1)
     ax.axhline(0.5, ls="--", color="gray", lw=1)
     ax.set_ylabel("AUROC")
-    ax.legend(loc="lower right")
+    ax.set_ylim(0, 1.18)
+    ax.legend(loc="upper center", ncol=2, frameon=False)
     ax.set_title(title)
     _autosave(fig, "ablations")
     return fig
@@ -1027,30 +1052,39 @@ class EmbeddingSet:
 
 
 def tsne_groups(train_ds, test_ds, simulator, n_per_group: int | None = 40, seed: int = 0) -> EmbeddingSet:
-    """Normal test images, simulated anomalies (from normal *train* images) and real test anomalies."""
+    """Three groups of images for Fig. 6, at the datasets' size:
+
+    * ``normal``: normal test images, topped up with normal *training* images when the test split has
+      fewer than ``n_per_group`` (their names say ``train/``);
+    * ``simulated anomaly``: anomalies simulated on other normal training images (as in training);
+    * ``real anomaly``: anomalous test images.
+    """
     labels = [int(r.label) for r in test_ds.records]
     normal_idx = [i for i, y in enumerate(labels) if y == 0]
     real_idx = [i for i, y in enumerate(labels) if y == 1]
     normal_idx = [normal_idx[i] for i in pick_indices(len(normal_idx), n_per_group, seed)]
     real_idx = [real_idx[i] for i in pick_indices(len(real_idx), n_per_group, seed + 1)]
-    n_sim = n_per_group or len(train_ds)
-    sim_src = pick_indices(len(train_ds), n_sim, seed + 2)
-    test_imgs = test_ds.load_images(indices=normal_idx + real_idx, progress=False).float() / 255.0
-    train_imgs = train_ds.load_images(indices=sim_src, progress=False).float() / 255.0
-    g = torch.Generator().manual_seed(seed)
-    sim = simulator.simulate(train_imgs, generator=g)
-    images = torch.cat([test_imgs[: len(normal_idx)], sim.images.cpu(), test_imgs[len(normal_idx) :]])
-    groups = ["normal"] * len(normal_idx) + ["simulated anomaly"] * len(sim_src) + ["real anomaly"] * len(real_idx)
-    rec = test_ds.records
+    n_target = n_per_group or max(len(normal_idx), len(real_idx))
+    perm = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(seed + 2)).tolist()
+    n_top = max(0, min(n_target - len(normal_idx), len(perm) // 2))
+    train_normal, sim_src = sorted(perm[:n_top]), sorted(perm[n_top : n_top + n_target])
+    test_imgs = load_images(test_ds, indices=normal_idx + real_idx)
+    top_imgs = load_images(train_ds, indices=train_normal) if train_normal else test_imgs[:0]
+    sim = simulator.simulate(load_images(train_ds, indices=sim_src), generator=torch.Generator().manual_seed(seed))
+    images = torch.cat([test_imgs[: len(normal_idx)], top_imgs, sim.images.cpu(), test_imgs[len(normal_idx) :]])
+    n_normal = len(normal_idx) + len(train_normal)
+    groups = ["normal"] * n_normal + ["simulated anomaly"] * len(sim_src) + ["real anomaly"] * len(real_idx)
+    rec, trec = test_ds.records, train_ds.records
     names = (
-        [f"{rec[i].defect}/{Path(rec[i].image_path).name}" for i in normal_idx]
-        + [f"simulated ({s}) from train/{Path(train_ds.records[i].image_path).name}" for s, i in zip(sim.source, sim_src)]
-        + [f"{rec[i].defect}/{Path(rec[i].image_path).name}" for i in real_idx]
+        [f"test/{rec[i].defect}/{Path(rec[i].image_path).name}" for i in normal_idx]
+        + [f"train/good/{Path(trec[i].image_path).name}" for i in train_normal]
+        + [f"{s} anomaly on train/good/{Path(trec[i].image_path).name}" for s, i in zip(sim.source, sim_src)]
+        + [f"test/{rec[i].defect}/{Path(rec[i].image_path).name}" for i in real_idx]
     )
     return EmbeddingSet(images=images, groups=groups, names=names)
 
 
-def tsne_figure(emb: EmbeddingSet, title: str = "t-SNE of bottleneck features (paper Fig. 6)", thumb_px: int = 72):
+def tsne_figure(emb: EmbeddingSet, title: str = "t-SNE of bottleneck features (paper Fig. 6)", thumb_px: int = 112):
     """Interactive plotly scatter; hover shows group and file name, customdata carries a base64 thumbnail.
 
     Returns a ``plotly.graph_objects.Figure``. :func:`tsne_hover_browser` adds a live image preview.
@@ -1095,6 +1129,11 @@ gd.on('plotly_hover', function (ev) {
 """
 
 
+_PLACEHOLDER = "data:image/svg+xml;base64," + base64.b64encode(
+    b"<svg xmlns='http://www.w3.org/2000/svg' width='10' height='10'><rect width='10' height='10' fill='#f4f4f4'/></svg>"
+).decode("ascii")
+
+
 def plotly_with_thumbnails(fig, preview_px: int = 240) -> str:
     """HTML of a plotly figure whose hover shows the point's image (``customdata[1]``, a data URI)
     in a preview box beside the plot. plotly.js is inlined, so it works offline (JupyterLab, Voila,
@@ -1105,8 +1144,8 @@ def plotly_with_thumbnails(fig, preview_px: int = 240) -> str:
     plot = fig.to_html(full_html=False, include_plotlyjs=True, post_script=_HOVER_JS.replace("UID", uid),
                        config={"displaylogo": False})
     box = (f"<div style='width:{preview_px + 20}px;font-family:sans-serif;font-size:15px'>"
-           f"<img id='{uid}-img' style='width:{preview_px}px;height:{preview_px}px;border:4px solid #ccc;"
-           f"image-rendering:auto;background:#f4f4f4' alt='hover a point'/>"
+           f"<img id='{uid}-img' src='{_PLACEHOLDER}' style='width:{preview_px}px;height:{preview_px}px;"
+           f"border:4px solid #ccc;background:#f4f4f4' alt=''/>"
            f"<div id='{uid}-cap' style='margin-top:6px'><i>hover a point to see its image</i></div></div>")
     return f"<div style='display:flex;gap:18px;align-items:flex-start'>{plot}{box}</div>"
 
@@ -1203,7 +1242,7 @@ def plot_spatial_attention(image, mask, maps: dict, title: str | None = None, fi
     _imshow(axes[1, 0], mask, "ground truth", cmap="gray", vmin=0, vmax=1)
     for c, n in enumerate((3, 2, 1)):
         d, m = maps[f"DI{n}"], maps[f"M{n}"]
-        _imshow(axes[0, c + 1], d, rf"$\frac{{1}}{{C_{n}}}\sum_i DI^*_{{{n}i}}$  ({d.shape[0]}²)", cmap="magma")
+        _imshow(axes[0, c + 1], d, rf"channel mean of $DI^*_{n}$ ({d.shape[0]}×{d.shape[1]})", cmap="magma")
         eq = {3: "(5)", 2: r"(6): $\cdot M_3^U$", 1: r"(7): $\cdot M_2^U$"}[n]
         _imshow(axes[1, c + 1], m, f"$M_{n}$  eq. {eq}", cmap="magma")
     _imshow(axes[0, 4], maps["prediction"], "final prediction", cmap="jet", vmin=0, vmax=1)
@@ -1241,11 +1280,12 @@ class AttentionBrowser:
 
     def update(self) -> None:
         import matplotlib.pyplot as plt
+        from IPython.display import display
 
         with self.out:
             self.out.clear_output(wait=True)
             fig, _ = self.render(self.dropdown.value)
-            plt.show(fig)
+            display(fig)
             plt.close(fig)
 
     def _ipython_display_(self):
@@ -1271,5 +1311,5 @@ __all__ = [
 def ablation_budget(settings: NotebookSettings) -> dict:
     """Steps and input size of each Table 5 ablation run: QUICK trains them small and short."""
     if settings.quick:
-        return {"steps": 60, "size": (64, 64)}
+        return {"steps": min(60, settings.train_steps), "size": (64, 64)}
     return {"steps": settings.train_steps, "size": settings.size}

@@ -7,8 +7,10 @@ Every notebook ends with a cell that asserts something real (non-empty simulated
 table that covers the network, pixel AUROC above chance, one t-SNE point per image, M1's shape);
 any failing cell fails the test. Per-cell timeout: ``$MEMSEG_NB_TIMEOUT`` seconds (default 900).
 
-Review aids (optional): ``MEMSEG_FIGDIR=<dir>`` saves every teaching figure as PNG, and
-``MEMSEG_NB_OUT=<dir>`` writes the executed notebooks there.
+Options: ``MEMSEG_NB_DATA`` / ``MEMSEG_NB_RUNS`` keep the data / model cache in a persistent folder
+(default: a fresh temporary one), ``MEMSEG_NB_CATEGORY`` (default washer), ``MEMSEG_STEPS`` (training
+steps of the shared model). Review aids: ``MEMSEG_FIGDIR=<dir>`` saves every teaching figure as PNG,
+and ``MEMSEG_NB_OUT=<dir>`` writes the executed notebooks there.
 """
 
 from __future__ import annotations
@@ -93,8 +95,8 @@ def notebook_env(tmp_path_factory) -> dict:
     env.update(
         {
             "MEMSEG_QUICK": "1",
-            "MEMSEG_DATA": str(base / "synthetic"),
-            "MEMSEG_RUNS": str(base / "runs"),
+            "MEMSEG_DATA": os.environ.get("MEMSEG_NB_DATA", str(base / "synthetic")),
+            "MEMSEG_RUNS": os.environ.get("MEMSEG_NB_RUNS", str(base / "runs")),
             "MEMSEG_CATEGORY": os.environ.get("MEMSEG_NB_CATEGORY", "washer"),
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
             "PYDEVD_DISABLE_FILE_VALIDATION": "1",
