@@ -681,7 +681,7 @@ class DashboardApp:
             caption += f" — note: this model was trained on {trained_on!r}, not {self.category_dd.value!r}"
         pred = self.predictor.predict(x)
         self.updates_run += 1
-        hw = _display_hw(image.shape[:2], self.display_side)
+        hw = _display_hw(src.image.shape[:2], self.display_side)  # the source's aspect, also for simulations
         self.result = Result(
             image=_resize_rgb(image, hw),
             truth=None if truth is None else _resize_mask(truth, hw),
