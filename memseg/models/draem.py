@@ -3,9 +3,9 @@ embedding for surface anomaly detection", ICCV 2021, arXiv 2108.07610), in the k
 
 Two sub-networks (DRAEM Fig. 2):
 - reconstructive: a plain encoder-decoder (no skip connections, 4 poolings) trained to restore the
-  anomaly-free image from the simulated one with ``L_rec = l2 + (1 - SSIM)`` (DRAEM eq. 1-2);
+  anomaly-free image from the simulated one with ``L_rec = l2 + (1 - SSIM)`` (DRAEM §3.1, eq. 1-2);
 - discriminative: a U-Net (5 poolings, skip connections) on ``concat(input, reconstruction)``
-  that segments the anomaly, trained with a focal loss (DRAEM eq. 3-4, gamma = 2).
+  that segments the anomaly, trained with a focal loss (DRAEM §3.2, eq. 3, gamma = 2).
 
 Image spaces (kept consistent everywhere in this module):
 - the model *receives* ImageNet-normalised images (the kit's contract, ARCHITECTURE.md);
@@ -46,7 +46,7 @@ class DRAEMConfig:
       "structure" (MemSeg's structure source only). See :meth:`DRAEM.simulation_overrides`.
     - ``focal_gamma``, ``*_weight``: DRAEM's loss ``l2 + ssim + focal`` (all weights 1 in the paper).
     - ``score_pool``: image score = max of the anomaly map after a ``score_pool`` x ``score_pool``
-      mean filter (DRAEM §3.3, 21 in the official code); see :meth:`DRAEM.image_score`.
+      mean filter (DRAEM §3.4, 21 in the official code); see :meth:`DRAEM.image_score`.
     """
 
     input_size: tuple[int, int] = (256, 256)
@@ -177,7 +177,7 @@ class DiscriminativeSubNetwork(nn.Module):
 
 
 def focal_loss_2class(logits: torch.Tensor, masks: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """DRAEM's focal loss (DRAEM eq. 4; Lin et al. 2017) on 2-class logits (B, 2, H, W) vs masks (B, 1, H, W) in {0, 1}.
+    """DRAEM's focal loss (DRAEM eq. 3; Lin et al. 2017) on 2-class logits (B, 2, H, W) vs masks (B, 1, H, W) in {0, 1}.
 
     ``FL = -(1 - p_t)^gamma * log(p_t)`` averaged over pixels (no class weighting, as in DRAEM).
     """
@@ -250,7 +250,7 @@ class DRAEM(nn.Module):
         return logits
 
     def compute_loss(self, inputs: torch.Tensor, masks: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """DRAEM loss ``l2(rec, clean) + (1 - SSIM(rec, clean)) + focal(logits, masks)`` (DRAEM eq. 1-4).
+        """DRAEM loss ``l2(rec, clean) + (1 - SSIM(rec, clean)) + focal(logits, masks)`` (DRAEM eq. 1-3).
 
         ``inputs`` (simulated) and ``clean`` are normalised (B, 3, H, W); masks (B, 1, H, W) in {0, 1}.
         """
@@ -262,7 +262,7 @@ class DRAEM(nn.Module):
         rec = out["reconstruction"].float()
         l2 = F.mse_loss(rec, target)  # eq. (1)
         l_ssim = ssim_loss(rec, target)  # eq. (2)
-        focal = focal_loss_2class(out["logits"], masks, self.config.focal_gamma)  # eq. (4)
+        focal = focal_loss_2class(out["logits"], masks, self.config.focal_gamma)  # eq. (3)
         c = self.config
         loss = c.l2_weight * l2 + c.ssim_weight * l_ssim + c.focal_weight * focal
         return loss, {"loss": float(loss.detach()), "l2": float(l2.detach()), "ssim": float(l_ssim.detach()),

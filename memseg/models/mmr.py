@@ -3,12 +3,12 @@ dataset and masked multi-scale reconstruction", arXiv 2304.02216), in the kit's 
 
 A frozen CNN *teacher* (timm ResNet-18 ``features_only``, blocks 1-3 at strides 4, 8, 16, eval-mode
 BatchNorm) gives multi-scale features of a normal image. A ViT *student* sees the image with a
-random subset of its patches masked (MMR §4.1, ratio 0.4 during training) and, through a simple
+random subset of its patches masked (MMR's setting: ratio 0.4 during training) and, through a simple
 feature pyramid built from its stride-16 tokens (ViTDet: deconvolutions up, pooling down), must
 reconstruct the teacher's features at every scale (MMR Fig. 4). Because it only ever learns
 normal images, features it cannot reconstruct mark anomalies.
 
-- loss: sum over scales of the mean per-pixel cosine distance ``1 - cos(t_k, s_k)`` (MMR eq. 1-2);
+- loss: sum over scales of the mean per-pixel cosine distance ``1 - cos(t_k, s_k)`` (MMR's training objective);
 - anomaly map: mean over scales of ``1 - cos`` upsampled to the input, Gaussian-smoothed
   (sigma 4), divided by 2 (cosine distance lies in [0, 2]) so it is in [0, 1] with the *same*
   scale for every image (no per-image min-max: that would destroy image scores);
@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 
 @dataclass
 class MMRConfig:
@@ -313,11 +314,11 @@ class MMR(nn.Module):
 
     @staticmethod
     def cosine_distance(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-pixel ``1 - cos`` over channels for each scale, list of (B, 1, h_k, w_k) in [0, 2] (MMR eq. 1)."""
+        """Per-pixel ``1 - cos`` over channels for each scale, list of (B, 1, h_k, w_k) in [0, 2] (MMR's anomaly measure)."""
         return [(1.0 - F.cosine_similarity(t.float(), s.float(), dim=1, eps=1e-6)).unsqueeze(1) for t, s in zip(teacher, student)]
 
     def compute_loss(self, inputs: torch.Tensor, masks: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Sum over scales of the mean cosine distance between teacher and student features (MMR eq. 2).
+        """Sum over scales of the mean cosine distance between teacher and student features (MMR's objective).
 
         MMR learns normal images only: it reconstructs ``clean`` (normalised, (B, 3, H, W));
         ``inputs`` and ``masks`` are accepted for the shared interface and ignored.
