@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.memseg-installed
-DATA   ?= data/synthetic
+DATA   ?= $(or $(MEMSEG_DATA),data/synthetic)
 PORT   ?= 8866
 HOST   ?= 127.0.0.1
 PYTEST_ARGS ?=
@@ -53,7 +53,7 @@ lab: setup
 
 demo: setup
 	$(BIN)/python -m memseg.demo prepare --data $(DATA)
-	$(BIN)/voila "notebooks/[demo] model inference.ipynb" --port=$(PORT) --Voila.ip=$(HOST) --no-browser
+	MEMSEG_DATA="$(abspath $(DATA))" $(BIN)/voila "notebooks/[demo] model inference.ipynb" --port=$(PORT) --Voila.ip=$(HOST) --no-browser
 
 clean:
 	rm -rf $(VENV) .pytest_cache
