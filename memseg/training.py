@@ -21,7 +21,6 @@ import dataclasses
 import json
 import math
 import random
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
