@@ -899,12 +899,24 @@ def show_di_star(model, image: torch.Tensor, memory_images: torch.Tensor, title:
 # --------------------------------------------------------------------------------------------
 
 
+def _ema(values: np.ndarray, alpha: float = 0.15) -> np.ndarray:
+    """Exponential moving average (for readable loss curves)."""
+    out = np.empty_like(values, dtype=float)
+    acc = float(values[0]) if len(values) else 0.0
+    for i, v in enumerate(values):
+        acc = alpha * float(v) + (1 - alpha) * acc
+        out[i] = acc
+    return out
+
+
 class LiveLossPlot:
     """A training callback that redraws the loss curve(s) in the notebook every ``every`` steps.
 
     Pass it as ``train(config, callback=LiveLossPlot())``; it accepts the callback's step
     record either as ``callback(step, logs)`` or ``callback(logs)`` with a ``"step"`` key.
     """
+
+    IGNORED = ("step", "lr", "seconds", "time", "epoch")
 
     def __init__(self, every: int = 10, title: str = "training loss (eq. 10)"):
         self.every = max(1, int(every))
@@ -921,7 +933,7 @@ class LiveLossPlot:
             step = logs.get("step", len(self.steps) + 1)
         self.steps.append(int(step))
         for k, v in logs.items():
-            if k == "step" or not isinstance(v, (int, float)) or "lr" == k:
+            if k in self.IGNORED or not isinstance(v, (int, float)):
                 continue
             self.history.setdefault(k, []).append(float(v))
         if len(self.steps) % self.every == 0:
@@ -931,11 +943,16 @@ class LiveLossPlot:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(12, 5), layout="constrained")
+        colors = {"loss": "#222222", "l1": "#2e86ab", "focal": "#e4572e"}
         for k, vals in self.history.items():
-            xs = self.steps[-len(vals) :]
-            ax.plot(xs, vals, label=k, lw=2 if k in ("loss", "total") else 1.3, alpha=0.9)
+            xs = np.asarray(self.steps[-len(vals) :])
+            v = np.asarray(vals)
+            main = k in ("loss", "total")
+            ax.plot(xs, v, color=colors.get(k), alpha=0.25, lw=1)
+            ax.plot(xs, _ema(v), color=colors.get(k), lw=2.6 if main else 1.8, label=f"{k} (smoothed)" if main else k)
+        ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_ylabel("loss")
+        ax.set_ylabel("loss (log scale)")
         ax.set_title(self.title)
         if self.history:
             ax.legend(loc="upper right")
@@ -970,7 +987,7 @@ def show_metrics(metrics: dict, title: str = "Evaluation on the test split"):
 
     overall = metrics.get("overall", metrics)
     keys = [k for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "pixel_f1_max", "image_f1_max") if isinstance(overall.get(k), (int, float))]
-    labels = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO@0.3", "f1_max": "F1-max",
+    labels = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO@0.3", "f1_max": "image F1-max",
               "pixel_f1_max": "pixel F1-max", "image_f1_max": "image F1-max"}
     vals = [float(overall[k]) for k in keys]
     fig, ax = plt.subplots(figsize=(2.6 * max(3, len(keys)) + 1, 5), layout="constrained")
@@ -978,7 +995,7 @@ def show_metrics(metrics: dict, title: str = "Evaluation on the test split"):
     for b, v in zip(bars, vals):
         ax.text(b.get_x() + b.get_width() / 2, v + 0.015, f"{v:.3f}", ha="center", fontsize=15, fontweight="bold")
     ax.axhline(0.5, ls="--", color="gray", lw=1)
-    ax.text(len(keys) - 0.5, 0.51, "chance (AUROC)", ha="right", color="gray", fontsize=12)
+    ax.text(-0.45, 0.51, "chance (AUROC)", ha="left", color="gray", fontsize=12)
     ax.set_ylim(0, 1.08)
     ax.set_title(title)
     _autosave(fig, "metrics")

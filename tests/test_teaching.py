@@ -318,11 +318,12 @@ def test_show_di_star_picks_the_identical_memory_sample(tiny_memseg):
 
 def test_live_loss_plot_accepts_both_callback_forms():
     live = teaching.LiveLossPlot(every=1000)
-    live(1, {"loss": 1.0, "l1": 0.5, "lr": 0.04})
+    live(1, {"loss": 1.0, "l1": 0.5, "lr": 0.04, "seconds": 3.0})
     live({"step": 2, "loss": 0.5, "l1": 0.25})
-    assert live.steps == [1, 2] and live.history == {"loss": [1.0, 0.5], "l1": [0.5, 0.25]}
+    assert live.steps == [1, 2] and live.history == {"loss": [1.0, 0.5], "l1": [0.5, 0.25]}  # lr/seconds are not losses
     fig = live.figure()
-    assert len(fig.axes[0].lines) == 2
+    labels = [line.get_label() for line in fig.axes[0].lines if not line.get_label().startswith("_")]
+    assert labels == ["loss (smoothed)", "l1"] and len(fig.axes[0].lines) == 4  # raw + smoothed per curve
 
 
 def test_quick_model_trains_once_then_loads_the_cache(fake_dataset, tmp_path):
