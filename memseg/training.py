@@ -639,6 +639,14 @@ def cli_train(args) -> int:
     cfg = config_from_args(args)
     print(f"memseg train: {cfg.model} on {cfg.category} ({cfg.data}), {cfg.steps} steps, size {cfg.input_size}, "
           f"device {select_device(cfg.device)}, run folder {cfg.run_dir()}")
+    weights = str(cfg.model_options.get("weights", "random"))
+    if cfg.model == "draem":
+        print("encoder weights: none (DRAEM trains from scratch)")
+    elif weights == "random":
+        print("encoder weights: RANDOM initialisation (no pretrained weights; the paper uses ImageNet: "
+              "pass --weights imagenet when online, or --weights path/to/resnet18.pth)")
+    else:
+        print(f"encoder weights: {weights}")
     result = train(cfg, progress=True, resume=args.resume)
     print(f"run folder: {result.run_dir}")
     print(f"checkpoint: {result.checkpoint}")
