@@ -90,10 +90,10 @@ class NotebookSettings:
 
     @property
     def train_steps(self) -> int:
-        """Training iterations of the notebooks' model (paper: 2700; QUICK: 150; ``$MEMSEG_STEPS`` overrides)."""
+        """Training iterations of the notebooks' model (paper: 2700; QUICK: 300; ``$MEMSEG_STEPS`` overrides)."""
         if self.steps is not None:
             return self.steps
-        return 150 if self.quick else 2700
+        return 300 if self.quick else 2700
 
     @property
     def memory_size(self) -> int:

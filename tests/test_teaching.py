@@ -115,7 +115,7 @@ def test_setup_env_overrides_parameters(fake_dataset, tmp_path, monkeypatch):
 
 def test_setup_without_env_uses_arguments_and_quick_sizes(fake_dataset):
     s = teaching.setup(fake_dataset, "widget", "cpu", True, style=False, verbose=False)
-    assert (s.data_root, s.category, s.quick, s.size, s.train_steps) == (fake_dataset, "widget", True, (128, 128), 150)
+    assert (s.data_root, s.category, s.quick, s.size, s.train_steps) == (fake_dataset, "widget", True, (128, 128), 300)
     assert s.runs == ROOT / "runs" / "notebooks"
 
 
