@@ -995,7 +995,8 @@ def show_metrics(metrics: dict, title: str = "Evaluation on the test split"):
     for b, v in zip(bars, vals):
         ax.text(b.get_x() + b.get_width() / 2, v + 0.015, f"{v:.3f}", ha="center", fontsize=15, fontweight="bold")
     ax.axhline(0.5, ls="--", color="gray", lw=1)
-    ax.text(-0.45, 0.51, "chance (AUROC)", ha="left", color="gray", fontsize=12)
+    ax.text(-0.45, 0.51, "chance (AUROC)", ha="left", color="dimgray", fontsize=12,
+            bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=1.5))
     ax.set_ylim(0, 1.08)
     ax.set_title(title)
     _autosave(fig, "metrics")

@@ -23,6 +23,7 @@ from memseg import analysis, teaching
 from memseg.utils import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore:no foreground preset for category:UserWarning")
 ENV_VARS = ("MEMSEG_DATA", "MEMSEG_CATEGORY", "MEMSEG_QUICK", "MEMSEG_DEVICE", "MEMSEG_STEPS", "MEMSEG_RUNS",
             "MEMSEG_DTD", "MEMSEG_TIRE", "MEMSEG_WEIGHTS", "MEMSEG_FIGDIR")
 
