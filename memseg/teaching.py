@@ -152,9 +152,10 @@ def setup(
     model, default ``<repo>/runs/notebooks``).
 
     Relative paths are taken from the repository root (notebooks run with cwd = notebooks/).
-    When the root lacks the category and the category is one of the synthetic dataset's, it is
-    generated there with :func:`memseg.data.synthetic.ensure_synthetic`; otherwise a missing
-    root or category is an error naming what was expected.
+    When the root lacks the category, the category is one of the synthetic dataset's and the root
+    is missing or holds only synthetic categories, it is generated there with
+    :func:`memseg.data.synthetic.ensure_synthetic` (nothing is ever written into a real dataset);
+    otherwise a missing root or category is an error naming what was expected.
     """
     from memseg.data import synthetic as synth
     from memseg.data.datasets import list_categories
@@ -169,7 +170,9 @@ def setup(
     runs = _repo_path(os.environ.get(ENV_RUNS) or repo / "runs" / "notebooks", repo)
 
     is_synth = category in synth.CATEGORIES
-    if is_synth and not (root / category).is_dir():
+    existing = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.is_dir() else []
+    synthetic_root = all(name in synth.CATEGORIES for name in existing)  # never write into a real dataset
+    if is_synth and synthetic_root and not (root / category).is_dir():
         if verbose:
             print(f"generating the synthetic category {category!r} into {root} (once, ~10 s) ...")
         synth.ensure_synthetic(root, categories=[category], seed=seed, progress=verbose)

@@ -140,6 +140,12 @@ def test_setup_errors_name_what_was_expected(fake_dataset, tmp_path):
         teaching.setup(tmp_path / "missing", "bottle", "cpu", True, style=False, verbose=False)
 
 
+def test_setup_never_generates_into_a_real_dataset(fake_dataset):
+    with pytest.raises(ValueError, match=r"unknown category 'washer'.*widget"):
+        teaching.setup(fake_dataset, "washer", "cpu", True, style=False, verbose=False)
+    assert sorted(p.name for p in fake_dataset.iterdir()) == ["widget"]
+
+
 def test_find_dtd_env_must_exist(monkeypatch, tmp_path):
     monkeypatch.setenv("MEMSEG_DTD", str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="MEMSEG_DTD"):
