@@ -402,3 +402,14 @@ def test_tsne_groups_figure_and_hover_html(fake_dataset, tmp_path, simulator):
     html = teaching.plotly_with_thumbnails(fig)
     assert "plotly_hover" in html and "{plot_id}" not in html and "-img" in html
     assert len(teaching.thumbnail_grid(emb, per_group=3).axes) == 9
+
+
+def test_attention_browser_follows_the_dropdown(fake_dataset, tmp_path, tiny_memseg):
+    test = teaching.load_split(_settings(fake_dataset, tmp_path), "test")
+    anomalous = [i for i, y in enumerate(test.labels) if y == 1]
+    browser = teaching.AttentionBrowser(tiny_memseg, test, anomalous + [0])
+    assert [v for _, v in browser.dropdown.options] == anomalous + [0]
+    assert browser.dropdown.options[0][0].startswith("spot/")
+    browser.dropdown.value = anomalous[1]  # choosing an image redraws for it
+    expected = teaching.attention_maps(tiny_memseg, test[anomalous[1]]["image"])
+    assert np.allclose(browser.last["M1"], expected["M1"]) and browser.last["M1"].shape == (16, 16)
