@@ -413,3 +413,12 @@ def test_attention_browser_follows_the_dropdown(fake_dataset, tmp_path, tiny_mem
     browser.dropdown.value = anomalous[1]  # choosing an image redraws for it
     expected = teaching.attention_maps(tiny_memseg, test[anomalous[1]]["image"])
     assert np.allclose(browser.last["M1"], expected["M1"]) and browser.last["M1"].shape == (16, 16)
+
+
+def test_simulator_without_dtd_is_structure_only_and_says_so(fake_dataset, tmp_path, recwarn):
+    s = _settings(fake_dataset, tmp_path)  # dtd_root=None, as on a fresh clone without ../shared/data
+    sim = teaching.make_simulator(s)
+    assert not teaching.has_textures(sim) and not [w for w in recwarn if "DTD" in str(w.message)]
+    assert "NOT FOUND" in teaching.describe_texture_source(s)
+    res = sim.simulate(_disc_batch(2), generator=torch.Generator().manual_seed(0))
+    assert res.source == ["structure", "structure"]
