@@ -71,7 +71,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = False  # channels_last memory format for the convolutions
+    channels_last: bool = False  # force channels_last for any model (MemSeg already defaults to it: model_options.channels_last)
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
     dtd_root: str | None = None  # DTD root (images/<category>/*.jpg); None -> structure-only simulation
     out: str | None = None  # run folder; default runs/<category>-<model>
