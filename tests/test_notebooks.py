@@ -115,7 +115,7 @@ def test_notebook_runs(name: str, notebook_env: dict):
     nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
     client = nbclient.NotebookClient(
         nb,
-        timeout=int(os.environ.get("MEMSEG_NB_TIMEOUT", "900")),
+        timeout=int(os.environ.get("MEMSEG_NB_TIMEOUT", "1800")),
         kernel_name="python3",
         resources={"metadata": {"path": str(NOTEBOOK_DIR)}},  # cwd = notebooks/, as in JupyterLab
         allow_errors=False,
