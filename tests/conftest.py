@@ -67,3 +67,15 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     return generate(root, seed=SYNTHETIC_SEED, size=SYNTHETIC_SIZE, n_train=SYNTHETIC_N_TRAIN,
                     n_test=SYNTHETIC_N_TEST, progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for a module of tiny-tensor tests (faster, and immune to a busy
+    shared CPU); the previous thread count is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

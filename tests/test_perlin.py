@@ -15,12 +15,8 @@ def gen(seed: int) -> torch.Generator:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Tiny tensors: one intra-op thread (shared fixture in conftest)."""
 
 
 @pytest.mark.parametrize("hw", [(64, 64), (37, 101), (300, 400), (400, 300), (1, 7)])

@@ -44,12 +44,8 @@ def gen(seed: int) -> torch.Generator:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Tiny tensors: one intra-op thread (shared fixture in conftest)."""
 
 
 def disc_images(b: int = 6, h: int = H, w: int = W, seed: int = 0) -> torch.Tensor:
