@@ -436,27 +436,8 @@ def test_baselines_notebook_form():
 @pytest.mark.notebook
 def test_baselines_notebook_runs(tmp_path):
     """Execute notebook 06 top to bottom in quick mode (data and runs in tmp folders)."""
-    import os
-    from pathlib import Path
+    from notebook_runner import execute_notebook, quick_env
 
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
-    nb_dir = Path(__file__).resolve().parents[1] / "notebooks"
-    nb = nbformat.read(nb_dir / NOTEBOOK, as_version=4)
-    env = dict(os.environ)
-    env.update({"MEMSEG_QUICK": "1", "MEMSEG_DATA": os.environ.get("MEMSEG_NB_DATA", str(tmp_path / "synthetic")),
-                "MEMSEG_RUNS": str(tmp_path / "runs"), "MEMSEG_CATEGORY": os.environ.get("MEMSEG_NB_CATEGORY", "washer"),
-                "MPLBACKEND": "module://matplotlib_inline.backend_inline", "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
-    client = nbclient.NotebookClient(nb, timeout=int(os.environ.get("MEMSEG_NB_TIMEOUT", "900")), kernel_name="python3",
-                                     resources={"metadata": {"path": str(nb_dir)}}, allow_errors=False)
-    try:
-        client.execute(env=env)
-    finally:
-        out = os.environ.get("MEMSEG_NB_OUT")
-        if out:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            nbformat.write(nb, Path(out) / NOTEBOOK)
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors, errors
-    assert nb.cells[-1].cell_type == "code" and nb.cells[-1].get("execution_count") is not None
+    env = quick_env(tmp_path)
+    env["MEMSEG_RUNS"] = str(tmp_path / "runs")  # never share a persistent model cache with 01-05
+    execute_notebook(NOTEBOOK, env)

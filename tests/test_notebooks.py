@@ -16,11 +16,11 @@ and ``MEMSEG_NB_OUT=<dir>`` writes the executed notebooks there.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
+from notebook_runner import execute_notebook, quick_env
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -90,47 +90,12 @@ def test_notebook_cells_are_short(name: str):
 
 @pytest.fixture(scope="module")
 def notebook_env(tmp_path_factory) -> dict:
-    base = tmp_path_factory.mktemp("notebooks")
-    env = dict(os.environ)
-    env.update(
-        {
-            "MEMSEG_QUICK": "1",
-            "MEMSEG_DATA": os.environ.get("MEMSEG_NB_DATA", str(base / "synthetic")),
-            "MEMSEG_RUNS": os.environ.get("MEMSEG_NB_RUNS", str(base / "runs")),
-            "MEMSEG_CATEGORY": os.environ.get("MEMSEG_NB_CATEGORY", "washer"),
-            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-            "PYDEVD_DISABLE_FILE_VALIDATION": "1",
-        }
-    )
-    return env
+    return quick_env(tmp_path_factory.mktemp("notebooks"))
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", TEACHING)
 def test_notebook_runs(name: str, notebook_env: dict):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
-
-    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
-    client = nbclient.NotebookClient(
-        nb,
-        timeout=int(os.environ.get("MEMSEG_NB_TIMEOUT", "1800")),
-        kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},  # cwd = notebooks/, as in JupyterLab
-        allow_errors=False,
-    )
     t0 = time.perf_counter()
-    try:
-        client.execute(env=notebook_env)
-    finally:
-        out = os.environ.get("MEMSEG_NB_OUT")
-        if out:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            nbformat.write(nb, Path(out) / name)
-    seconds = time.perf_counter() - t0
-    print(f"{name}: executed in {seconds:.1f} s")
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors, errors
-    # the final check cell ran (and printed or passed silently) without error
-    assert nb.cells[-1].cell_type == "code" and nb.cells[-1].get("execution_count") is not None
+    execute_notebook(name, notebook_env)
+    print(f"{name}: executed in {time.perf_counter() - t0:.1f} s")
