@@ -475,16 +475,24 @@ def quick_model(settings: NotebookSettings, callback: Callable | None = None, re
         print(f"loaded the cached notebook model {ckpt} (delete {cfg.out} or pass retrain=True to train again)")
         log = Path(cfg.out) / LOG_JSONL
         if callback is not None and log.is_file():
-            for line in log.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    callback(int(row["step"]), row)
+            replay_log(log, callback)
     else:
         print(f"training the notebook model: {cfg.steps} steps at {cfg.input_size}, run folder {cfg.out}")
         train(cfg, progress=progress, callback=callback, overwrite=True)
     model, info = load_checkpoint(ckpt, device=settings.device)
     info["cached"] = cached
     return model, info
+
+
+def replay_log(log: str | Path, callback: Callable) -> int:
+    """Feed a run's per-step ``train_log.jsonl`` into ``callback(step, row)``; returns the rows replayed."""
+    n = 0
+    for line in Path(log).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            callback(int(row["step"]), row)
+            n += 1
+    return n
 
 
 def _same_config(stored: dict, current: dict) -> bool:
@@ -1319,7 +1327,7 @@ class AttentionBrowser:
 __all__ = [
     "NotebookSettings", "setup", "tire_or", "repo_root", "env_flag", "find_dtd", "shared_data", "use_projector_style",
     "save_figure", "thumbnail_base64", "html_table", "load_split", "load_images", "pick_indices", "first_anomalous",
-    "make_simulator", "has_textures", "describe_texture_source", "train_config", "quick_model", "memory_images",
+    "make_simulator", "has_textures", "describe_texture_source", "train_config", "quick_model", "replay_log", "memory_images",
     "model_at_size", "metrics_table", "predictions", "run_ablations", "show_perlin_scales", "show_foreground",
     "show_simulation_steps", "SimulationPanel", "simulation_gallery", "show_stage_table", "plot_stage_costs",
     "image_grid", "show_di_star", "LiveLossPlot", "show_metrics", "prediction_grid", "plot_ablations",
