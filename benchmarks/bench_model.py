@@ -15,6 +15,9 @@ helpers' jobs shared the machine, so the steadiest numbers are with ``--threads 
 inference fp32 158 ms/image (batch 1), ~145-167 ms/image (batch 8); bf16 autocast 100 ms (batch 1),
 80 ms/image (batch 8); training step (batch 8, SGD) 2.69 s on ONE thread. Two threads were slower
 than one while the load average was 4-15 (OpenMP threads waiting on a busy core).
+2026-11-26, torch 2.14.1, idle VM (resnet18 yardstick 20.9 img/s, slower than on 11-22): training step 2.70 s
+on 2 threads, 4.17 s on 1; inference batch 1 144 ms p50 (6.95 img/s), batch 8 8.38 img/s; bf16 autocast
+training 21.8 s per step (this CPU has no AVX-512 BF16, so bf16 is emulated: keep fp32 on such CPUs).
 """
 
 from __future__ import annotations
