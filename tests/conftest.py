@@ -12,10 +12,13 @@
   ``SYNTHETIC_N_TEST`` = 3 test images per defect type plus 3 test/good, seed 0, MVTec AD layout
   (``<root>/<category>/{train/good, test/<defect>, ground_truth/<defect>/NNN_mask.png, dataset.json}``).
   Treat it as read-only (it is shared by the whole session); copy it to ``tmp_path`` to modify.
+- ``load_benchmark`` (session): ``load_benchmark("run")`` imports ``benchmarks/run.py`` as a module
+  (the benchmark scripts are run by path, so the tests load them the same way).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -67,6 +70,19 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     return generate(root, seed=SYNTHETIC_SEED, size=SYNTHETIC_SIZE, n_train=SYNTHETIC_N_TRAIN,
                     n_test=SYNTHETIC_N_TEST, progress=False)
+
+
+@pytest.fixture(scope="session")
+def load_benchmark(project_root: Path):
+    """``load_benchmark(name)`` -> the module ``benchmarks/<name>.py``, loaded from its path."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"memseg_bench_{name}", project_root / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="module")

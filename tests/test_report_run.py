@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from tiny_data import make_tiny_dataset
 
 from memseg.evaluation import evaluate
 from memseg.training import TrainConfig, train
-from tiny_data import make_tiny_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def report():
-    spec = importlib.util.spec_from_file_location("memseg_report_run", ROOT / "benchmarks" / "report_run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def report(load_benchmark):
+    return load_benchmark("report_run")
 
 
 def test_run_timing_reads_the_step_log(report, tmp_path):
