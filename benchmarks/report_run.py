@@ -9,7 +9,8 @@ except the few test predictions drawn in ``predictions.png``.
         --data ../shared/data/mvtec3d_tire --category tire --out docs/results/tire-2700-random
 
 Writes ``<out>/README.md``, ``<out>/loss.png`` and ``<out>/predictions.png``; an existing page
-is an error unless ``--overwrite``.
+is an error unless ``--overwrite``. ``--predictions 0`` leaves the prediction grid out: it shows test
+images, so leave it out of pages committed next to data whose licence differs from the project's.
 """
 
 from __future__ import annotations
@@ -60,14 +61,15 @@ def write_report(run: Path, metrics_json: Path, data: Path, category: str, out: 
     fig.savefig(out / "loss.png", dpi=80)
     plt.close(fig)
 
-    settings = teaching.NotebookSettings(data_root=data, category=category, device=select_device("auto"), quick=False,
-                                         repo=teaching.repo_root(), runs=run, dtd_root=None)
-    preds = teaching.predictions(checkpoint, settings, n_anomalous=n_predictions - 1, n_normal=1)
-    titles = [f"{d}" for d in preds["defects"]]
-    fig = teaching.prediction_grid(preds["images"], preds["masks"], preds["maps"], preds["scores"],
-                                   n=len(titles), title=f"{category}: final checkpoint on test images ({', '.join(titles)})")
-    fig.savefig(out / "predictions.png", dpi=50)
-    plt.close(fig)
+    if n_predictions:
+        settings = teaching.NotebookSettings(data_root=data, category=category, device=select_device("auto"), quick=False,
+                                             repo=teaching.repo_root(), runs=run, dtd_root=None)
+        preds = teaching.predictions(checkpoint, settings, n_anomalous=n_predictions - 1, n_normal=1)
+        titles = [f"{d}" for d in preds["defects"]]
+        fig = teaching.prediction_grid(preds["images"], preds["masks"], preds["maps"], preds["scores"], n=len(titles),
+                                       title=f"{category}: final checkpoint on test images ({', '.join(titles)})")
+        fig.savefig(out / "predictions.png", dpi=50)
+        plt.close(fig)
 
     timing = run_timing(run / LOG_JSONL)
     lines = [
@@ -80,8 +82,7 @@ def write_report(run: Path, metrics_json: Path, data: Path, category: str, out: 
         "",
         "![loss](loss.png)",
         "",
-        "![predictions](predictions.png)",
-        "",
+        *(["![predictions](predictions.png)", ""] if n_predictions else []),
         "## Commands",
         "",
         "```bash",
@@ -101,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--category", required=True)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--command", action="append", default=[], help="a command that made the run (repeatable; shown on the page)")
+    p.add_argument("--predictions", type=int, default=4, help="test images in predictions.png (0: no prediction grid)")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-    page = write_report(args.run, args.metrics, args.data, args.category, args.out, args.command, overwrite=args.overwrite)
+    page = write_report(args.run, args.metrics, args.data, args.category, args.out, args.command,
+                        n_predictions=args.predictions, overwrite=args.overwrite)
     print(page)
     return 0
 

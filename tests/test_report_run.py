@@ -48,3 +48,7 @@ def test_report_of_a_tiny_run(report, tmp_path, one_thread):
         assert (out / png).stat().st_size > 1000 and (out / png).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="already exists"):
         report.write_report(result.run_dir, tmp_path / "eval" / "metrics.json", data, "tiny", out, [])
+    bare = report.write_report(result.run_dir, tmp_path / "eval" / "metrics.json", data, "tiny", tmp_path / "bare", [],
+                               n_predictions=0)
+    assert "predictions.png" not in bare.read_text() and not (tmp_path / "bare" / "predictions.png").exists()
+    assert (tmp_path / "bare" / "loss.png").is_file()
