@@ -65,7 +65,7 @@ def write_report(run: Path, metrics_json: Path, data: Path, category: str, out: 
         settings = teaching.NotebookSettings(data_root=data, category=category, device=select_device("auto"), quick=False,
                                              repo=teaching.repo_root(), runs=run, dtd_root=None)
         preds = teaching.predictions(checkpoint, settings, n_anomalous=n_predictions - 1, n_normal=1)
-        titles = [f"{d}" for d in preds["defects"]]
+        titles = [str(d) for d in preds["defects"]]
         fig = teaching.prediction_grid(preds["images"], preds["masks"], preds["maps"], preds["scores"], n=len(titles),
                                        title=f"{category}: final checkpoint on test images ({', '.join(titles)})")
         fig.savefig(out / "predictions.png", dpi=50)
