@@ -203,6 +203,10 @@ def load_checkpoint(
         accepts_init = "init_weights" in inspect.signature(MODEL_REGISTRY[name].__init__).parameters
     except KeyError as err:
         raise ValueError(f"{path} holds an unknown model kind {name!r}; this memseg-kit knows {sorted(MODEL_REGISTRY)}") from err
+    if name == "memseg":
+        # Checkpoints written before these options existed hold the paper's head and literal attention.
+        mcfg.setdefault("head", "paper")
+        mcfg.setdefault("attention", "literal")
     if not accepts_init and "weights" in mcfg:
         # The stored state replaces every weight: no need to load (or download) the initial ones.
         mcfg["weights"] = "random"

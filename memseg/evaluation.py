@@ -60,6 +60,25 @@ def score_maps(model: nn.Module | None, maps: torch.Tensor, top_k: int = 100) ->
 
 
 @torch.no_grad()
+def score_images(model: nn.Module, images: torch.Tensor, top_k: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one scoring path of validation, evaluation and prediction: images -> (maps, scores).
+
+    Args:
+        images: float (B, 3, H, W) in [0, 1] at the model's input size, on the model's device.
+
+    Returns:
+        ``(maps (B, 1, H, W) float32 in [0, 1], scores (B,) float32)``.
+
+    Always float32, with autocast switched off even inside an autocast region: the decision
+    threshold picked on the validation split must mean the same thing when ``evaluate`` and
+    ``predict`` apply it (a threshold picked under bf16 can lie above every fp32 score).
+    """
+    with torch.autocast(device_type=images.device.type, enabled=False):
+        maps = model.anomaly_map(normalize(images.float())).float().clamp_(0.0, 1.0)
+    return maps, score_maps(model, maps, top_k)
+
+
+@torch.no_grad()
 def collect_predictions(
     model: nn.Module,
     dataset,
@@ -67,12 +86,11 @@ def collect_predictions(
     device: str | torch.device = "auto",
     top_k: int = 100,
     progress: bool = True,
-    amp: bool = False,
 ) -> Predictions:
     """Run ``model.anomaly_map`` over a dataset of dict items (``memseg.data.AnomalyDataset``).
 
-    Images are normalised right before the network; maps stay at the model's input size.
-    ``amp`` enables bf16 autocast on CUDA (off by default: metrics in float32).
+    Scored by :func:`score_images` (float32, as in validation and prediction); maps stay at the
+    model's input size.
     """
     from tqdm.auto import tqdm
 
@@ -86,13 +104,7 @@ def collect_predictions(
     for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
         x = batch["image"].to(dev)
         t0 = time.perf_counter()
-        if amp and dev.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                amap = model.anomaly_map(normalize(x))
-        else:
-            amap = model.anomaly_map(normalize(x))
-        amap = amap.float().clamp_(0.0, 1.0)  # (B, 1, H, W)
-        s = score_maps(model, amap, top_k)
+        amap, s = score_images(model, x, top_k)  # (B, 1, H, W), (B,)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds += time.perf_counter() - t0

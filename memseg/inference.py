@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from memseg.checkpoint import load_checkpoint
-from memseg.evaluation import score_maps
-from memseg.utils import normalize, select_device
+from memseg.evaluation import score_images
+from memseg.utils import select_device
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -104,8 +104,7 @@ class Predictor:
             raise ValueError(f"predict_batch expects float images (B, 3, H, W) in [0, 1], got {images.dtype} {tuple(images.shape)}")
         h, w = images.shape[-2:]
         x = self._resize(images.to(self.device, torch.float32), self.input_size)
-        amap = self.model.anomaly_map(normalize(x)).float().clamp_(0.0, 1.0)  # (B, 1, h, w)
-        scores = score_maps(self.model, amap, self.top_k)
+        amap, scores = score_images(self.model, x, self.top_k)  # (B, 1, h, w), (B,): as in validation
         if (h, w) != tuple(amap.shape[-2:]):
             amap = F.interpolate(amap, size=(h, w), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
         return scores.cpu().numpy().astype(np.float32), amap[:, 0].cpu().numpy().astype(np.float32)

@@ -789,8 +789,12 @@ class AnomalySimulator:
             foreground: override M_I: a ForegroundConfig, False/"none" (no mask) or a (B, 1, H, W) mask.
             return_intermediates: also return P, M_P, M_I, M, I_n, I_n_prime, I_A and parameters.
         """
-        owned = isinstance(images, torch.Tensor) and (images.dtype != torch.float32 or images.device != self.device)
-        images = self._check_images(images)  # a new tensor when converted: safe to composite in place
+        given = images
+        images = self._check_images(images)
+        # Composite in place only into a tensor this call made (a dtype/device/layout conversion).
+        # Ownership is decided by storage identity, never by comparing devices: "cuda" != "cuda:0"
+        # although `.to("cuda")` returns the caller's own storage.
+        owned = not _shares_storage(images, given)
         b, _, h, w = images.shape
         thr = self.config.threshold if threshold is None else threshold
         if isinstance(thr, torch.Tensor):
@@ -831,6 +835,13 @@ class AnomalySimulator:
         n = self._textures.shape[0] if self._textures is not None else len(self._texture_files)
         return (f"AnomalySimulator(category={self.category!r}, size={self.size}, device={self.device}, "
                 f"textures={n}, foreground={self.foreground})")
+
+
+def _shares_storage(a: torch.Tensor, b: Any) -> bool:
+    """Whether tensor ``a`` lives in the same memory as ``b`` (so writing into ``a`` changes ``b``)."""
+    if not isinstance(b, torch.Tensor) or a.device != b.device:
+        return False
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 # --------------------------------------------------------------------------- CLI

@@ -373,10 +373,11 @@ def _check_resume_config(stored: dict, cfg: TrainConfig, path: Path) -> None:
 def validate(model, images_u8: torch.Tensor, simulator, cfg: TrainConfig, device: torch.device) -> dict:
     """Image scores on held-back normal images and their simulated-anomaly versions -> threshold.
 
-    The decision threshold is the F1-max threshold on this validation split (never the test set).
+    The decision threshold is the F1-max threshold on this validation split (never the test set),
+    scored by :func:`memseg.evaluation.score_images` like ``evaluate`` and ``predict`` (float32).
     Uses its own generator, so it neither reads nor changes the training RNG streams.
     """
-    from memseg.evaluation import score_maps
+    from memseg.evaluation import score_images
     from memseg.metrics import f1_max, image_auroc, pixel_auroc
 
     g = torch.Generator(device=device).manual_seed(cfg.seed + 2_000_003)
@@ -389,9 +390,8 @@ def validate(model, images_u8: torch.Tensor, simulator, cfg: TrainConfig, device
             clean = images_u8[i:i + bs].float().div_(255.0)
             sim = simulator.simulate(clean, generator=g)
             for x, m, y in ((clean, torch.zeros_like(sim.masks), 0), (sim.images, sim.masks, 1)):
-                with _autocast(device, cfg.amp):
-                    amap = model.anomaly_map(normalize(x)).float()
-                scores.append(score_maps(model, amap, cfg.top_k).cpu())
+                amap, s = score_images(model, x, cfg.top_k)  # float32, exactly as evaluate/predict score
+                scores.append(s.cpu())
                 labels += [y] * x.shape[0]
                 masks_all.append(m.cpu())
                 maps_all.append(amap.cpu())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -16,14 +17,17 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
     """`auto` -> cuda when available else cpu; `cpu`/`cuda`/`cuda:1` are taken as given.
 
     Asking for cuda on a machine without it is an error, not a silent fallback.
+    A CUDA device always comes back with its index (``cuda:0``, not ``cuda``), so it compares equal
+    to the ``.device`` of the tensors placed on it.
     """
-    if isinstance(device, torch.device):
-        return device
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was requested but CUDA is not available on this machine; use --device cpu or auto")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {str(device)!r} was requested but CUDA is not available on this machine; use --device cpu or auto")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 
@@ -53,3 +57,11 @@ def denormalize(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(-1, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(-1, 1, 1)
     return (images * std + mean).clamp(0, 1)
+
+
+def no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """A region that runs in float32 even inside an autocast region (e.g. bf16 training on CUDA)."""
+    try:
+        return torch.autocast(device_type=device_type, enabled=False)
+    except RuntimeError:  # device type without autocast support
+        return contextlib.nullcontext()

@@ -59,6 +59,19 @@ class MemoryBank(nn.Module):
         for i, (c, h, w) in enumerate(self.feature_shapes, start=1):
             self.register_buffer(f"level{i}", torch.zeros(self.memory_size, c, h, w))  # MI_i: (N, C_i, h_i, w_i)
         self.register_buffer("memory_ready", torch.zeros((), dtype=torch.bool))
+        # Typical channel-mean DI between normal images, per level (see reference_differences):
+        # the scale on which the calibrated spatial attention reads DI* (attention.py).
+        self.register_buffer("di_scale", torch.ones(len(self.feature_shapes)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        """Checkpoints written before ``di_scale`` existed: recompute it from the loaded bank."""
+        key = prefix + "di_scale"
+        missing = key not in state_dict
+        if missing:
+            state_dict[key] = self.di_scale.clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if missing and self.ready:
+            self.di_scale.copy_(self.reference_differences())
 
     def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
         """Keep the bank contiguous under ``.to(memory_format=torch.channels_last)`` (the DI* search
@@ -94,6 +107,25 @@ class MemoryBank(nn.Module):
         for buf, f in zip(self.levels, features):
             buf.copy_(f.detach().to(device=buf.device, dtype=buf.dtype))
         self.memory_ready.fill_(True)
+        self.di_scale.copy_(self.reference_differences())
+
+    @torch.no_grad()
+    def reference_differences(self) -> torch.Tensor:
+        """How far normal images lie from their nearest memory sample, per level: (3,).
+
+        Each memory sample is compared with its nearest *other* memory sample (eq. 3-4, leaving
+        itself out); the result is the mean over samples and positions of the channel-mean DI*.
+        With a single memory sample, its mean absolute deviation from its own spatial mean is used.
+        """
+        levels = [lvl.float() for lvl in self.levels]
+        n = self.memory_size
+        if n == 1:
+            return torch.stack([(m - m.mean(dim=(2, 3), keepdim=True)).abs().mean() for m in levels]).clamp_min(1e-12)
+        d = self.distances(levels)  # (N, N)
+        d.fill_diagonal_(float("inf"))
+        nearest = d.argmin(dim=1)  # (N,)
+        scales = [difference(m.index_select(0, nearest), m, self.distance).mean() for m in levels]
+        return torch.stack(scales).clamp_min(1e-12)
 
     @torch.no_grad()
     def distances(self, features: list[torch.Tensor]) -> torch.Tensor:

@@ -16,7 +16,6 @@ Ablation switches (paper Table 5): ``use_memory`` (off: CI = II, no DI, no spati
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import warnings
 from dataclasses import asdict, dataclass
@@ -26,11 +25,12 @@ import torch
 from torch import nn
 
 from memseg.losses import MemSegLoss
-from memseg.models.attention import spatial_attention_maps
-from memseg.models.decoder import Decoder
+from memseg.models.attention import ATTENTION_MODES, spatial_attention_maps
+from memseg.models.decoder import HEADS, Decoder
 from memseg.models.encoder import FEATURE_CHANNELS, FEATURE_STRIDES, ResNet18Encoder
 from memseg.models.memory import DISTANCES, MemoryBank
 from memseg.models.msff import MSFF
+from memseg.utils import no_autocast
 
 
 def _as_size(value: Any) -> tuple[int, int]:
@@ -50,10 +50,17 @@ class MemSegConfig:
     Attributes:
         input_size: (H, W), both positive multiples of 32 (paper: 256×256).
         memory_size: N memory samples (paper: 30; screw more, toothbrush 10).
-        weights: encoder initialisation: ``"random"``, ``"imagenet"`` (timm, needs hub access) or
-            a path to a local resnet18 state dict.
+        weights: encoder initialisation: ``"auto"`` (ImageNet when timm can get it, else random with
+            a banner), ``"random"``, ``"imagenet"`` (timm, needs hub access) or a path to a local
+            resnet18 state dict. The model records the resolved source.
         use_memory, use_multiscale, use_spatial_attention, use_coord_attention: ablations (Table 5).
         distance: DI per element, ``"l2"`` = |MI - II| (eq. 3) or ``"squared"`` = (MI - II)^2.
+        attention: how eq. (5)-(7) read DI*: ``"calibrated"`` (default: each channel mean relative
+            to the memory's own normal-vs-normal difference, so M is ~1 on normal regions) or
+            ``"literal"`` (raw products; ~0 everywhere unless the features are large).
+            See :func:`memseg.models.attention.spatial_attention_maps`.
+        head: last decoder layer, ``"no_relu"`` (default) or ``"paper"`` (conv-BN-ReLU + conv,
+            which learns a hard probability ceiling). See :class:`memseg.models.decoder.SegmentationHead`.
         decoder_channels: widths of the five decoder stages, coarsest first.
         memory_chunk_size: memory samples compared per pass when searching DI*.
         channels_last: run the convolutions in channels_last memory format (default; ~20% faster
@@ -63,12 +70,14 @@ class MemSegConfig:
 
     input_size: tuple[int, int] = (256, 256)
     memory_size: int = 30
-    weights: str = "random"
+    weights: str = "auto"
     use_memory: bool = True
     use_multiscale: bool = True
     use_spatial_attention: bool = True
     use_coord_attention: bool = True
     distance: str = "l2"
+    attention: str = "calibrated"
+    head: str = "no_relu"
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)
     memory_chunk_size: int = 32
     channels_last: bool = True
@@ -91,6 +100,10 @@ class MemSegConfig:
         self.weights = str(self.weights)
         if self.distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
         if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
             raise ValueError(f"decoder_channels must be 5 positive widths (coarsest first), got {self.decoder_channels}")
@@ -143,7 +156,7 @@ class MemSeg(nn.Module):
             self.memory = None
             ci_channels = ii_channels
         self.msff = MSFF(ci_channels, ii_channels, config.use_multiscale, config.use_coord_attention)
-        self.decoder = Decoder(FEATURE_CHANNELS[4], (FEATURE_CHANNELS[0], *ii_channels), config.decoder_channels)
+        self.decoder = Decoder(FEATURE_CHANNELS[4], (FEATURE_CHANNELS[0], *ii_channels), config.decoder_channels, config.head)
         self.loss_fn = MemSegLoss(config.l1_weight, config.focal_weight, config.focal_gamma, config.focal_alpha)
         if config.channels_last:
             self.set_channels_last(True)
@@ -246,9 +259,10 @@ class MemSeg(nn.Module):
         index: torch.Tensor | None = None
         maps: list[torch.Tensor] | None = None
         if self.memory is not None:
-            with torch.no_grad(), _no_autocast(x.device.type):
+            with torch.no_grad(), no_autocast(x.device.type):
                 di_star, index = self.memory.select([f.float() for f in ii])  # eq. (3)-(4)
-                maps = spatial_attention_maps(di_star)  # eq. (5)-(7): [M1, M2, M3]
+                scales = self.memory.di_scale if self.config.attention == "calibrated" else None
+                maps = spatial_attention_maps(di_star, scales)  # eq. (5)-(7): [M1, M2, M3]
             ci = [torch.cat([f, d.to(f.dtype)], dim=1) for f, d in zip(ii, di_star)]  # CI_n: (B, 2C_n, h, w)
         else:
             ci = ii
@@ -284,14 +298,6 @@ class MemSeg(nn.Module):
 
     def extra_repr(self) -> str:
         return f"weights_source={self.weights_source!r}"
-
-
-def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
-    """Keep the memory search (eq. 3-4) in float32 even inside an autocast region."""
-    try:
-        return torch.autocast(device_type=device_type, enabled=False)
-    except RuntimeError:  # device type without autocast support
-        return contextlib.nullcontext()
 
 
 __all__ = ["MemSeg", "MemSegConfig"]
