@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (checkpoints, logs)")
     p.add_argument("--steps", type=int, default=None, help="training iterations (paper: 2700)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--weights", default=None, help="encoder weights: imagenet, random, or a local file")
+    p.add_argument("--weights", default=None, help="encoder weights: auto (default: ImageNet when timm can get them, else random with a banner), "
+                   "imagenet, random, or a local resnet18 file")
     p.add_argument("--dtd", default=None)
     p.add_argument("--size", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)

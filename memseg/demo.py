@@ -73,7 +73,7 @@ class DemoSettings:
     steps: int = 300
     batch_size: int = 8
     memory_size: int = 30
-    weights: str = "random"  # encoder init: random, imagenet (needs cached torchvision weights) or a file
+    weights: str = "auto"  # encoder init: auto (ImageNet when reachable, else random + banner), random, imagenet or a file
     lr: float | None = None  # None -> the training room's default
     seed: int = 0
     extra_train: dict[str, Any] = field(default_factory=dict)  # passed on to TrainConfig as given

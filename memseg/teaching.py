@@ -85,7 +85,7 @@ class NotebookSettings:
     seed: int = 0
     size: tuple[int, int] = FULL_SIZE
     synthetic: bool = False
-    weights: str = "random"
+    weights: str = "auto"
     steps: int | None = None  # $MEMSEG_STEPS: overrides train_steps
 
     @property
@@ -147,8 +147,8 @@ def setup(
     Environment variables override the arguments (so CI and a real dataset need no edits):
     ``MEMSEG_DATA`` (dataset root) and ``MEMSEG_CATEGORY`` (unless ``env_data=False``),
     ``MEMSEG_QUICK`` (1/0), ``MEMSEG_STEPS`` (training steps), ``MEMSEG_DEVICE``, ``MEMSEG_DTD`` (texture source, default
-    ``<repo>/../shared/data/dtd``), ``MEMSEG_WEIGHTS`` (encoder weights: random, imagenet or a
-    file; default random, nothing is downloaded) and ``MEMSEG_RUNS`` (cache of the notebooks'
+    ``<repo>/../shared/data/dtd``), ``MEMSEG_WEIGHTS`` (encoder weights: auto, random, imagenet or a
+    file; default auto: ImageNet when timm can get them, else random with a banner) and ``MEMSEG_RUNS`` (cache of the notebooks'
     model, default ``<repo>/runs/notebooks``).
 
     Relative paths are taken from the repository root (notebooks run with cwd = notebooks/).
@@ -197,7 +197,7 @@ def setup(
         seed=seed,
         size=QUICK_SIZE if quick else FULL_SIZE,
         synthetic=is_synth,
-        weights=os.environ.get("MEMSEG_WEIGHTS", "random"),
+        weights=os.environ.get("MEMSEG_WEIGHTS", "auto"),
         steps=_env_int("MEMSEG_STEPS"),
     )
     seed_everything(seed)
@@ -1243,7 +1243,8 @@ def attention_maps(model, image: torch.Tensor) -> dict[str, np.ndarray]:
     """Channel means of DI*_1..3, M3, M2, M1 and the prediction for one image (3, H, W) in [0, 1].
 
     Keys: ``DI1, DI2, DI3`` (h_n, w_n), ``M1, M2, M3`` (h_n, w_n), ``prediction`` (H, W) in [0, 1],
-    ``memory_index`` (int).
+    ``memory_index`` (int), ``attention`` (the model's mode, "calibrated" or "literal") and ``scales``
+    (the memory's reference differences s_1..s_3 that calibrated attention divides by).
     """
     inter = forward_intermediates(model, image[None] if image.dim() == 3 else image)
     out = {}
@@ -1254,6 +1255,8 @@ def attention_maps(model, image: torch.Tensor) -> dict[str, np.ndarray]:
         out[k] = (m[0, 0] if m.dim() == 4 else m[0]).float().cpu().numpy()
     out["prediction"] = torch.softmax(inter["logits"].float(), dim=1)[0, 1].cpu().numpy()
     out["memory_index"] = int(torch.as_tensor(inter["memory_index"]).flatten()[0])
+    out["attention"] = getattr(model.config, "attention", "literal")
+    out["scales"] = model.memory.di_scale.float().cpu().numpy()
     return out
 
 
@@ -1273,7 +1276,8 @@ def plot_spatial_attention(image, mask, maps: dict, title: str | None = None, fi
         d, m = maps[f"DI{n}"], maps[f"M{n}"]
         _imshow(axes[0, c + 1], d, rf"channel mean of $DI^*_{n}$ ({d.shape[0]}×{d.shape[1]})", cmap="magma")
         eq = {3: "(5)", 2: r"(6): $\cdot M_3^U$", 1: r"(7): $\cdot M_2^U$"}[n]
-        _imshow(axes[1, c + 1], m, f"$M_{n}$  eq. {eq}", cmap="magma")
+        how = f", calibrated by $s_{n}$={maps['scales'][n - 1]:.2g}" if maps.get("attention") == "calibrated" else ""
+        _imshow(axes[1, c + 1], m, f"$M_{n}$  eq. {eq}{how}  [{m.min():.2g}, {m.max():.2g}]", cmap="magma")
     _imshow(axes[0, 4], maps["prediction"], "final prediction", cmap="jet", vmin=0, vmax=1)
     from memseg import viz
 

@@ -204,6 +204,7 @@ class TrainResult:
     history: list[dict]  # one dict per step done in this call (step, loss parts, lr, seconds)
     threshold: float | None = None  # image decision threshold from the validation split
     validation: dict | None = None  # validation-split metrics (simulated anomalies, never the test set)
+    weights_source: str = "unknown"  # what the encoder was initialised from ("imagenet", "random", a path)
 
 
 # ------------------------------------------------------------------------------------ RNG states
@@ -370,26 +371,37 @@ def _check_resume_config(stored: dict, cfg: TrainConfig, path: Path) -> None:
 
 # ------------------------------------------------------------------------------------ validation
 @torch.no_grad()
+def validation_batches(images_u8: torch.Tensor, simulator, cfg: TrainConfig, device: torch.device):
+    """The validation split, batch by batch: ``(clean, simulated, masks)`` in [0, 1] on ``device``.
+
+    Deterministic from ``cfg.seed`` with a generator of its own, so it neither reads nor changes
+    the training RNG streams, and anyone can rebuild the exact split a threshold was picked on.
+    """
+    g = torch.Generator(device=device).manual_seed(cfg.seed + 2_000_003)
+    bs = max(cfg.batch_normal + cfg.batch_anomalous, 1)
+    for i in range(0, images_u8.shape[0], bs):
+        clean = images_u8[i:i + bs].to(device).float().div_(255.0)
+        sim = simulator.simulate(clean, generator=g)
+        yield clean, sim.images, sim.masks
+
+
+@torch.no_grad()
 def validate(model, images_u8: torch.Tensor, simulator, cfg: TrainConfig, device: torch.device) -> dict:
     """Image scores on held-back normal images and their simulated-anomaly versions -> threshold.
 
     The decision threshold is the F1-max threshold on this validation split (never the test set),
     scored by :func:`memseg.evaluation.score_images` like ``evaluate`` and ``predict`` (float32).
-    Uses its own generator, so it neither reads nor changes the training RNG streams.
+    The per-image ``scores`` and ``labels`` are returned too (normal batch, then its simulated twin).
     """
     from memseg.evaluation import score_images
     from memseg.metrics import f1_max, image_auroc, pixel_auroc
 
-    g = torch.Generator(device=device).manual_seed(cfg.seed + 2_000_003)
     was_training = model.training
     model.eval()
     scores, labels, masks_all, maps_all = [], [], [], []
-    bs = max(cfg.batch_normal + cfg.batch_anomalous, 1)
     try:
-        for i in range(0, images_u8.shape[0], bs):
-            clean = images_u8[i:i + bs].float().div_(255.0)
-            sim = simulator.simulate(clean, generator=g)
-            for x, m, y in ((clean, torch.zeros_like(sim.masks), 0), (sim.images, sim.masks, 1)):
+        for clean, simulated, masks in validation_batches(images_u8, simulator, cfg, device):
+            for x, m, y in ((clean, torch.zeros_like(masks), 0), (simulated, masks, 1)):
                 amap, s = score_images(model, x, cfg.top_k)  # float32, exactly as evaluate/predict score
                 scores.append(s.cpu())
                 labels += [y] * x.shape[0]
@@ -404,6 +416,7 @@ def validate(model, images_u8: torch.Tensor, simulator, cfg: TrainConfig, device
         "n_normal": int((y == 0).sum()), "n_simulated": int((y == 1).sum()),
         "image_auroc": image_auroc(y, s), "pixel_auroc": pixel_auroc(torch.cat(masks_all), torch.cat(maps_all)),
         "f1_max": f1, "threshold": thr,
+        "scores": [float(v) for v in s], "labels": [int(v) for v in y],
     }
 
 
@@ -593,7 +606,8 @@ def train(
     finally:
         bar.close()
         log.close()
-    return TrainResult(run_dir=run_dir, checkpoint=path, history=history, threshold=threshold, validation=validation)
+    return TrainResult(run_dir=run_dir, checkpoint=path, history=history, threshold=threshold, validation=validation,
+                       weights_source=weights_source)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -639,15 +653,18 @@ def cli_train(args) -> int:
     cfg = config_from_args(args)
     print(f"memseg train: {cfg.model} on {cfg.category} ({cfg.data}), {cfg.steps} steps, size {cfg.input_size}, "
           f"device {select_device(cfg.device)}, run folder {cfg.run_dir()}")
-    weights = str(cfg.model_options.get("weights", "random"))
+    weights = str(cfg.model_options.get("weights", "auto" if cfg.model == "memseg" else "random"))
     if cfg.model == "draem":
         print("encoder weights: none (DRAEM trains from scratch)")
+    elif weights == "auto":
+        print("encoder weights: auto (ImageNet when timm can get them, else random initialisation with a banner)")
     elif weights == "random":
         print("encoder weights: RANDOM initialisation (no pretrained weights; the paper uses ImageNet: "
               "pass --weights imagenet when online, or --weights path/to/resnet18.pth)")
     else:
         print(f"encoder weights: {weights}")
     result = train(cfg, progress=True, resume=args.resume)
+    print(f"encoder weights used: {result.weights_source}")
     print(f"run folder: {result.run_dir}")
     print(f"checkpoint: {result.checkpoint}")
     print(f"logs: {result.run_dir / LOG_CSV}, {result.run_dir / LOG_JSONL}")

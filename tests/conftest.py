@@ -19,9 +19,14 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
+
+# Tests stay offline and deterministic: weights="auto" (the default) never asks the hub here, so it
+# resolves to random initialisation unless ImageNet weights are already in the local cache.
+os.environ.setdefault("MEMSEG_OFFLINE", "1")
 
 SYNTHETIC_SIZE = 64
 SYNTHETIC_N_TRAIN = 12

@@ -405,3 +405,127 @@ def test_autocast_bf16_forward_and_backward(model: MemSeg) -> None:
         low = m.anomaly_map(x)
     ref = m.anomaly_map(x)
     assert (low - ref).abs().max() < 0.05
+
+
+# --------------------------------------------------------------------------- core: a live memory path
+def test_random_encoder_residual_branches_are_alive() -> None:
+    """timm zero-initialises the last BN of each residual block; frozen, blocks 1-3 would be the
+    max-pooled stem plus 1x1 projections. Every residual branch of the random encoder must add signal."""
+    from memseg.models.encoder import ResNet18Encoder
+
+    torch.manual_seed(0)
+    enc = ResNet18Encoder("random").eval()
+    b = enc.backbone
+    x = _images(2, seed=21)
+    with torch.no_grad():
+        h = b.maxpool(b.act1(b.bn1(b.conv1(x))))
+        for name in ("layer1", "layer2", "layer3"):
+            for block in getattr(b, name):
+                shortcut = h if block.downsample is None else block.downsample(h)
+                branch = block.bn2(block.conv2(block.act1(block.bn1(block.conv1(h)))))
+                assert branch.std() > 0.1 * shortcut.std(), f"{name}: residual branch is (nearly) zero"
+                h = block(h)
+    assert all(not p.requires_grad for m in enc.frozen_modules() for p in m.parameters())  # still frozen
+
+
+def test_frozen_encoder_and_memory_search_run_in_fp32_under_autocast(model: MemSeg) -> None:
+    m = copy.deepcopy(model).eval()
+    x = _images(2, seed=22)
+    ref = m.encoder.forward_frozen(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = m.encoder.forward_frozen(x)
+        out = m(x, return_intermediates=True)
+    for a, b in zip(ref, low):
+        assert b.dtype == torch.float32 and torch.equal(a, b)
+    assert all(d.dtype == torch.float32 for d in out["DI_star"])
+
+
+def test_calibrated_attention_reads_di_on_the_memory_scale() -> None:
+    g = torch.Generator().manual_seed(4)
+    di = [torch.rand(2, 64, 16, 24, generator=g), torch.rand(2, 128, 8, 12, generator=g), torch.rand(2, 256, 4, 6, generator=g)]
+    scales = torch.tensor([0.5, 0.25, 2.0])
+    m1, m2, m3 = spatial_attention_maps(di, scales)
+    a = [2 * d.mean(1, keepdim=True) / (d.mean(1, keepdim=True) + s) for d, s in zip(di, scales)]
+    assert torch.allclose(m3, a[2])
+    assert torch.allclose(m2, a[1] * F.interpolate(m3, size=(8, 12), mode="bilinear", align_corners=False))
+    assert torch.allclose(m1, a[0] * F.interpolate(m2, size=(16, 24), mode="bilinear", align_corners=False))
+    # invariant to the feature scale (the literal form scales with its cube)
+    big = spatial_attention_maps([10 * d for d in di], 10 * scales)
+    assert all(torch.allclose(p, q, rtol=1e-5) for p, q in zip(big, (m1, m2, m3)))
+
+
+def test_attention_is_about_one_on_normal_images_and_rises_on_a_defect() -> None:
+    """With a random encoder, literal eq. (5)-(7) give M ~ 0 everywhere; calibrated maps are ~1 where an
+    image differs from memory as normal images do, 0 on a memory image itself, and peak on a defect."""
+    torch.manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, 1, W), indexing="ij")
+    g = torch.Generator().manual_seed(5)
+    normal = torch.stack([0.5 + 0.2 * torch.sin(20 * (xx + 0.01 * k)).expand(3, H, W)
+                          + 0.03 * torch.randn(3, H, W, generator=g) for k in range(6)]).clamp(0, 1)
+    from memseg.utils import normalize
+
+    model = MemSeg(MemSegConfig(input_size=(H, W), memory_size=5, weights="random")).eval()
+    model.prepare(normalize(normal[:5]))
+    defect = normal[5:].clone()
+    defect[..., 24:40, 40:56] = 1.0  # a bright square
+    with torch.no_grad():
+        own = model(normalize(normal[:1]), return_intermediates=True)["M1"]
+        ok = model(normalize(normal[5:]), return_intermediates=True)["M1"]
+        bad = model(normalize(defect), return_intermediates=True)["M1"]
+    assert own.abs().max() == 0  # identical to its memory sample: no difference, no attention
+    assert 0.2 < ok.median() < 5
+    inside, outside = bad[..., 6:10, 10:14].mean(), bad[..., :, :6].mean()
+    assert inside > 3 * outside
+    literal = MemSeg(MemSegConfig(input_size=(H, W), memory_size=5, weights="random", attention="literal")).eval()
+    literal.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert literal(normalize(normal[5:]), return_intermediates=True)["M1"].median() < 0.2 * ok.median()
+
+
+def test_memory_bank_reference_scale_round_trips_and_is_rebuilt_for_old_checkpoints(model: MemSeg) -> None:
+    scale = model.memory.di_scale.clone()
+    assert torch.all(scale > 0) and not torch.all(scale == 1)
+    state = {k: v for k, v in model.state_dict().items() if k != "memory.di_scale"}  # written before it existed
+    fresh = MemSeg(MemSegConfig(input_size=(H, W), memory_size=3, weights="random"), init_weights=False)
+    fresh.load_state_dict(state)
+    assert torch.allclose(fresh.memory.di_scale, scale)
+
+
+@pytest.mark.parametrize("head", ["paper", "no_relu"])
+def test_head_ceiling(head: str) -> None:
+    """The learned state of the paper head (every channel of the final conv votes 'normal') caps p at
+    softmax(bias)[1] for every input; without the last ReLU the same weights can exceed it."""
+    from memseg.models.decoder import SegmentationHead
+
+    torch.manual_seed(0)
+    h = SegmentationHead(8, head).eval()
+    with torch.no_grad():
+        h[1].weight.copy_(-h[1].weight.abs() * torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1))  # logit_1 - logit_0 <= bias gap
+        ceiling = torch.softmax(h[1].bias, 0)[1]
+        p = torch.softmax(h(3 * torch.randn(16, 8, 12, 12)), 1)[:, 1]
+    if head == "paper":
+        assert p.max() <= ceiling + 1e-6
+    else:
+        assert p.max() > ceiling + 0.1
+
+
+def test_weights_auto_resolves_and_says_so(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from memseg.models import encoder
+
+    monkeypatch.setattr(encoder, "imagenet_weights_cached", lambda: False)
+    monkeypatch.setattr(encoder, "hub_reachable", lambda timeout=None: pytest.fail("offline mode must not ask the hub"))
+    monkeypatch.setenv("MEMSEG_OFFLINE", "1")
+    m = MemSeg(MemSegConfig(input_size=(H, W), memory_size=1))  # default: auto
+    assert m.weights_source == "random" and m.config.weights == "random"
+    err = capsys.readouterr().err
+    assert "RANDOM ENCODER WEIGHTS" in err and len(err.strip().splitlines()) == 1
+
+    monkeypatch.delenv("MEMSEG_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(encoder, "hub_reachable", lambda timeout=None: False)
+    assert encoder.resolve_auto_weights()[0] == "random"
+    loaded = []
+    monkeypatch.setattr(encoder, "_create_timm_resnet18", lambda pretrained: loaded.append(pretrained) or encoder.nn.Identity())
+    monkeypatch.setattr(encoder, "imagenet_weights_cached", lambda: True)
+    assert encoder.create_backbone("auto")[1] == "imagenet" and loaded == [True]
+    assert "RANDOM" not in capsys.readouterr().err

@@ -499,3 +499,29 @@ def test_cuda_simulation_matches_cpu_with_a_cpu_generator():
     # a CUDA generator works too, and is deterministic
     g1, g2 = torch.Generator("cuda").manual_seed(1), torch.Generator("cuda").manual_seed(1)
     assert torch.equal(gpu.simulate(images.cuda(), g1).images, gpu.simulate(images.cuda(), g2).images)
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu"), torch.device("cpu", 0)])
+def test_simulator_never_writes_into_the_callers_tensor(device):
+    # The contract the CUDA test below checks where the bug was ("cuda" != "cuda:0" although
+    # `.to("cuda")` returns the caller's storage): whatever the device spelling, the caller's batch,
+    # a view of it (training simulates `clean[bn:]`) and a converted copy are left bit-identical.
+    sim = AnomalySimulator(size=(H, W), textures=random_textures(), category="washer", device=device)
+    batch = disc_images(6)
+    before = batch.clone()
+    for images in (batch, batch[2:], batch.to(memory_format=torch.channels_last)):  # whole, a view, a copy
+        out = sim.simulate(images, gen(0))
+        assert out.masks.sum() > 0 and not torch.equal(out.images, images)
+    assert torch.equal(batch, before)  # bit-identical
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU twin is tested above)")
+@pytest.mark.parametrize("device", ["cuda", "auto"])
+def test_cuda_simulator_never_writes_into_the_callers_tensor(device):
+    sim = AnomalySimulator(size=(H, W), textures=random_textures(), category="washer", device=device)
+    batch = disc_images(6).cuda()
+    before = batch.clone()
+    for images in (batch, batch[2:]):
+        out = sim.simulate(images, torch.Generator("cuda").manual_seed(0))
+        assert out.images.is_cuda and out.masks.sum() > 0
+    assert torch.equal(batch, before)  # bit-identical
