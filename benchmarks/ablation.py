@@ -119,11 +119,10 @@ def model_device(model):
     return next(model.parameters()).device
 
 
-def _mean_std(values: list[float]) -> str:
-    v = np.asarray([x for x in values if x is not None], dtype=float)
-    if v.size == 0:
+def _pct(mean: float, std: float) -> str:
+    if np.isnan(mean):
         return "–"
-    return f"{100 * v.mean():.1f} ± {100 * v.std(ddof=1):.1f}" if v.size > 1 else f"{100 * v.mean():.1f}"
+    return f"{100 * mean:.1f}" if np.isnan(std) else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
 def collect(runs: Path) -> list[dict]:
@@ -131,23 +130,21 @@ def collect(runs: Path) -> list[dict]:
 
 
 def table(rows: list[dict], category: str, order: list[str]) -> str:
+    from memseg.analysis import summarise_runs
+
+    keys = [*METRICS, "ceiling_share", "max_p", "tied_images", "M1_median", "M1_p99"]
+    summary = {s["variant"]: s for s in summarise_runs([r for r in rows if r["category"] == category], keys)}
     lines = [
         "| variant | seeds | image AUROC | pixel AUROC | AUPRO@0.3 | anomalous px at the max (%) | largest p | "
         "tied anomalous images (%) | M1 median | M1 p99 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    labels = [v for v in order if any(r["variant"] == v and r["category"] == category for r in rows)]
-    labels += sorted({r["variant"] for r in rows if r["category"] == category} - set(labels))
-    for v in labels:
-        rs = [r for r in rows if r["variant"] == v and r["category"] == category]
-        m1 = [r["M1_median"] for r in rs if r.get("M1_median") is not None]
-        p99 = [r["M1_p99"] for r in rs if r.get("M1_p99") is not None]
-        lines.append(
-            f"| {v} | {len(rs)} | " + " | ".join(_mean_std([r[k] for r in rs]) for k in METRICS)
-            + f" | {_mean_std([r['ceiling_share'] for r in rs])} | {np.mean([r['max_p'] for r in rs]):.3f}"
-            + f" | {_mean_std([r['tied_images'] for r in rs])}"
-            + (f" | {np.median(m1):.2g} | {np.median(p99):.2g} |" if m1 else " | – | – |")
-        )
+    for v in [v for v in order if v in summary] + sorted(set(summary) - set(order)):
+        s = summary[v]
+        m1 = "– | –" if np.isnan(s["M1_median"]) else f"{s['M1_median']:.2g} | {s['M1_p99']:.2g}"
+        lines.append(f"| {v} | {s['n']} | " + " | ".join(_pct(s[k], s[f'{k}_std']) for k in METRICS)
+                     + f" | {_pct(s['ceiling_share'], s['ceiling_share_std'])} | {s['max_p']:.3f}"
+                     + f" | {_pct(s['tied_images'], s['tied_images_std'])} | {m1} |")
     return "\n".join(lines)
 
 

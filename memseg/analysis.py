@@ -356,3 +356,29 @@ def neighbour_mix(embedding: np.ndarray, groups: Sequence[str], k: int = 5, orde
         for b, name_b in enumerate(names):
             share[a, b] = float((neigh == name_b).mean())
     return names, share
+
+
+def summarise_runs(rows: Sequence[dict], metrics: Sequence[str], by: Sequence[str] = ("category", "variant")) -> list[dict]:
+    """Mean and sample std of ``metrics`` over runs grouped by ``by`` (e.g. seeds of one ablation row).
+
+    Returns one dict per group, in first-seen order: the ``by`` keys, ``n`` (runs), and for each metric
+    ``<metric>`` (mean) and ``<metric>_std`` (sample std, nan for a single run). None values are skipped.
+
+    Examples:
+        >>> rows = [{"variant": "full", "auroc": 0.8}, {"variant": "full", "auroc": 0.9}]
+        >>> s = summarise_runs(rows, ["auroc"], by=["variant"])[0]
+        >>> (s["n"], round(s["auroc"], 2), round(s["auroc_std"], 3))
+        (2, 0.85, 0.071)
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        summary: dict = {**dict(zip(by, key)), "n": len(rs)}
+        for m in metrics:
+            v = np.asarray([r[m] for r in rs if r.get(m) is not None], dtype=float)
+            summary[m] = float(v.mean()) if v.size else float("nan")
+            summary[f"{m}_std"] = float(v.std(ddof=1)) if v.size > 1 else float("nan")
+        out.append(summary)
+    return out

@@ -1061,6 +1061,34 @@ def plot_ablations(results: Sequence[dict], title: str | None = None):
     return fig
 
 
+ABLATION_RESULTS = "docs/results/ablation-300-128"
+"""The committed 3-seed ablation (``benchmarks/ablation.py``) that notebook 03 shows."""
+
+
+def measured_ablations(results: str | Path | None = None, repo: Path | None = None) -> list[dict]:
+    """The committed multi-seed ablation as rows of mean ± std (%) per category and variant.
+
+    Reads ``<results>/results.json`` written by ``benchmarks/ablation.py`` (default
+    :data:`ABLATION_RESULTS` under the repository).
+    """
+    from memseg.analysis import summarise_runs
+
+    path = Path(results) if results is not None else repo_root(repo) / ABLATION_RESULTS
+    path = path / "results.json" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"no ablation results at {path}; write them with benchmarks/ablation.py --out {path.parent}")
+    rows = json.loads(path.read_text())
+    keys = ("image_auroc", "pixel_auroc", "aupro")
+    table = []
+    for s in summarise_runs(rows, keys):
+        row = {"category": s["category"], "variant": s["variant"], "seeds": s["n"]}
+        for k, label in zip(keys, ("image AUROC", "pixel AUROC", "AUPRO@0.3")):
+            std = "" if np.isnan(s[f"{k}_std"]) else f" ± {100 * s[f'{k}_std']:.1f}"
+            row[label] = f"{100 * s[k]:.1f}{std}"
+        table.append(row)
+    return table
+
+
 # --------------------------------------------------------------------------------------------
 # 04 t-SNE of simulated vs real anomalies (paper Fig. 6)
 # --------------------------------------------------------------------------------------------
@@ -1244,7 +1272,7 @@ def attention_maps(model, image: torch.Tensor) -> dict[str, np.ndarray]:
 
     Keys: ``DI1, DI2, DI3`` (h_n, w_n), ``M1, M2, M3`` (h_n, w_n), ``prediction`` (H, W) in [0, 1],
     ``memory_index`` (int), ``attention`` (the model's mode, "calibrated" or "literal") and ``scales``
-    (the memory's reference differences s_1..s_3 that calibrated attention divides by).
+    (the spatial means of the memory's reference differences S_1..S_3 that calibrated attention reads DI* on).
     """
     inter = forward_intermediates(model, image[None] if image.dim() == 3 else image)
     out = {}
@@ -1256,8 +1284,35 @@ def attention_maps(model, image: torch.Tensor) -> dict[str, np.ndarray]:
     out["prediction"] = torch.softmax(inter["logits"].float(), dim=1)[0, 1].cpu().numpy()
     out["memory_index"] = int(torch.as_tensor(inter["memory_index"]).flatten()[0])
     out["attention"] = getattr(model.config, "attention", "literal")
-    out["scales"] = model.memory.di_scale.float().cpu().numpy()
+    out["scales"] = [float(s.mean()) for s in model.memory.scales]
     return out
+
+
+def attention_contrast(model, dataset, indices: Sequence[int]) -> list[dict]:
+    """Where the attention goes: per anomalous image, the mean of DI*_1 (channel mean) and of M1 inside
+    the ground-truth defect vs outside it (mask resized to the map by area), and their ratios.
+
+    A ratio above 1 means the memory comparison points at the defect; maps that were the same
+    everywhere would give exactly 1.
+    """
+    import torch.nn.functional as F
+
+    rows = []
+    for i in indices:
+        item = dataset[int(i)]
+        maps = attention_maps(model, item["image"])
+        mask = item["mask"].float().reshape(1, 1, *item["mask"].shape[-2:])
+        inside = F.interpolate(mask, size=maps["M1"].shape, mode="area")[0, 0].numpy() > 0.5
+        if not inside.any() or inside.all():
+            continue
+        row = {"image": f"{item['defect']}/{Path(item['path']).name}"}
+        for key in ("DI1", "M1"):
+            m = maps[key]
+            row[f"{key} in defect"] = float(m[inside].mean())
+            row[f"{key} elsewhere"] = float(m[~inside].mean())
+            row[f"{key} ratio"] = row[f"{key} in defect"] / max(row[f"{key} elsewhere"], 1e-12)
+        rows.append(row)
+    return rows
 
 
 def plot_spatial_attention(image, mask, maps: dict, title: str | None = None, fig=None):
@@ -1276,7 +1331,7 @@ def plot_spatial_attention(image, mask, maps: dict, title: str | None = None, fi
         d, m = maps[f"DI{n}"], maps[f"M{n}"]
         _imshow(axes[0, c + 1], d, rf"channel mean of $DI^*_{n}$ ({d.shape[0]}×{d.shape[1]})", cmap="magma")
         eq = {3: "(5)", 2: r"(6): $\cdot M_3^U$", 1: r"(7): $\cdot M_2^U$"}[n]
-        how = f", calibrated by $s_{n}$={maps['scales'][n - 1]:.2g}" if maps.get("attention") == "calibrated" else ""
+        how = f", on $S_{n}$ (mean {maps['scales'][n - 1]:.2g})" if maps.get("attention") == "calibrated" else ""
         _imshow(axes[1, c + 1], m, f"$M_{n}$  eq. {eq}{how}  [{m.min():.2g}, {m.max():.2g}]", cmap="magma")
     _imshow(axes[0, 4], maps["prediction"], "final prediction", cmap="jet", vmin=0, vmax=1)
     from memseg import viz
@@ -1331,7 +1386,7 @@ class AttentionBrowser:
 __all__ = [
     "NotebookSettings", "setup", "tire_or", "repo_root", "env_flag", "find_dtd", "shared_data", "use_projector_style",
     "save_figure", "thumbnail_base64", "html_table", "load_split", "load_images", "pick_indices", "first_anomalous",
-    "make_simulator", "has_textures", "describe_texture_source", "train_config", "quick_model", "replay_log", "memory_images",
+    "make_simulator", "has_textures", "measured_ablations", "attention_contrast", "describe_texture_source", "train_config", "quick_model", "replay_log", "memory_images",
     "model_at_size", "metrics_table", "predictions", "run_ablations", "show_perlin_scales", "show_foreground",
     "show_simulation_steps", "SimulationPanel", "simulation_gallery", "show_stage_table", "plot_stage_costs",
     "image_grid", "show_di_star", "LiveLossPlot", "show_metrics", "prediction_grid", "plot_ablations",

@@ -483,12 +483,13 @@ def test_attention_is_about_one_on_normal_images_and_rises_on_a_defect() -> None
 
 
 def test_memory_bank_reference_scale_round_trips_and_is_rebuilt_for_old_checkpoints(model: MemSeg) -> None:
-    scale = model.memory.di_scale.clone()
-    assert torch.all(scale > 0) and not torch.all(scale == 1)
-    state = {k: v for k, v in model.state_dict().items() if k != "memory.di_scale"}  # written before it existed
+    scales = [s.clone() for s in model.memory.scales]
+    assert [tuple(s.shape[-2:]) for s in scales] == [(H // 4, W // 4), (H // 8, W // 8), (H // 16, W // 16)]
+    assert all(torch.all(s > 0) and s.std() > 0 for s in scales)  # a map: normal variation differs by position
+    state = {k: v for k, v in model.state_dict().items() if ".scale" not in k}  # written before they existed
     fresh = MemSeg(MemSegConfig(input_size=(H, W), memory_size=3, weights="random"), init_weights=False)
     fresh.load_state_dict(state)
-    assert torch.allclose(fresh.memory.di_scale, scale)
+    assert all(torch.allclose(a, b) for a, b in zip(fresh.memory.scales, scales))
 
 
 @pytest.mark.parametrize("head", ["paper", "no_relu"])

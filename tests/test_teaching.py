@@ -306,7 +306,7 @@ def test_attention_maps_shapes_and_chain(tiny_memseg):
     assert maps["M1"].shape == (16, 16) and maps["M2"].shape == (8, 8) and maps["M3"].shape == (4, 4)
     assert maps["DI1"].shape == (16, 16) and maps["prediction"].shape == (64, 64)
     assert 0 <= maps["prediction"].min() and maps["prediction"].max() <= 1
-    s3 = float(tiny_memseg.memory.di_scale[2])
+    s3 = tiny_memseg.memory.scales[2][0, 0].numpy()
     assert maps["attention"] == "calibrated"
     assert np.allclose(maps["M3"], 2 * maps["DI3"] / (maps["DI3"] + s3), atol=1e-6)  # eq. (5), on the memory's scale
     assert 0 <= maps["memory_index"] < 3

@@ -13,27 +13,29 @@ ATTENTION_MODES = ("calibrated", "literal")
 """How the channel means of DI* enter eq. (5)-(7); see :func:`spatial_attention_maps`."""
 
 
-def spatial_attention_maps(di_star: list[torch.Tensor], scales: torch.Tensor | None = None) -> list[torch.Tensor]:
+def spatial_attention_maps(di_star: list[torch.Tensor], scales: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """M1, M2, M3 from the best difference information DI* (eq. 5-7).
 
     Args:
         di_star: [DI*_1 (B,C1,h1,w1), DI*_2 (B,C2,h2,w2), DI*_3 (B,C3,h3,w3)], finest first.
         scales: None for the paper's literal eq. (5)-(7) (``attention="literal"``): products of raw
-            channel means. With (3,) reference differences (``MemoryBank.di_scale``, the typical
-            channel-mean DI between normal images), each channel mean D is first read on that scale
-            as A = 2D / (D + s) (``attention="calibrated"``): ~1 where the input differs from memory
+            channel means. Or the memory's reference differences [S_1, S_2, S_3] (scalars or
+            (1,1,h_n,w_n) maps, ``MemoryBank.scales``: how much normal images differ from memory at
+            each position); each channel mean D is then read on that scale as A = 2D / (D + S)
+            before the products (``attention="calibrated"``): ~1 where the input differs from memory
             as much as normal images do, -> 0 where it matches, -> 2 where it differs far more.
             The literal products of three raw means are tiny unless the features are large
-            (measured: M1 median 4e-7 with a random encoder), so the maps multiply the MSFF outputs
+            (measured: M1 median 4e-7 with a random encoder), so they multiply the MSFF outputs
             by ~0 and the memory path does no work; calibrated, M stays in [0, 8) whatever the
-            encoder's feature scale, ~1 on normal regions.
+            encoder's feature scale, ~1 on normal regions, and a part that always varies (a tyre's
+            tread at another angle) is not mistaken for a difference.
 
     Returns:
         [M1 (B,1,h1,w1), M2 (B,1,h2,w2), M3 (B,1,h3,w3)].
     """
     d = [x.float().mean(dim=1, keepdim=True) for x in di_star]  # channel means (1/C) Σ_i DI*_i
     if scales is not None:
-        d = [2 * x / (x + s) for x, s in zip(d, scales.float().clamp_min(1e-12))]
+        d = [2 * x / (x + torch.as_tensor(s, dtype=x.dtype, device=x.device).clamp_min(1e-12)) for x, s in zip(d, scales)]
     d1, d2, d3 = d
     m3 = d3  # eq. (5)
     m2 = d2 * F.interpolate(m3, size=d2.shape[-2:], mode="bilinear", align_corners=False)  # eq. (6): ⊙ M3^U

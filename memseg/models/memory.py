@@ -20,6 +20,7 @@ one memory sample is chosen per input image (its index is returned for notebooks
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 DISTANCES = ("l2", "squared")
@@ -59,19 +60,26 @@ class MemoryBank(nn.Module):
         for i, (c, h, w) in enumerate(self.feature_shapes, start=1):
             self.register_buffer(f"level{i}", torch.zeros(self.memory_size, c, h, w))  # MI_i: (N, C_i, h_i, w_i)
         self.register_buffer("memory_ready", torch.zeros((), dtype=torch.bool))
-        # Typical channel-mean DI between normal images, per level (see reference_differences):
-        # the scale on which the calibrated spatial attention reads DI* (attention.py).
-        self.register_buffer("di_scale", torch.ones(len(self.feature_shapes)))
+        # S_i: how much normal images differ from their closest memory sample at each position
+        # (see reference_differences), the scale on which calibrated attention reads DI* (attention.py).
+        for i, (_, h, w) in enumerate(self.feature_shapes, start=1):
+            self.register_buffer(f"scale{i}", torch.ones(1, 1, h, w))  # S_i: (1, 1, h_i, w_i)
+
+    @property
+    def scales(self) -> list[torch.Tensor]:
+        """[S_1, S_2, S_3]: reference channel-mean DI of normal images per position, (1, 1, h_i, w_i)."""
+        return [getattr(self, f"scale{i}") for i in range(1, len(self.feature_shapes) + 1)]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
-        """Checkpoints written before ``di_scale`` existed: recompute it from the loaded bank."""
-        key = prefix + "di_scale"
-        missing = key not in state_dict
+        """Checkpoints written before the reference scales existed: recompute them from the loaded bank."""
+        keys = [f"{prefix}scale{i}" for i in range(1, len(self.feature_shapes) + 1)]
+        missing = not any(k in state_dict for k in keys)
         if missing:
-            state_dict[key] = self.di_scale.clone()
+            state_dict.update({k: s.clone() for k, s in zip(keys, self.scales)})
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if missing and self.ready:
-            self.di_scale.copy_(self.reference_differences())
+            for s, ref in zip(self.scales, self.reference_differences()):
+                s.copy_(ref)
 
     def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
         """Keep the bank contiguous under ``.to(memory_format=torch.channels_last)`` (the DI* search
@@ -107,25 +115,38 @@ class MemoryBank(nn.Module):
         for buf, f in zip(self.levels, features):
             buf.copy_(f.detach().to(device=buf.device, dtype=buf.dtype))
         self.memory_ready.fill_(True)
-        self.di_scale.copy_(self.reference_differences())
+        for s, ref in zip(self.scales, self.reference_differences()):
+            s.copy_(ref)
 
     @torch.no_grad()
-    def reference_differences(self) -> torch.Tensor:
-        """How far normal images lie from their nearest memory sample, per level: (3,).
+    def reference_differences(self) -> list[torch.Tensor]:
+        """How far normal images lie from their closest memory sample, per level and position.
 
-        Each memory sample is compared with its nearest *other* memory sample (eq. 3-4, leaving
-        itself out); the result is the mean over samples and positions of the channel-mean DI*.
-        With a single memory sample, its mean absolute deviation from its own spatial mean is used.
+        Each memory sample is compared with the *other* memory samples exactly as an input is
+        (eq. 3-4, leaving itself out); S_i is the channel mean of that DI*, averaged over the
+        samples, smoothed over 3x3 positions and floored at a tenth of its spatial mean. Where
+        normal images vary a lot (a part whose pose or reflection changes), S_i is large; where they
+        agree (a plain background), it is small. With a single memory sample, the sample's deviation
+        from its own spatial mean is used.
+
+        Returns:
+            [S_1 (1, 1, h_1, w_1), S_2, S_3].
         """
         levels = [lvl.float() for lvl in self.levels]
         n = self.memory_size
         if n == 1:
-            return torch.stack([(m - m.mean(dim=(2, 3), keepdim=True)).abs().mean() for m in levels]).clamp_min(1e-12)
-        d = self.distances(levels)  # (N, N)
-        d.fill_diagonal_(float("inf"))
-        nearest = d.argmin(dim=1)  # (N,)
-        scales = [difference(m.index_select(0, nearest), m, self.distance).mean() for m in levels]
-        return torch.stack(scales).clamp_min(1e-12)
+            di = [(m - m.mean(dim=(2, 3), keepdim=True)).abs() for m in levels]
+        else:
+            d = self.distances(levels)  # (N, N)
+            d.fill_diagonal_(float("inf"))
+            nearest = d.argmin(dim=1)  # (N,)
+            di = [difference(m.index_select(0, nearest), m, self.distance) for m in levels]
+        out = []
+        for x in di:
+            s = x.mean(dim=(0, 1), keepdim=True)  # (1, 1, h, w)
+            s = F.avg_pool2d(s, 3, stride=1, padding=1, count_include_pad=False)
+            out.append(torch.maximum(s, 0.1 * s.mean()).clamp_min(1e-12))
+        return out
 
     @torch.no_grad()
     def distances(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -170,4 +191,4 @@ class MemoryBank(nn.Module):
         return di_star, index
 
     def extra_repr(self) -> str:
-        return f"memory_size={self.memory_size}, feature_shapes={self.feature_shapes}, distance={self.distance!r}"
+        return (f"memory_size={self.memory_size}, feature_shapes={self.feature_shapes}, distance={self.distance!r}")

@@ -261,7 +261,7 @@ class MemSeg(nn.Module):
         if self.memory is not None:
             with torch.no_grad(), no_autocast(x.device.type):
                 di_star, index = self.memory.select([f.float() for f in ii])  # eq. (3)-(4)
-                scales = self.memory.di_scale if self.config.attention == "calibrated" else None
+                scales = self.memory.scales if self.config.attention == "calibrated" else None
                 maps = spatial_attention_maps(di_star, scales)  # eq. (5)-(7): [M1, M2, M3]
             ci = [torch.cat([f, d.to(f.dtype)], dim=1) for f, d in zip(ii, di_star)]  # CI_n: (B, 2C_n, h, w)
         else:
