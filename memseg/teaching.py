@@ -1267,14 +1267,23 @@ def thumbnail_grid(emb: EmbeddingSet, per_group: int = 8, title: str = "What the
 # --------------------------------------------------------------------------------------------
 
 
-def attention_maps(model, image: torch.Tensor) -> dict[str, np.ndarray]:
+def attention_maps(model, image: torch.Tensor, attention: str | None = None) -> dict[str, np.ndarray]:
     """Channel means of DI*_1..3, M3, M2, M1 and the prediction for one image (3, H, W) in [0, 1].
 
     Keys: ``DI1, DI2, DI3`` (h_n, w_n), ``M1, M2, M3`` (h_n, w_n), ``prediction`` (H, W) in [0, 1],
-    ``memory_index`` (int), ``attention`` (the model's mode, "calibrated" or "literal") and ``scales``
-    (the spatial means of the memory's reference differences S_1..S_3 that calibrated attention reads DI* on).
+    ``memory_index`` (int), ``attention`` ("calibrated" or "literal") and ``scales`` (the spatial means of
+    the memory's reference differences S_1..S_3 that calibrated attention reads DI* on).
+
+    ``attention`` recomputes M1..M3 from the same DI* in the other form (the prediction stays the
+    model's own), e.g. to see what the literal eq. (5)-(7) would give for this model.
     """
+    from memseg.models.attention import spatial_attention_maps
+
     inter = forward_intermediates(model, image[None] if image.dim() == 3 else image)
+    mode = attention or getattr(model.config, "attention", "literal")
+    if mode != getattr(model.config, "attention", "literal"):
+        maps = spatial_attention_maps(inter["DI_star"], model.memory.scales if mode == "calibrated" else None)
+        inter.update(zip(("M1", "M2", "M3"), maps))
     out = {}
     for j, d in enumerate(inter["DI_star"]):
         out[f"DI{j + 1}"] = channel_mean(d)[0].cpu().numpy()
@@ -1283,7 +1292,7 @@ def attention_maps(model, image: torch.Tensor) -> dict[str, np.ndarray]:
         out[k] = (m[0, 0] if m.dim() == 4 else m[0]).float().cpu().numpy()
     out["prediction"] = torch.softmax(inter["logits"].float(), dim=1)[0, 1].cpu().numpy()
     out["memory_index"] = int(torch.as_tensor(inter["memory_index"]).flatten()[0])
-    out["attention"] = getattr(model.config, "attention", "literal")
+    out["attention"] = mode
     out["scales"] = [float(s.mean()) for s in model.memory.scales]
     return out
 

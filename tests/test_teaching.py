@@ -424,3 +424,18 @@ def test_simulator_without_dtd_is_structure_only_and_says_so(fake_dataset, tmp_p
     assert "NOT FOUND" in teaching.describe_texture_source(s)
     res = sim.simulate(_disc_batch(2), generator=torch.Generator().manual_seed(0))
     assert res.source == ["structure", "structure"]
+
+
+def test_attention_maps_in_both_forms_and_their_contrast(tiny_memseg, synthetic_root):
+    image = torch.rand(3, 64, 64)
+    cal, lit = teaching.attention_maps(tiny_memseg, image), teaching.attention_maps(tiny_memseg, image, attention="literal")
+    assert lit["attention"] == "literal" and np.array_equal(cal["DI1"], lit["DI1"])
+    assert np.allclose(lit["M3"], lit["DI3"], atol=1e-6)  # literal eq. (5)
+    assert np.median(lit["M1"]) < 0.1 * np.median(cal["M1"])  # random features: the literal products vanish
+    from memseg.data import load_split
+
+    test = load_split(synthetic_root, "washer", split="test", size=(64, 64))
+    anomalous = [i for i, y in enumerate(test.labels) if y == 1]
+    rows = teaching.attention_contrast(tiny_memseg, test, anomalous)
+    assert rows and all(r["M1 elsewhere"] > 0 and np.isfinite(r["M1 ratio"]) for r in rows)
+    assert {"image", "DI1 ratio", "M1 ratio"} <= set(rows[0])

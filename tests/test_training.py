@@ -295,10 +295,9 @@ def test_short_memseg_training_beats_chance_on_real_test_defects(tmp_path):
     _no_probability_ceiling(result.checkpoint, root, "weave")
 
 
-def _stored_threshold_separates_the_validation_split(cfg: TrainConfig, result) -> None:
-    """The threshold stored by training, applied through Predictor, means what it says: the validation
-    split scores the same through Predictor as during training, and the threshold flags some of its
-    simulated anomalies and passes some of its normal images."""
+def _validation_split_through_predictor(cfg: TrainConfig, result):
+    """Rebuild the validation split a run picked its threshold on and score it through Predictor:
+    the scores must equal the ones training stored (same precision, same score definition)."""
     from memseg.data import load_split
     from memseg.inference import Predictor
     from memseg.simulation import AnomalySimulator, SimulationConfig
@@ -315,6 +314,20 @@ def _stored_threshold_separates_the_validation_split(cfg: TrainConfig, result) -
         scores += [*predictor.predict_batch(clean)[0], *predictor.predict_batch(simulated)[0]]
     scores, labels = np.asarray(scores), np.asarray(result.validation["labels"])
     np.testing.assert_allclose(scores, result.validation["scores"], atol=1e-5)
+    return predictor, scores, labels
+
+
+def test_predictor_scores_the_validation_split_exactly_as_training_did(tiny_setup):
+    cfg = _cfg(tiny_setup, "run")
+    result = train(cfg, progress=False)
+    assert result.validation["n_normal"] > 0 and len(result.validation["scores"]) == len(result.validation["labels"])
+    _validation_split_through_predictor(cfg, result)
+
+
+def _stored_threshold_separates_the_validation_split(cfg: TrainConfig, result) -> None:
+    """The threshold stored by training, applied through Predictor, means what it says: it flags some
+    of the validation split's simulated anomalies and passes some of its normal images."""
+    predictor, scores, labels = _validation_split_through_predictor(cfg, result)
     flagged = scores >= predictor.threshold
     recall, specificity = flagged[labels == 1].mean(), (~flagged[labels == 0]).mean()
     print(f"validation split through Predictor: recall {recall:.2f}, specificity {specificity:.2f}")
