@@ -720,7 +720,9 @@ class DashboardApp:
         self.score_html.value = (f"image score <b class='memseg-score-value' data-score='{r.score!r}'>{r.score:.3f}</b> "
                                  f"(threshold {thr:.2f})")
         self.verdict_html.value = f"<span class='memseg-badge {self.verdict}'>{self.verdict.upper()}</span>"
-        self.time_html.value = f"inference <b class='memseg-time-value'>{r.time_ms:.0f}</b> ms"
+        weights = getattr(self.predictor, "weights_source", None) or "unknown"
+        self.time_html.value = (f"inference <b class='memseg-time-value'>{r.time_ms:.0f}</b> ms &middot; encoder weights "
+                                f"<span class='memseg-weights'>{html.escape(str(weights))}</span>")
         self.caption_html.value = f"<div class='memseg-note'>{html.escape(r.caption)}</div>"
 
 

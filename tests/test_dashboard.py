@@ -79,6 +79,7 @@ def test_app_builds_on_the_checkpoint_and_shows_panels(app: DashboardApp, tiny_d
         assert img.value[:8] == b"\x89PNG\r\n\x1a\n", key
     assert app.verdict in ("normal", "anomalous")
     assert "inference" in app.time_html.value and "ms" in app.time_html.value
+    assert "encoder weights" in app.time_html.value and app.predictor.weights_source in app.time_html.value
 
 
 def test_selecting_another_image_changes_the_panels(app: DashboardApp) -> None:
