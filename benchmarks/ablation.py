@@ -148,7 +148,56 @@ def table(rows: list[dict], category: str, order: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_page(rows: list[dict], out: Path, command: str, order: list[str]) -> Path:
+def attention_figure(runs: Path, out: Path, variants: tuple[str, ...] = ("full", "literal eq. (5)-(7)"), seed: int = 0) -> Path | None:
+    """One anomalous test image per category: input, ground truth, then M1 and the anomaly map of each variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from memseg.checkpoint import load_checkpoint
+    from memseg.data import load_split
+    from memseg.utils import normalize
+
+    cats = sorted(p.name for p in runs.iterdir() if (p / slug(variants[0]) / f"seed{seed}" / "result.json").is_file())
+    if not cats:
+        return None
+    fig, axes = plt.subplots(len(cats), 2 + 2 * len(variants), figsize=(3.0 * (2 + 2 * len(variants)), 3.2 * len(cats)),
+                             squeeze=False, layout="constrained")
+    for row, cat in zip(axes, cats):
+        for ax in row:
+            ax.axis("off")
+        item = None
+        for j, v in enumerate(variants):
+            ckpt = runs / cat / slug(v) / f"seed{seed}" / "checkpoints" / "last.pt"
+            if not ckpt.is_file():
+                continue
+            model, info = load_checkpoint(ckpt, device="cpu")
+            if item is None:
+                cfg = info["config"]
+                test = load_split(cfg["data"], cat, split="test", size=model.config.input_size)
+                masks = [float(test[i]["mask"].float().mean()) if test.labels[i] else 0.0 for i in range(len(test))]
+                item = test[int(np.argsort(masks)[len(masks) // 2 + len(masks) // 4])]  # a mid-to-large defect
+                row[0].imshow(item["image"].permute(1, 2, 0).numpy())
+                row[0].set_title(f"{cat}: {item['defect']}")
+                row[1].imshow(item["mask"].reshape(item["mask"].shape[-2:]).numpy(), cmap="gray", vmin=0, vmax=1)
+                row[1].set_title("ground truth")
+            with torch.no_grad():
+                o = model(normalize(item["image"][None]), return_intermediates=True)
+            m1 = o["M1"][0, 0].numpy()
+            p = torch.softmax(o["logits"], 1)[0, 1].numpy()
+            row[2 + 2 * j].imshow(m1, cmap="magma")
+            row[2 + 2 * j].set_title(f"{v}: M1 [{m1.min():.2g}, {m1.max():.2g}]", fontsize=9)
+            row[3 + 2 * j].imshow(p, cmap="jet", vmin=0, vmax=1)
+            row[3 + 2 * j].set_title(f"{v}: anomaly map", fontsize=9)
+    path = out / "attention.png"
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+    return path
+
+
+def write_page(rows: list[dict], out: Path, command: str, order: list[str], notes: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     cats = sorted({r["category"] for r in rows})
@@ -172,6 +221,8 @@ def write_page(rows: list[dict], out: Path, command: str, order: list[str]) -> P
     ]
     for c in cats:
         parts += ["", f"## {c}", "", table(rows, c, order)]
+    if notes:
+        parts += ["", notes.strip()]
     page = out / "README.md"
     page.write_text("\n".join(parts) + "\n")
     return page
@@ -179,8 +230,8 @@ def write_page(rows: list[dict], out: Path, command: str, order: list[str]) -> P
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--category", required=True)
+    p.add_argument("--data", help="dataset root (MVTec AD layout)")
+    p.add_argument("--category")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -193,12 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before", default=None, metavar="LABEL",
                    help="run the default model of whatever memseg is importable under this label (an older checkout)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--page-only", action="store_true", help="train nothing: write the page from the finished runs")
+    p.add_argument("--notes", default=None, help="a markdown file appended to the page (the reading of the table)")
     args = p.parse_args(argv)
+    if not args.page_only and not (args.data and args.category):
+        p.error("--data and --category are required (unless --page-only)")
 
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         p.error(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
-    jobs = [(args.before, {})] if args.before else [(v, VARIANTS[v]) for v in args.variants]
+    jobs = [] if args.page_only else [(args.before, {})] if args.before else [(v, VARIANTS[v]) for v in args.variants]
     for label, options in jobs:
         for seed in args.seeds:
             r = run_one(args, label, options, seed, label)
@@ -209,7 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         rows = collect(Path(args.runs))
         command = " ".join(["python", "benchmarks/ablation.py", *(argv if argv is not None else sys.argv[1:])])
         order = [*(r["variant"] for r in rows if r["variant"] not in VARIANTS), *VARIANTS]
-        print(write_page(rows, Path(args.out), command, list(dict.fromkeys(order))))
+        notes = Path(args.notes).read_text() if args.notes else ""
+        page = write_page(rows, Path(args.out), command, list(dict.fromkeys(order)), notes)
+        figure = attention_figure(Path(args.runs), Path(args.out))
+        if figure is not None:
+            page.write_text(page.read_text() + f"\n![M1 and anomaly maps, seed 0]({figure.name})\n")
+        print(page)
     return 0
 
 

@@ -128,3 +128,23 @@ def test_weights_that_do_not_fit_the_stored_config(tmp_path, tiny_model):
     torch.save(ck, p)
     with pytest.raises(ValueError, match="stored weights do not fit"):
         load_checkpoint(p, device="cpu")
+
+
+def test_checkpoint_from_before_the_head_and_attention_options_loads_as_the_paper_model(tmp_path):
+    """A checkpoint written before `head`, `attention` and the reference scales existed holds the paper's
+    head and literal attention: it loads as such, and its memory's scales are rebuilt from the bank."""
+    torch.manual_seed(0)
+    old = build_model("memseg", {"input_size": (64, 64), "memory_size": 2, "weights": "random",
+                                 "head": "paper", "attention": "literal"})
+    old.prepare(normalize(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))))
+    path = save_checkpoint(tmp_path / "old.pt", old.eval())
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("head", "attention"):
+        raw["model_config"].pop(key)
+    raw["model_state"] = {k: v for k, v in raw["model_state"].items() if ".scale" not in k}
+    torch.save(raw, path)
+    model, _ = load_checkpoint(path, device="cpu")
+    assert model.config.head == "paper" and model.config.attention == "literal"
+    x = normalize(torch.rand(1, 3, 64, 64))
+    assert torch.equal(model.anomaly_map(x), old.anomaly_map(x))
+    assert all(torch.allclose(a, b) for a, b in zip(model.memory.scales, old.memory.scales))
