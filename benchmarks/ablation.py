@@ -125,31 +125,56 @@ def _pct(mean: float, std: float) -> str:
     return f"{100 * mean:.1f}" if np.isnan(std) else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
+def head_votes(checkpoint: Path) -> dict:
+    """The decoder head's last conv: how many input channels vote 'anomalous' (weight sum of class 1 minus
+    class 0 > 0) and p = softmax(bias)[1]. With no channel voting 'anomalous' behind a ReLU, that p is a hard
+    ceiling: the most any pixel can reach."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model_state"]
+    w, b = state["decoder.head.1.weight"], state["decoder.head.1.bias"]
+    votes = (w[1] - w[0]).sum(dim=(1, 2))
+    return {"anomalous_channels": int((votes > 0).sum()), "head_channels": int(votes.numel()),
+            "bias_p": float(torch.sigmoid(b[1] - b[0]))}
+
+
 def collect(runs: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(runs.glob("*/*/seed*/result.json"))]
+    rows = []
+    for p in sorted(runs.glob("*/*/seed*/result.json")):
+        row = json.loads(p.read_text())
+        ckpt = p.parent / "checkpoints" / "last.pt"
+        if "bias_p" not in row and ckpt.is_file():
+            row.update(head_votes(ckpt))
+        rows.append(row)
+    return rows
 
 
 def table(rows: list[dict], category: str, order: list[str]) -> str:
     from memseg.analysis import summarise_runs
 
-    keys = [*METRICS, "ceiling_share", "max_p", "tied_images", "M1_median", "M1_p99"]
+    keys = [*METRICS, "ceiling_share", "max_p", "bias_p", "anomalous_channels", "tied_images", "M1_median", "M1_p99"]
     summary = {s["variant"]: s for s in summarise_runs([r for r in rows if r["category"] == category], keys)}
     lines = [
         "| variant | seeds | image AUROC | pixel AUROC | AUPRO@0.3 | anomalous px at the max (%) | largest p | "
-        "tied anomalous images (%) | M1 median | M1 p99 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "softmax(head bias) | head channels voting 'anomalous' | tied anomalous images (%) | M1 median | M1 p99 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for v in [v for v in order if v in summary] + sorted(set(summary) - set(order)):
         s = summary[v]
         m1 = "– | –" if np.isnan(s["M1_median"]) else f"{s['M1_median']:.2g} | {s['M1_p99']:.2g}"
         lines.append(f"| {v} | {s['n']} | " + " | ".join(_pct(s[k], s[f'{k}_std']) for k in METRICS)
-                     + f" | {_pct(s['ceiling_share'], s['ceiling_share_std'])} | {s['max_p']:.3f}"
+                     + f" | {100 * s['ceiling_share']:.2f} | {s['max_p']:.3f} | {s['bias_p']:.3f}"
+                     + f" | {s['anomalous_channels']:.1f} / 16"
                      + f" | {_pct(s['tied_images'], s['tied_images_std'])} | {m1} |")
     return "\n".join(lines)
 
 
-def attention_figure(runs: Path, out: Path, variants: tuple[str, ...] = ("full", "literal eq. (5)-(7)"), seed: int = 0) -> Path | None:
-    """One anomalous test image per category: input, ground truth, then M1 and the anomaly map of each variant."""
+def attention_figure(runs: Path, out: Path, categories: list[str] | None = None,
+                     variants: tuple[str, ...] = ("full", "literal eq. (5)-(7)"), seed: int = 0) -> Path | None:
+    """One anomalous test image per category: input, ground truth, then M1 and the anomaly map of each variant.
+
+    ``categories`` limits the figure (it shows test images: leave out data whose licence differs from the project's).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,7 +185,8 @@ def attention_figure(runs: Path, out: Path, variants: tuple[str, ...] = ("full",
     from memseg.data import load_split
     from memseg.utils import normalize
 
-    cats = sorted(p.name for p in runs.iterdir() if (p / slug(variants[0]) / f"seed{seed}" / "result.json").is_file())
+    cats = sorted(p.name for p in runs.iterdir() if (p / slug(variants[0]) / f"seed{seed}" / "result.json").is_file()
+                  and (categories is None or p.name in categories))
     if not cats:
         return None
     fig, axes = plt.subplots(len(cats), 2 + 2 * len(variants), figsize=(3.0 * (2 + 2 * len(variants)), 3.2 * len(cats)),
@@ -207,15 +233,17 @@ def write_page(rows: list[dict], out: Path, command: str, order: list[str], note
         "",
         f"{r0['steps']} steps, batch 4 normal + 4 simulated, {r0['size']}×{r0['size']}, encoder weights "
         f"`{r0['weights_source']}` (no ImageNet weights can be downloaded on the development machine: every row is "
-        "ImageNet-free), final checkpoint, test split never used for a choice. Numbers are mean ± std over the seeds "
-        "(in %). Written by `benchmarks/ablation.py`:",
+        "ImageNet-free), final checkpoint of every run (no checkpoint or setting picked on a test split per run). "
+        "Numbers are mean ± std over the seeds (in %). Written by `benchmarks/ablation.py`:",
         "",
         f"    {command}",
         "",
         f"Machine: {platform.machine()}, {platform.system()}, Python {platform.python_version()}.",
         "",
         "Columns beyond the three metrics: *anomalous px at the max*: share of anomalous ground-truth pixels whose "
-        "probability equals the largest value of all test maps (a learned hard ceiling makes it large); "
+        "probability equals the largest value of all test maps; *largest p*: that value; *softmax(head bias)* and "
+        "*head channels voting 'anomalous'*: the last conv of the decoder head — when no channel votes 'anomalous' "
+        "behind a ReLU (the paper's head), softmax(bias)[1] is a hard ceiling that no pixel can pass; "
         "*tied anomalous images*: share of anomalous images whose score ties with another's; *M1*: the finest "
         "spatial attention map on test images (literal eq. (5)–(7) gives ~0, which multiplies the MSFF outputs away).",
     ]
@@ -246,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--page-only", action="store_true", help="train nothing: write the page from the finished runs")
     p.add_argument("--notes", default=None, help="a markdown file appended to the page (the reading of the table)")
+    p.add_argument("--figure-categories", nargs="+", default=None,
+                   help="categories shown in attention.png (default all; it shows test images, so leave out data "
+                        "whose licence differs from the project's)")
     args = p.parse_args(argv)
     if not args.page_only and not (args.data and args.category):
         p.error("--data and --category are required (unless --page-only)")
@@ -266,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         order = [*(r["variant"] for r in rows if r["variant"] not in VARIANTS), *VARIANTS]
         notes = Path(args.notes).read_text() if args.notes else ""
         page = write_page(rows, Path(args.out), command, list(dict.fromkeys(order)), notes)
-        figure = attention_figure(Path(args.runs), Path(args.out))
+        figure = attention_figure(Path(args.runs), Path(args.out), args.figure_categories)
         if figure is not None:
             page.write_text(page.read_text() + f"\n![M1 and anomaly maps, seed 0]({figure.name})\n")
         print(page)
