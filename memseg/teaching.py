@@ -1079,6 +1079,8 @@ def measured_ablations(results: str | Path | None = None, repo: Path | None = No
         raise FileNotFoundError(f"no ablation results at {path}; write them with benchmarks/ablation.py --out {path.parent}")
     rows = json.loads(path.read_text())
     keys = ("image_auroc", "pixel_auroc", "aupro")
+    first = ["full", "literal eq. (5)-(7)", "attention off", "memory off"]
+    rows.sort(key=lambda r: (r["category"], first.index(r["variant"]) if r["variant"] in first else len(first), r["variant"]))
     table = []
     for s in summarise_runs(rows, keys):
         row = {"category": s["category"], "variant": s["variant"], "seeds": s["n"]}
@@ -1340,8 +1342,8 @@ def plot_spatial_attention(image, mask, maps: dict, title: str | None = None, fi
         d, m = maps[f"DI{n}"], maps[f"M{n}"]
         _imshow(axes[0, c + 1], d, rf"channel mean of $DI^*_{n}$ ({d.shape[0]}×{d.shape[1]})", cmap="magma")
         eq = {3: "(5)", 2: r"(6): $\cdot M_3^U$", 1: r"(7): $\cdot M_2^U$"}[n]
-        how = f", on $S_{n}$ (mean {maps['scales'][n - 1]:.2g})" if maps.get("attention") == "calibrated" else ""
-        _imshow(axes[1, c + 1], m, f"$M_{n}$  eq. {eq}{how}  [{m.min():.2g}, {m.max():.2g}]", cmap="magma")
+        how = f"on $S_{n}$ (mean {maps['scales'][n - 1]:.2g}), " if maps.get("attention") == "calibrated" else ""
+        _imshow(axes[1, c + 1], m, f"$M_{n}$  eq. {eq}\n{how}range [{m.min():.2g}, {m.max():.2g}]", cmap="magma")
     _imshow(axes[0, 4], maps["prediction"], "final prediction", cmap="jet", vmin=0, vmax=1)
     from memseg import viz
 

@@ -5,7 +5,7 @@
 so the synthetic dataset is generated on the fly and notebooks 02-05 share one small trained model.
 Every notebook ends with a cell that asserts something real (non-empty simulated masks, a stage
 table that covers the network, pixel AUROC above chance, one t-SNE point per image, M1's shape);
-any failing cell fails the test. Per-cell timeout: ``$MEMSEG_NB_TIMEOUT`` seconds (default 1800).
+any failing cell fails the test. Per-cell timeout: ``$MEMSEG_NB_TIMEOUT`` seconds (default 900, one retry in a fresh kernel on a timeout; see notebook_runner).
 
 Options: ``MEMSEG_NB_DATA`` / ``MEMSEG_NB_RUNS`` keep the data / model cache in a persistent folder
 (default: a fresh temporary one), ``MEMSEG_NB_CATEGORY`` (default washer), ``MEMSEG_STEPS`` (training
