@@ -53,7 +53,8 @@ def pyproject_requirements() -> dict[str, str | None]:
     return out
 
 
-_CONDA_SPEC = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:>=\s*([0-9][0-9A-Za-z.]*))?\s*$")
+# name, an optional lower bound and an optional upper bound (e.g. ipykernel>=6.25,<7)
+_CONDA_SPEC = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:>=\s*([0-9][0-9A-Za-z.]*))?\s*(?:,\s*<\s*[0-9][0-9A-Za-z.]*)?\s*$")
 
 
 def environment() -> dict:
@@ -70,7 +71,7 @@ def environment_requirements() -> tuple[dict[str, str | None], list[str], str | 
             pip_entries += dep.get("pip", [])
             continue
         m = _CONDA_SPEC.match(str(dep))
-        assert m, f"environment.yml: cannot parse {dep!r}; expected 'name' or 'name>=version'"
+        assert m, f"environment.yml: cannot parse {dep!r}; expected 'name', 'name>=version' or 'name>=version,<version'"
         name, bound = m.group(1), m.group(2)
         if name == "python":
             python_bound = bound
