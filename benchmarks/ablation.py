@@ -61,7 +61,7 @@ def ceiling_figures(maps: np.ndarray, masks: np.ndarray, scores: np.ndarray, lab
     return {"max_p": top, "ceiling_share": at_top / max(n_px, 1), "tied_images": tied / max(len(s), 1)}
 
 
-def attention_stats(model, dataset, device) -> dict:
+def attention_stats(model, dataset) -> dict:
     """Median and 99th percentile of M1 over (up to 32) test images; None without memory."""
     import torch
 
@@ -70,13 +70,13 @@ def attention_stats(model, dataset, device) -> dict:
     if getattr(model, "memory", None) is None:
         return {"M1_median": None, "M1_p99": None}
     n = min(len(dataset), 32)
-    x = torch.stack([dataset[i]["image"] for i in range(n)]).to(device)
+    x = torch.stack([dataset[i]["image"] for i in range(n)]).to(next(model.parameters()).device)
     with torch.no_grad():
         m1 = model(normalize(x), return_intermediates=True)["M1"].float().flatten().cpu().numpy()
     return {"M1_median": float(np.median(m1)), "M1_p99": float(np.quantile(m1, 0.99))}
 
 
-def run_one(args, variant: str, options: dict, seed: int, label: str) -> dict:
+def run_one(args, label: str, options: dict, seed: int) -> dict:
     from memseg.data import load_split
     from memseg.evaluation import collect_predictions
     from memseg.metrics import compute_metrics
@@ -106,17 +106,13 @@ def run_one(args, variant: str, options: dict, seed: int, label: str) -> dict:
         "size": args.size, "weights_source": info.get("weights_source"),
         **{k: float(m[k]) for k in METRICS},
         **ceiling_figures(preds.maps, preds.masks, preds.scores, preds.labels),
-        **attention_stats(model, dataset, model_device(model)),
+        **attention_stats(model, dataset),
         "validation_image_auroc": (result.validation or {}).get("image_auroc"),
         "train_seconds": round(train_s, 1),
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(row, indent=2))
     return row
-
-
-def model_device(model):
-    return next(model.parameters()).device
 
 
 def _pct(mean: float, std: float) -> str:
@@ -287,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [] if args.page_only else [(args.before, {})] if args.before else [(v, VARIANTS[v]) for v in args.variants]
     for label, options in jobs:
         for seed in args.seeds:
-            r = run_one(args, label, options, seed, label)
+            r = run_one(args, label, options, seed)
             print(f"{args.category} | {label} | seed {seed}: image {r['image_auroc']:.3f} pixel {r['pixel_auroc']:.3f} "
                   f"AUPRO {r['aupro']:.3f} | max p {r['max_p']:.3f}, at max {100 * r['ceiling_share']:.1f} % | "
                   f"M1 median {r['M1_median']} | {r['train_seconds']:.0f} s", flush=True)

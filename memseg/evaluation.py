@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from memseg.utils import normalize, select_device
+from memseg.utils import no_autocast, normalize, select_device
 
 METRICS_JSON = "metrics.json"
 METRICS_MD = "metrics.md"
@@ -73,7 +73,7 @@ def score_images(model: nn.Module, images: torch.Tensor, top_k: int = 100) -> tu
     threshold picked on the validation split must mean the same thing when ``evaluate`` and
     ``predict`` apply it (a threshold picked under bf16 can lie above every fp32 score).
     """
-    with torch.autocast(device_type=images.device.type, enabled=False):
+    with no_autocast(images.device.type):
         maps = model.anomaly_map(normalize(images.float())).float().clamp_(0.0, 1.0)
     return maps, score_maps(model, maps, top_k)
 

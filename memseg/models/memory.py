@@ -191,4 +191,4 @@ class MemoryBank(nn.Module):
         return di_star, index
 
     def extra_repr(self) -> str:
-        return (f"memory_size={self.memory_size}, feature_shapes={self.feature_shapes}, distance={self.distance!r}")
+        return f"memory_size={self.memory_size}, feature_shapes={self.feature_shapes}, distance={self.distance!r}"
