@@ -39,8 +39,9 @@ browser-deps:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
 	else echo "browser tests need Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver"; fi
 
+# -v names each test as it starts (a stall shows which one); --durations lists the slowest at the end.
 test: setup browser-deps
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -v --durations=25 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest tests -m "not slow and not browser and not notebook" $(PYTEST_ARGS)

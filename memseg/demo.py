@@ -29,6 +29,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from memseg.paths import dtd_root, project_root
+
 __all__ = [
     "DemoSettings",
     "project_root",
@@ -82,21 +84,6 @@ class DemoSettings:
         """Plain dict (paths as strings) for printing and logs."""
         d = dataclasses.asdict(self)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
-
-
-def project_root() -> Path:
-    """The project folder (holding `configs/`, `notebooks/`, `runs/`).
-
-    Env `MEMSEG_ROOT` wins; else the checkout this package lives in (editable install); else the
-    current directory.
-    """
-    env = os.environ.get("MEMSEG_ROOT")
-    if env:
-        return Path(env).expanduser().resolve()
-    here = Path(__file__).resolve().parent.parent
-    if (here / "pyproject.toml").is_file() and (here / "memseg").is_dir():
-        return here
-    return Path.cwd().resolve()
 
 
 def _as_path(value: Any, root: Path) -> Path | None:
@@ -180,10 +167,7 @@ def load_settings(
     if not settings.runs.is_absolute():
         settings.runs = root / settings.runs
     if settings.dtd is None:
-        for candidate in (root / "data" / "dtd", root.parent / "shared" / "data" / "dtd"):
-            if (candidate / "images").is_dir():
-                settings.dtd = candidate
-                break
+        settings.dtd = dtd_root(None, root=root)  # the project defaults (data/dtd, ../shared/data/dtd)
     return settings
 
 

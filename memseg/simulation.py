@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -63,6 +64,8 @@ __all__ = [
 
 SOURCES = ("texture", "structure")
 _TEXTURE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+# Start of the warning when no DTD root is given (callers that already said so in their own words filter it).
+NO_DTD_WARNING = "no DTD root given (dtd_root=None)"
 
 
 @dataclass
@@ -515,7 +518,7 @@ class AnomalySimulator:
     def _discover(self) -> list[Path]:
         if self.dtd_root is None:
             warnings.warn(
-                "no DTD root given (dtd_root=None): texture anomalies are disabled, simulating structural "
+                NO_DTD_WARNING + ": texture anomalies are disabled, simulating structural "
                 "anomalies only. Pass dtd_root=<folder with images/<category>/*.jpg> or set texture_prob=0.",
                 stacklevel=3,
             )
@@ -848,13 +851,10 @@ def _shares_storage(a: torch.Tensor, b: Any) -> bool:
 
 
 def default_dtd_root(explicit: str | Path | None = None) -> Path | None:
-    """--dtd, else $MEMSEG_DTD, else <cwd>/../shared/data/dtd when it exists, else None."""
-    if explicit:
-        return Path(explicit)
-    if os.environ.get("MEMSEG_DTD"):
-        return Path(os.environ["MEMSEG_DTD"])
-    guess = Path.cwd().parent / "shared" / "data" / "dtd"
-    return guess if guess.is_dir() else None
+    """The DTD root a run uses: ``--dtd`` > ``$MEMSEG_DTD`` > the project defaults (see :func:`memseg.paths.locate_dtd`)."""
+    from memseg.paths import dtd_root
+
+    return dtd_root(explicit)
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
@@ -868,6 +868,7 @@ def cli_simulate(args: Any) -> int:
     or with --no-save writes nothing and prints `throughput: X samples/s` as the last line.
     """
     from memseg.data.datasets import load_split  # data room; imported lazily
+    from memseg.paths import locate_dtd
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
@@ -887,8 +888,12 @@ def cli_simulate(args: Any) -> int:
     if pool.shape[0] == 0:
         raise ValueError(f"no training images for category {args.category!r} under {args.data}")
     pool = pool.to(device)
-    sim = AnomalySimulator.for_category(args.category, dtd_root=default_dtd_root(args.dtd), size=size, device=device)
-    sim.load()
+    textures = locate_dtd(args.dtd)
+    print(textures.describe(), file=sys.stderr)  # which textures this run uses, or how to give some
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape(NO_DTD_WARNING))  # said just above, in CLI terms
+        sim = AnomalySimulator.for_category(args.category, dtd_root=textures.path, size=size, device=device)
+        sim.load()
     gen = torch.Generator().manual_seed(args.seed)
     # one untimed warm-up call (own generator: the results do not depend on it)
     sim.simulate(pool[: min(args.batch_size, pool.shape[0])].float().div_(255), generator=torch.Generator().manual_seed(0))

@@ -115,15 +115,10 @@ class NotebookSettings:
 
 
 def find_dtd(repo: Path | None = None) -> Path | None:
-    """DTD root from ``$MEMSEG_DTD`` or ``<repo>/../shared/data/dtd``; None when absent."""
-    env = os.environ.get(ENV_DTD)
-    if env:
-        p = Path(env).expanduser()
-        if not p.is_dir():
-            raise FileNotFoundError(f"{ENV_DTD}={env} is not a folder; expected the DTD root holding images/<category>/*.jpg")
-        return p
-    p = (repo or repo_root()).parent / "shared" / "data" / "dtd"
-    return p if p.is_dir() else None
+    """DTD root from ``$MEMSEG_DTD`` or the project defaults (see :func:`memseg.paths.locate_dtd`); None when absent."""
+    from memseg.paths import dtd_root
+
+    return dtd_root(None, root=repo or repo_root())
 
 
 def shared_data(name: str, repo: Path | None = None) -> Path | None:

@@ -252,6 +252,16 @@ def test_makefile_has_the_documented_targets():
     assert bench_recipe and "benchmarks/run.py" in bench_recipe.group(1)
 
 
+def test_make_test_names_each_test_and_reports_durations():
+    """A stalled test must be visible in CI's log: names as they start, slowest ones at the end."""
+    text = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^test\s*:.*\n((?:\t.*\n?)+)", text, flags=re.M)
+    assert recipe, "Makefile has no test recipe"
+    pytest_line = next(line for line in recipe.group(1).splitlines() if "pytest" in line)
+    assert re.search(r"\s-v\b|--verbose", pytest_line), pytest_line
+    assert "--durations=" in pytest_line, pytest_line
+
+
 def test_ci_entry_runs_make_test():
     run = ROOT / ".ci" / "run"
     code = [line.split("#")[0].strip() for line in run.read_text().splitlines()]

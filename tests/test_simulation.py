@@ -441,14 +441,18 @@ def _tiny_dataset(root: Path) -> Path:
 
 def test_cli_simulate_writes_refuses_overwrite_and_no_save(tmp_path, capsys, monkeypatch):
     data = _tiny_dataset(tmp_path / "data")
-    monkeypatch.setenv("MEMSEG_DTD", str(tmp_path / "missing_dtd"))
+    monkeypatch.delenv("MEMSEG_DTD", raising=False)
+    monkeypatch.setenv("MEMSEG_ROOT", str(tmp_path / "project"))  # no project default DTD either
     out = tmp_path / "out"
     args = ["simulate", "--data", str(data), "--category", "tiny", "--size", "32", "--n", "5", "--batch-size", "2", "--device", "cpu"]
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         assert cli_main([*args, "--out", str(out), "--delta", "0.5"]) == 0
     messages = [str(w.message) for w in record]
-    assert any(str(tmp_path / "missing_dtd") in m for m in messages)  # the DTD fallback is loud
+    err = capsys.readouterr().err
+    # the DTD fallback is loud, in the CLI's words: where it looked and the flag to use
+    assert "textures: no DTD found" in err and str(tmp_path / "project" / "data" / "dtd") in err and "--dtd" in err
+    assert not any("dtd_root=None" in m for m in messages)  # not the API's wording
     assert any("no foreground preset for category 'tiny'" in m for m in messages)
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([f"{i:04d}_{k}.png" for i in range(5) for k in ("image", "mask")] + ["summary.json"])

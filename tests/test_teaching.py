@@ -150,8 +150,9 @@ def test_find_dtd_env_must_exist(monkeypatch, tmp_path):
     monkeypatch.setenv("MEMSEG_DTD", str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="MEMSEG_DTD"):
         teaching.find_dtd(ROOT)
+    (tmp_path / "images" / "banded").mkdir(parents=True)
     monkeypatch.setenv("MEMSEG_DTD", str(tmp_path))
-    assert teaching.find_dtd(ROOT) == tmp_path
+    assert teaching.find_dtd(ROOT) == tmp_path.resolve()
 
 
 def test_tire_or_falls_back_or_switches(monkeypatch):
