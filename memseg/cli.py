@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from memseg.data.io import DECODE_MAX_PIXELS, MAX_IMAGE_PIXELS
+
 # sub-command -> "module:function"; the function takes the parsed argparse.Namespace and
 # returns an exit code. Modules are imported lazily so `memseg --help` stays fast.
 _HANDLERS = {
@@ -21,70 +23,136 @@ _HANDLERS = {
 }
 
 
+_LAYOUT_HELP = "dataset layout: auto picks mvtec when <category>/train/good exists, btad for train/ok, else folder"
+_DTD_HELP = ("DTD root (folder holding images/<category>/*.jpg) for texture anomalies (default: $MEMSEG_DTD, "
+             "else <project>/data/dtd, else <project>/../shared/data/dtd, else structure anomalies only)")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help unless the default is None/False or already stated."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
+                or "default" in text):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _version() -> str:
+    """The installed distribution's version, else the package's ``__version__`` (source checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("memseg")
+    except PackageNotFoundError:
+        from memseg import __version__
+
+        return __version__
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu or cuda")
 
 
+def _add_layout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "btad", "folder"], help=_LAYOUT_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memseg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="memseg", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print the memseg version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="generate the procedural synthetic dataset (MVTec AD layout)")
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
+
+    p = add("synth", "generate the procedural synthetic dataset (MVTec AD layout)")
     p.add_argument("--out", required=True, help="output root; one folder per category is written")
     p.add_argument("--categories", nargs="+", default=None, help="categories to generate (default: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=256, help="image side in pixels")
-    p.add_argument("--n-train", type=int, default=None, help="normal training images per category")
-    p.add_argument("--n-test", type=int, default=None, help="test images per defect type")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same images)")
+    p.add_argument("--size", type=_positive_int, default=256, help="image side in pixels")
+    p.add_argument("--n-train", type=int, default=None, help="normal training images per category (default: 80)")
+    p.add_argument("--n-test", type=int, default=None,
+                   help="test images per defect type and in test/good (default: 8 per defect type, 10 good)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing category folder")
 
-    p = sub.add_parser("simulate", help="simulate anomalies on a dataset's normal images (paper §3.1)")
-    p.add_argument("--data", required=True, help="dataset root")
-    p.add_argument("--category", required=True)
-    p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "btad", "folder"])
-    p.add_argument("--n", type=int, default=16, help="number of simulated samples")
-    p.add_argument("--out", default=None, help="output folder for PNGs and summary.json")
+    p = add("simulate", "simulate anomalies on a dataset's normal images (paper §3.1)")
+    p.add_argument("--data", required=True, help="dataset root (holds one folder per category)")
+    p.add_argument("--category", required=True, help="category folder under --data")
+    _add_layout(p)
+    p.add_argument("--n", type=_positive_int, default=16, help="number of simulated samples")
+    p.add_argument("--out", default=None, help="output folder for PNGs and summary.json (required unless --no-save)")
     p.add_argument("--no-save", action="store_true", help="write nothing; print throughput (samples/s) last")
     p.add_argument("--threshold", type=float, default=None, help="fix the Perlin threshold T (default: 0.5)")
     p.add_argument("--delta", type=float, default=None, help="fix δ (default: δ ~ U[0.15, 1])")
-    p.add_argument("--source", default=None, choices=["texture", "structure"], help="fix the anomaly source")
-    p.add_argument("--dtd", default=None, help="DTD root (folder holding images/<category>/*.jpg)")
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--source", default=None, choices=["texture", "structure"],
+                   help="fix the anomaly source (default: either, per the category's settings)")
+    p.add_argument("--dtd", default=None, help=_DTD_HELP)
+    p.add_argument("--size", type=_positive_int, default=256, help="side in pixels the images are resized to")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images simulated per batch")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same samples)")
     _add_device(p)
 
-    p = sub.add_parser("train", help="train a model on a category")
-    p.add_argument("--data", required=True)
-    p.add_argument("--category", required=True)
-    p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "btad", "folder"])
-    p.add_argument("--model", default="memseg", choices=["memseg", "draem", "mmr"])
-    p.add_argument("--config", default=None, help="YAML file with training/model options")
-    p.add_argument("--out", default=None, help="run folder (checkpoints, logs)")
-    p.add_argument("--steps", type=int, default=None, help="training iterations (paper: 2700)")
+    p = add("train", "train a model on a category")
+    p.add_argument("--data", required=True, help="dataset root (holds one folder per category)")
+    p.add_argument("--category", required=True, help="category folder under --data")
+    _add_layout(p)
+    p.add_argument("--model", default="memseg", choices=["memseg", "draem", "mmr"], help="model to train")
+    p.add_argument("--config", default=None, help="YAML file with training/model options (TrainConfig keys)")
+    p.add_argument("--out", default=None, help="run folder (checkpoints, logs) (default: runs/<category>-<model>)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training iterations (default: the --config file's, else 2700 as in the paper)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start over in a non-empty run folder (removes the previous run's files, naming each)")
     p.add_argument("--weights", default=None, help="encoder weights: auto (default: ImageNet when timm can get them, else random with a banner), "
                    "imagenet, random, or a local resnet18 file")
-    p.add_argument("--dtd", default=None)
-    p.add_argument("--size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--dtd", default=None, help=_DTD_HELP)
+    p.add_argument("--size", type=int, default=None, help="input side in pixels (default: the --config file's, else 256)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the --config file's, else 0)")
     _add_device(p)
 
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint on the test split")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--category", required=True)
-    p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "btad", "folder"])
-    p.add_argument("--out", default=None, help="where to write metrics.json and metrics.md")
-    p.add_argument("--batch-size", type=int, default=8)
+    p = add("evaluate", "evaluate a checkpoint on the test split")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by train: <run>/final.pt (or the resumable <run>/checkpoints/last.pt)")
+    p.add_argument("--data", required=True, help="dataset root (holds one folder per category)")
+    p.add_argument("--category", required=True, help="category folder under --data")
+    _add_layout(p)
+    p.add_argument("--out", default=None, help="where to write metrics.json and metrics.md "
+                   "(default: <run>/eval-<category>, or a fresh eval-<category>-2 ... when taken)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="test images per forward pass")
     _add_device(p)
 
-    p = sub.add_parser("predict", help="score images and write heat-map overlays")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("images", nargs="+")
-    p.add_argument("--out", default="predictions", help="folder for overlay PNGs")
+    p = add("predict", "score images and write heat-map overlays and predictions.csv")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by train: <run>/final.pt (or the resumable <run>/checkpoints/last.pt)")
+    p.add_argument("images", nargs="+", help="image files and/or folders (a folder: the image files directly in it)")
+    p.add_argument("--out", default="predictions", help="folder for predictions.csv and the overlay PNGs, "
+                   "which mirror the inputs' paths relative to their common folder")
+    p.add_argument("--max-pixels", type=_positive_int, default=MAX_IMAGE_PIXELS,
+                   help=f"refuse images with more pixels (width x height); images above {DECODE_MAX_PIXELS:,} px "
+                        "are decoded downscaled and their overlays written at that bounded size")
     _add_device(p)
     return parser
+
+
+def _error_text(err: BaseException) -> str:
+    """One line for an error: an OSError as ``<path>: <reason>``, anything else as its message."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        target = f" -> {err.filename2}" if err.filename2 is not None else ""
+        return f"{err.filename}{target}: {err.strerror}"
+    text = str(err).strip() or type(err).__name__
+    return " ".join(text.split())  # never more than one line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     handler = getattr(importlib.import_module(module_name), func_name)
     try:
         return int(handler(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        # Bad input gets a clear one-line message naming the file, not a traceback.
-        print(f"memseg {args.command}: error: {err}", file=sys.stderr)
+    except (OSError, ValueError, RuntimeError) as err:
+        # Bad input or an unusable path (missing file, a file where a folder should be, no permission,
+        # disk full ...) gets a clear one-line message naming the path, not a traceback.
+        print(f"memseg {args.command}: error: {_error_text(err)}", file=sys.stderr)
         return 2
 
 

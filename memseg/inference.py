@@ -1,13 +1,27 @@
 """Inference: score one image (any size) with a trained checkpoint; CLI `memseg predict`.
 
 The image is resized to the model's input size, ImageNet-normalised, passed through the network;
-the anomaly map is resized back to the ORIGINAL image size. The image score is the mean of the
-top-k pixel scores of the map at model resolution (same as evaluation), and the verdict uses the
-decision threshold picked on the validation split during training (0.5 when there is none).
+the anomaly map is resized back to the ORIGINAL image size (bounded for huge images, see below).
+The image score is the mean of the top-k pixel scores of the map at model resolution (same as
+evaluation), and the verdict uses the decision threshold picked on the validation split during
+training (0.5 when there is none).
+
+Accepted sizes: each side at least :data:`MIN_IMAGE_SIDE` px and an aspect ratio (long side /
+short side) of at most :data:`MAX_ASPECT_RATIO`; anything else raises ``ValueError`` saying so.
+
+Large images: the model only ever sees its input size (128-256 px), so images above
+:data:`memseg.data.io.DECODE_MAX_PIXELS` (4 Mpx) are decoded downscaled (JPEG draft mode, then a
+resize; same aspect ratio) and their anomaly map comes back at that bounded size instead of the
+original one (e.g. 2309 x 1732 for an 8000 x 6000 photo). Memory then stays bounded: through
+``memseg predict`` a 48 Mpx JPEG or PNG peaks about 110 MB above a tiny image (it was 2 GB), a
+100 Mpx RGBA PNG about 700 MB. ``memseg predict`` refuses files above ``--max-pixels`` (default
+:data:`memseg.data.io.MAX_IMAGE_PIXELS`, 100 Mpx).
 """
 
 from __future__ import annotations
 
+import csv
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -20,10 +34,46 @@ import torch.nn.functional as F
 from PIL import Image
 
 from memseg.checkpoint import load_checkpoint
+from memseg.data.io import (
+    DECODE_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    MAX_IMAGE_PIXELS,
+    ImageTooLargeError,
+    bounded_size,
+    is_image_file,
+    load_image,
+    pil_to_rgb_array,
+    shrink_image,
+)
 from memseg.evaluation import score_images
-from memseg.utils import select_device
+from memseg.utils import check_output_dir, select_device
 
 DEFAULT_THRESHOLD = 0.5
+
+MIN_IMAGE_SIDE = 16
+"""Smallest accepted image side in pixels: the model upsamples to its 128-256 px input, and a
+smaller image holds too little detail for a defect map to mean anything."""
+
+MAX_ASPECT_RATIO = 10.0
+"""Largest accepted long side / short side: the model squashes every image to its square input,
+so a 10:1 image already shrinks its long axis ten times more than its short one."""
+
+OVERLAY_SUFFIX = "_overlay.png"
+PREDICTIONS_CSV = "predictions.csv"
+CSV_COLUMNS = ("path", "score", "verdict", "overlay")
+
+
+def check_image_size(height: int, width: int, name: str | None = None) -> None:
+    """Raise ``ValueError`` (prefixed by ``name``, e.g. the file) unless the model can score this size.
+
+    Accepted: each side >= :data:`MIN_IMAGE_SIDE` px and long / short side <= :data:`MAX_ASPECT_RATIO`.
+    """
+    short, long = min(height, width), max(height, width)
+    if short < MIN_IMAGE_SIDE or long > MAX_ASPECT_RATIO * short:
+        raise ValueError(
+            f"{name + ': ' if name else ''}image is {width}x{height} px (WxH); expected each side >= {MIN_IMAGE_SIDE} px and an "
+            f"aspect ratio (long side / short side) of at most {MAX_ASPECT_RATIO:g}"
+        )
 
 
 @dataclass
@@ -31,7 +81,9 @@ class Prediction:
     """Result for one image."""
 
     score: float  # image anomaly score (mean of the top-k pixel scores)
-    anomaly_map: np.ndarray  # float32 (H, W) in [0, 1] at the original image size
+    # float32 (H, W) in [0, 1] at the original image size; above DECODE_MAX_PIXELS at the image's
+    # size bounded to that many pixels (same aspect ratio), see the module docstring
+    anomaly_map: np.ndarray
     time_ms: float  # preprocessing + network + resize back
     is_anomalous: bool  # score >= threshold
 
@@ -40,11 +92,12 @@ class Predictor:
     """A trained model ready to score images.
 
     Attributes: ``model``, ``input_size`` (H, W), ``threshold``, ``category``, ``model_name``,
-    ``weights_source``, ``top_k``, ``device``, ``info`` (checkpoint metadata).
+    ``weights_source``, ``top_k``, ``device``, ``info`` (checkpoint metadata), ``max_pixels``
+    (image files with more pixels are refused; None: Pillow's own limit).
     """
 
     def __init__(self, model: torch.nn.Module, info: dict | None = None, device: str | torch.device = "auto",
-                 threshold: float | None = None, top_k: int | None = None):
+                 threshold: float | None = None, top_k: int | None = None, max_pixels: int | None = MAX_IMAGE_PIXELS):
         info = info or {}
         cfg = info.get("config") or {}
         self.device = select_device(device)
@@ -58,6 +111,7 @@ class Predictor:
         self.model_name: str = info.get("model_name") or getattr(model, "name", type(model).__name__)
         self.weights_source: str | None = info.get("weights_source")
         self.top_k: int = int(top_k or cfg.get("top_k") or 100)
+        self.max_pixels = max_pixels
         self.info = info
 
     @classmethod
@@ -67,24 +121,37 @@ class Predictor:
         return cls(model, info, device=device, **kwargs)
 
     # ------------------------------------------------------------------------------- inputs
-    def _to_tensor(self, image: Any) -> torch.Tensor:
-        """Any supported input -> float (1, 3, H0, W0) in [0, 1] at its original size."""
-        from memseg.data.io import load_image, pil_to_rgb_array
+    def load(self, path: str | Path) -> np.ndarray:
+        """Decode an image file as :meth:`predict` does: uint8 (H, W, 3), downscaled above DECODE_MAX_PIXELS."""
+        return load_image(path, max_pixels=self.max_pixels, max_decoded_pixels=DECODE_MAX_PIXELS)
 
+    def _to_tensor(self, image: Any) -> torch.Tensor:
+        """Any supported input -> float (1, 3, H, W) in [0, 1]; the size is checked before any conversion.
+
+        Paths are decoded downscaled above DECODE_MAX_PIXELS; so are larger PIL images and arrays
+        (while still uint8), so the float copy stays bounded too.
+        """
+        name = None
         if isinstance(image, (str, Path)):
-            image = load_image(image)  # raises naming the file
+            name = str(image)
+            image = self.load(image)  # raises naming the file
         elif isinstance(image, Image.Image):
-            image = pil_to_rgb_array(image)
+            check_image_size(image.height, image.width, name)
+            image = pil_to_rgb_array(shrink_image(image, DECODE_MAX_PIXELS))
         if isinstance(image, np.ndarray):
             if image.ndim == 2:
                 image = np.repeat(image[..., None], 3, axis=2)
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"predict expects a uint8 (H, W, 3) RGB array, got {image.dtype} {image.shape}")
+            check_image_size(image.shape[0], image.shape[1], name)
+            if image.shape[0] * image.shape[1] > DECODE_MAX_PIXELS:
+                image = pil_to_rgb_array(shrink_image(Image.fromarray(image), DECODE_MAX_PIXELS))
             return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255.0)
         if isinstance(image, torch.Tensor):
             x = image if image.ndim == 4 else image[None]
             if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3 or not x.is_floating_point():
                 raise ValueError(f"predict expects a float tensor (3, H, W) or (1, 3, H, W) in [0, 1], got {image.dtype} {tuple(image.shape)}")
+            check_image_size(x.shape[2], x.shape[3], name)
             return x.float()
         raise ValueError(f"predict expects a path, PIL image, uint8 (H, W, 3) array or float tensor, got {type(image).__name__}")
 
@@ -98,19 +165,27 @@ class Predictor:
     def predict_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Score a batch ``float (B, 3, H, W)`` in [0, 1] (not normalised).
 
-        Returns ``(scores float32 (B,), maps float32 (B, H, W))`` with maps at the input's H, W.
+        Returns ``(scores float32 (B,), maps float32 (B, h, w))``: maps at the input's H, W, or
+        bounded to DECODE_MAX_PIXELS (same aspect ratio) for larger inputs. Sizes are checked
+        as in :func:`check_image_size`.
         """
         if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
             raise ValueError(f"predict_batch expects float images (B, 3, H, W) in [0, 1], got {images.dtype} {tuple(images.shape)}")
         h, w = images.shape[-2:]
+        check_image_size(h, w, "predict_batch")
+        bw, bh = bounded_size(w, h, DECODE_MAX_PIXELS)
         x = self._resize(images.to(self.device, torch.float32), self.input_size)
         amap, scores = score_images(self.model, x, self.top_k)  # (B, 1, h, w), (B,): as in validation
-        if (h, w) != tuple(amap.shape[-2:]):
-            amap = F.interpolate(amap, size=(h, w), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
+        if (bh, bw) != tuple(amap.shape[-2:]):
+            amap = F.interpolate(amap, size=(bh, bw), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
         return scores.cpu().numpy().astype(np.float32), amap[:, 0].cpu().numpy().astype(np.float32)
 
     def predict(self, image: Any) -> Prediction:
-        """Score one image: path, PIL image, uint8 (H, W, 3) array or float tensor (3, H, W) in [0, 1]."""
+        """Score one image: path, PIL image, uint8 (H, W, 3) array or float tensor (3, H, W) in [0, 1].
+
+        Raises ``ValueError`` for unsupported inputs and sizes (see :func:`check_image_size`),
+        :class:`memseg.data.io.ImageLoadError` / ``FileNotFoundError`` naming an unreadable file.
+        """
         t0 = time.perf_counter()
         x = self._to_tensor(image)
         scores, maps = self.predict_batch(x)
@@ -119,6 +194,7 @@ class Predictor:
         return Prediction(score=score, anomaly_map=maps[0], time_ms=ms, is_anomalous=score >= self.threshold)
 
 
+# ---------------------------------------------------------------------------------------- CLI
 def _free_path(path: Path) -> Path:
     """``path`` if free, else ``name-2.png``, ``name-3.png``, ... (never overwrite silently)."""
     if not path.exists():
@@ -131,44 +207,128 @@ def _free_path(path: Path) -> Path:
         n += 1
 
 
-def _expand(paths: list[str]) -> list[Path]:
-    """Paths as given; a folder expands to the image files it holds (sorted)."""
-    from memseg.data.io import is_image_file
+def _expand(paths: list[str]) -> tuple[list[Path], list[str]]:
+    """Paths as given; a folder expands to the image files directly inside it (sorted).
 
+    Returns ``(files, problems)``: a folder without image files is a problem (a message naming it).
+    """
     out: list[Path] = []
+    problems: list[str] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.is_file() and is_image_file(q))
+            found = sorted(q for q in p.iterdir() if q.is_file() and is_image_file(q))
+            if not found:
+                problems.append(f"{p}: folder holds no image files (expected files ending in {', '.join(IMAGE_SUFFIXES)})")
+            out += found
         else:
             out.append(p)
-    return out
+    return out, problems
+
+
+def _mirror_root(paths: list[Path]) -> Path:
+    """The deepest folder holding every input: overlays mirror the inputs' paths relative to it."""
+    parents = [os.path.abspath(p.parent) for p in paths]
+    try:
+        return Path(os.path.commonpath(parents)) if parents else Path.cwd()
+    except ValueError:  # e.g. different drives on Windows: no common folder
+        return Path(os.path.abspath(os.sep))
+
+
+def overlay_path(path: Path, root: Path, out: Path) -> Path:
+    """``<out>/<path relative to root, folders kept>/<stem>_overlay.png``, a fresh ``-2`` ... name if taken.
+
+    So ``bottle/test/crack/000.png`` and ``screw/test/crack/000.png`` give two overlays that map back
+    to their inputs, instead of ``000_overlay.png`` and ``000_overlay-2.png``.
+    """
+    rel = Path(os.path.abspath(path)).relative_to(root)
+    return _free_path(out / rel.parent / f"{rel.stem}{OVERLAY_SUFFIX}")
+
+
+class _PredictionTable:
+    """``predictions.csv`` (path, score, verdict, overlay) in the output folder, one flushed row per image.
+
+    Created at the first row, so a run where every input failed writes no table; an existing table is
+    never overwritten: the new one gets a fresh name (``predictions-2.csv`` ...).
+    """
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.path: Path | None = None
+        self._file = None
+        self._writer = None
+
+    def add(self, row: tuple) -> None:
+        if self._writer is None:
+            self.path = _free_path(self.out / PREDICTIONS_CSV)
+            self._file = open(self.path, "x", newline="")  # "x": fail rather than overwrite
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(CSV_COLUMNS)
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _write_overlay(image: np.ndarray, pred: Prediction, target: Path) -> None:
+    from memseg.viz import overlay
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay(image, pred.anomaly_map)).save(target)
+
+
+def _failure_message(path: Path, err: Exception) -> str:
+    """One line naming the input file (and the flag that lifts a size limit)."""
+    if isinstance(err, OSError) and err.strerror:  # e.g. PermissionError: "<path>: Permission denied"
+        msg = f"{path}: {err.strerror}"
+    else:
+        msg = str(err) if str(path) in str(err) else f"{path}: {err}"
+    if isinstance(err, ImageTooLargeError):
+        msg += " (raise the limit with --max-pixels)"
+    return f"memseg predict: error: {msg}"
 
 
 def cli_predict(args) -> int:
-    """`memseg predict`: print ``path<TAB>score<TAB>verdict`` per image and write overlay PNGs to --out.
+    """`memseg predict`: score images; print ``path<TAB>score<TAB>verdict<TAB>overlay`` per image.
 
-    Unreadable images are reported on stderr (naming the file) and give exit code 2; the others
-    are still scored.
+    Overlays mirror the inputs' paths (relative to their common folder) under ``--out``, next to
+    ``predictions.csv`` (path, score, verdict, overlay; a fresh name if one exists). ``--out`` is
+    checked before the model loads. Unreadable or unsupported images are reported on stderr (naming
+    the file) and give exit code 2; the others are still scored. Where everything went is printed on
+    stderr last, and only when something was written.
     """
-    from memseg.data.io import load_image
-    from memseg.viz import overlay
-
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for path in _expand(args.images):
-        try:
-            image = load_image(path)
-        except (FileNotFoundError, ValueError) as err:
-            msg = str(err) if str(path) in str(err) else f"{path}: {err}"
-            print(f"memseg predict: error: {msg}", file=sys.stderr)
-            failed += 1
-            continue
-        pred = predictor.predict(image)
-        verdict = "anomalous" if pred.is_anomalous else "normal"
-        target = _free_path(out / f"{path.stem}_overlay.png")
-        Image.fromarray(overlay(image, pred.anomaly_map)).save(target)
-        print(f"{path}\t{pred.score:.4f}\t{verdict}", flush=True)
-    print(f"overlays: {out} (threshold {predictor.threshold:.4f}, {predictor.threshold_source})", file=sys.stderr)
+    check_output_dir(out, "--out")
+    paths, problems = _expand(args.images)
+    for msg in problems:
+        print(f"memseg predict: error: {msg}", file=sys.stderr)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device,
+                                          max_pixels=getattr(args, "max_pixels", MAX_IMAGE_PIXELS))
+    root = _mirror_root(paths)
+    table = _PredictionTable(out)
+    failed, written = len(problems), 0
+    try:
+        for path in paths:
+            try:  # a bad input is reported and skipped; a failing write (disk full, ...) stops the run
+                image = predictor.load(path)
+                pred = predictor.predict(image)
+            except (FileNotFoundError, PermissionError, ValueError) as err:
+                print(_failure_message(path, err), file=sys.stderr)
+                failed += 1
+                continue
+            target = overlay_path(path, root, out)
+            _write_overlay(image, pred, target)
+            verdict = "anomalous" if pred.is_anomalous else "normal"
+            table.add((str(path), f"{pred.score:.6f}", verdict, str(target)))
+            written += 1
+            print(f"{path}\t{pred.score:.4f}\t{verdict}\t{target}", flush=True)
+    finally:
+        table.close()
+    if not written:
+        print(f"memseg predict: error: none of the {failed} input(s) could be scored; nothing was written", file=sys.stderr)
+        return 2
+    print(f"memseg predict: {written} overlay(s) under {out.absolute()}, table {table.path.absolute()} "
+          f"(threshold {predictor.threshold:.4f}, {predictor.threshold_source})"
+          + (f"; {failed} input(s) failed" if failed else ""), file=sys.stderr)
     return 2 if failed else 0

@@ -31,6 +31,7 @@ __all__ = [
     "aupro",
     "pro_curve",
     "f1_max",
+    "f1_all_anomalous",
     "compute_metrics",
 ]
 
@@ -329,6 +330,20 @@ def f1_max(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndar
     return float(f1[k]), float(thresholds[k])
 
 
+def f1_all_anomalous(labels: Sequence[int] | np.ndarray) -> float:
+    """F1 of the trivial detector that calls every image anomalous: ``2 p / (1 + p)``.
+
+    ``p`` is the share of anomalous images (precision ``p``, recall 1). F1-max can never be below
+    this, so it is the baseline to read F1-max against: on a test split that is 80 % anomalous it
+    is already 88.9 %. ``nan`` without anomalous samples (F1 undefined, as for :func:`f1_max`).
+    """
+    y = _binary_labels(_as_1d(labels, "labels"), "labels")
+    if y.size == 0 or not y.any():
+        return float("nan")
+    p = float(y.mean())
+    return 2.0 * p / (1.0 + p)
+
+
 # ---------------------------------------------------------------------------------- aggregation
 def _safe(fn, *args, **kwargs) -> float:
     try:
@@ -349,6 +364,7 @@ def _block(labels: np.ndarray, scores: np.ndarray, pixel_index: _PixelIndex | No
         "aupro": float("nan"),
         "f1_max": f1,
         "f1_threshold": thr,
+        "f1_all_anomalous": f1_all_anomalous(labels),
         "n_images": int(labels.size),
         "n_anomalous": int(labels.sum()),
         "n_normal": int(labels.size - labels.sum()),
@@ -377,7 +393,9 @@ def compute_metrics(
 
     Returns:
         ``{"overall": {...}, "per_defect": {defect: {...}}, "fpr_limit": 0.3}`` where each block holds
-        ``image_auroc, pixel_auroc, aupro, f1_max, f1_threshold, n_images, n_anomalous, n_normal``.
+        ``image_auroc, pixel_auroc, aupro, f1_max, f1_threshold, f1_all_anomalous, n_images,
+        n_anomalous, n_normal`` (``f1_all_anomalous``: F1 of calling every image anomalous, the floor
+        of F1-max; see :func:`f1_all_anomalous`).
         Per-defect blocks use that defect's images plus all normal images (label 0). A metric that is
         undefined for a block (e.g. no normal image -> AUROC) is ``nan``.
     """

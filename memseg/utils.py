@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 
 import numpy as np
 import torch
@@ -65,3 +66,51 @@ def no_autocast(device_type: str) -> contextlib.AbstractContextManager:
         return torch.autocast(device_type=device_type, enabled=False)
     except RuntimeError:  # device type without autocast support
         return contextlib.nullcontext()
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Fail at once, before any work, when ``path`` cannot become a folder to write into.
+
+    Raises ``NotADirectoryError`` when ``path`` (or the nearest part of it that exists) is a file and
+    ``PermissionError`` when that existing folder is not writable; both name the path and ``flag``.
+    Nothing is created: the command makes the folder when it first writes.
+    """
+    from pathlib import Path
+
+    target = Path(path)
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == target else f"is a file, so {target} cannot be created"
+        raise NotADirectoryError(f"{existing} {what}; {flag} must be a folder (new or existing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{existing}: no permission to write there; choose another folder for {flag}")
+
+
+def _looks_like_text(path: str | os.PathLike) -> bool:
+    """The file's first 4 KiB are UTF-8 text without NUL bytes (a YAML, a note, a URL list ...)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in head
+
+
+def unreadable_reason(path: str | os.PathLike, err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` could not read ``path``, in plain words.
+
+    torch's own message advises re-running with ``weights_only=False``, which would run arbitrary
+    code from the file; it is never passed on.
+    """
+    text = str(err)
+    pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if pickled:
+        return f"it holds a pickled Python object ({pickled.group(1)}), not a plain state dict of tensors"
+    if _looks_like_text(path):
+        return "it is a text file"
+    if "zip archive" in text or isinstance(err, EOFError):
+        return "it is truncated or corrupt (an incomplete torch.save archive)"
+    return "it is not a file written by torch.save"

@@ -234,7 +234,17 @@ def test_missing_root_and_unknown_category(tmp_path: Path) -> None:
 def test_empty_train_folder(tmp_path: Path) -> None:
     (tmp_path / "c" / "train" / "good").mkdir(parents=True)
     (tmp_path / "c" / "train" / "good" / "notes.txt").write_text("no images here")
-    with pytest.raises(ValueError, match=r"c/train/good.*no images.*MVTec AD layout"):
+    with pytest.raises(ValueError, match=r"c/train/good: the train/good folder of category 'c' holds no images "
+                                         r"\(expected files ending in .*MVTec AD layout"):
+        load_split(tmp_path, "c", "train")
+
+
+def test_train_folder_with_only_sub_folders_names_them(tmp_path: Path) -> None:
+    """A folder-layout train/ whose images sit one level deeper (train/Good/): the message says so."""
+    (tmp_path / "c" / "train" / "Good").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "c" / "train" / "Good" / "000.png")
+    with pytest.raises(ValueError, match=r"c/train: the train folder of category 'c' holds no images; "
+                                         r"it holds only the sub-folder\(s\) Good/ .*folder layout"):
         load_split(tmp_path, "c", "train")
 
 

@@ -129,3 +129,41 @@ def test_unknown_category_is_a_clear_error(tmp_path):
     root = make_tiny_dataset(tmp_path / "data")
     with pytest.raises((FileNotFoundError, ValueError), match="nope"):
         evaluate(BrightnessModel(), root, "nope", progress=False, device="cpu")
+
+
+def test_f1_max_is_reported_beside_the_all_anomalous_baseline(tmp_path):
+    """3 of 7 test images anomalous: calling all anomalous scores F1 = 2p/(1+p) = 0.6; a constant map sits on it."""
+    root = make_tiny_dataset(tmp_path / "data", n_good=4, n_defect=3)
+    result = evaluate(BrightnessModel(), root, "tiny", out=tmp_path / "eval", progress=False, device="cpu")
+    o = result["overall"]
+    assert o["f1_all_anomalous"] == pytest.approx(0.6) and o["f1_max"] == pytest.approx(1.0)
+    md = (tmp_path / "eval" / "metrics.md").read_text()
+    assert "| image F1-max | F1 calling all anomalous |" in md and "| tiny | 100.0 | 100.0 | 100.0 | 100.0 | 60.0 |" in md
+    assert "2p/(1+p) with p = 3/7 anomalous test images: 60.0 here" in md
+    assert "| spot | 3 | 100.0 | 100.0 | 100.0 | 100.0 | 60.0 |" in md  # per defect too
+    chance = evaluate(ConstantModel(), root, "tiny", progress=False, device="cpu")["overall"]
+    assert chance["f1_max"] == pytest.approx(chance["f1_all_anomalous"])  # no ranking: F1-max is the baseline
+
+
+def test_cli_evaluate_prints_the_baseline_beside_f1_max(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    import memseg.evaluation as ev
+
+    root = make_tiny_dataset(tmp_path / "data", n_good=4, n_defect=3)
+    monkeypatch.setattr(ev, "_resolve_model", lambda ckpt, device: (BrightnessModel(), {"checkpoint": str(ckpt), "step": 5}))
+    args = argparse.Namespace(checkpoint=str(tmp_path / "run" / "checkpoints" / "last.pt"), data=str(root), category="tiny",
+                              layout="auto", out=str(tmp_path / "eval"), batch_size=4, device="cpu")
+    assert ev.cli_evaluate(args) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "image F1-max 100.0 (calling every image anomalous: 60.0)" in line and "(7 images, 3 anomalous, step 5)" in line
+
+
+def test_output_folder_and_batch_size_are_checked_before_any_work(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    # the data root does not exist: the out error coming first shows no work was done
+    with pytest.raises(NotADirectoryError, match=rf"{taken} is a file; out must be a folder \(new or existing\)"):
+        evaluate(BrightnessModel(), tmp_path / "no_data", "tiny", out=taken, progress=False, device="cpu")
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        evaluate(BrightnessModel(), tmp_path / "no_data", "tiny", batch_size=0, progress=False, device="cpu")

@@ -96,3 +96,48 @@ def test_bad_inputs_name_the_problem(predictor, tmp_path):
         predictor.predict(torch.zeros(4, 10, 10))
     with pytest.raises(ValueError, match="expects a path"):
         predictor.predict(12)
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (1, 1, 3), (1, 5000, 3), (5000, 20, 3), (15, 64, 3)])
+def test_unsupported_sizes_say_what_is_accepted(predictor, shape):
+    from memseg.inference import MAX_ASPECT_RATIO, MIN_IMAGE_SIDE
+
+    h, w = shape[:2]
+    with pytest.raises(ValueError, match=rf"image is {w}x{h} px \(WxH\); expected each side >= {MIN_IMAGE_SIDE} px "
+                                         rf"and an aspect ratio \(long side / short side\) of at most {MAX_ASPECT_RATIO:g}"):
+        predictor.predict(np.zeros(shape, np.uint8))
+    with pytest.raises(ValueError, match=rf"image is {w}x{h} px"):
+        predictor.predict(torch.zeros(3, h, w))
+
+
+def test_sizes_at_the_limits_are_accepted(predictor, tmp_path):
+    from memseg.inference import MAX_ASPECT_RATIO, MIN_IMAGE_SIDE
+
+    long = int(MIN_IMAGE_SIDE * MAX_ASPECT_RATIO)
+    for h, w in [(MIN_IMAGE_SIDE, MIN_IMAGE_SIDE), (MIN_IMAGE_SIDE, long), (long, MIN_IMAGE_SIDE)]:
+        assert predictor.predict(np.full((h, w, 3), 90, np.uint8)).anomaly_map.shape == (h, w)
+    path = tmp_path / "thin.png"
+    Image.fromarray(np.zeros((2, 300, 3), np.uint8)).save(path)
+    with pytest.raises(ValueError, match=rf"^{path}: image is 300x2 px"):  # a file is named
+        predictor.predict(path)
+
+
+def test_large_images_are_decoded_downscaled_and_mapped_at_a_bounded_size(predictor, tmp_path):
+    """An 8000x6000 (48 Mpx) PNG: decoded to <= DECODE_MAX_PIXELS, the map comes back at that size."""
+    from memseg.data.io import DECODE_MAX_PIXELS, bounded_size
+
+    big = np.zeros((6000, 8000, 3), np.uint8)
+    big[:, :4000] = 255  # left half white: the layout must survive the downscale
+    path = tmp_path / "big.png"
+    Image.fromarray(big).save(path, compress_level=1)
+    bw, bh = bounded_size(8000, 6000, DECODE_MAX_PIXELS)
+    assert (bw, bh) == (2309, 1732) and bw * bh <= DECODE_MAX_PIXELS
+    decoded = predictor.load(path)
+    assert decoded.shape == (bh, bw, 3)
+    assert decoded[:, : bw // 2 - 2].min() == 255 and decoded[:, bw // 2 + 2:].max() == 0
+    pred = predictor.predict(path)
+    assert pred.anomaly_map.shape == (bh, bw)
+    # the same bound for an in-memory array (downscaled while still uint8) and a float tensor
+    assert predictor.predict(big).anomaly_map.shape == (bh, bw)
+    _, maps = predictor.predict_batch(torch.zeros(1, 3, 3000, 2000))
+    assert maps.shape == (1, *bounded_size(2000, 3000, DECODE_MAX_PIXELS)[::-1])

@@ -11,8 +11,11 @@ import torch
 from PIL import Image, ImageFile
 
 from memseg.data.io import (
+    DECODE_MAX_PIXELS,
     ImageLoadError,
+    ImageTooLargeError,
     as_size,
+    bounded_size,
     is_image_file,
     load_image,
     load_mask,
@@ -275,3 +278,54 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
 
 def test_image_load_error_is_a_value_error() -> None:
     assert issubclass(ImageLoadError, ValueError)
+
+
+# ------------------------------------------------------------------ large images: bounded decode
+def test_bounded_size_keeps_the_aspect_ratio_and_small_sizes() -> None:
+    assert bounded_size(8000, 6000, DECODE_MAX_PIXELS) == (2309, 1732)
+    assert bounded_size(1024, 1024, DECODE_MAX_PIXELS) == (1024, 1024)  # MVTec AD: untouched
+    w, h = bounded_size(10_000, 100, 500_000)
+    assert (w, h) == (7071, 70) and w * h <= 500_000  # floored: never above the bound
+
+
+def test_large_jpeg_is_decoded_downscaled_through_draft_mode(tmp_path: Path) -> None:
+    """An 8000x6000 JPEG comes back bounded; draft mode means the decoder never made the full image."""
+    img = np.zeros((6000, 8000, 3), np.uint8)
+    img[:3000] = (200, 40, 40)  # top half red
+    path = tmp_path / "big.jpg"
+    Image.fromarray(img).save(path, quality=80)
+    with Image.open(path) as probe:  # what draft mode does for this target: decode at 1/2 scale
+        probe.draft(None, bounded_size(8000, 6000, DECODE_MAX_PIXELS))
+        assert probe.size == (4000, 3000)
+    out = load_image(path, max_decoded_pixels=DECODE_MAX_PIXELS)
+    assert out.shape == (1732, 2309, 3)
+    assert np.abs(out[:800].astype(int) - (200, 40, 40)).max() < 12 and out[950:].max() < 12
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "1", "I;16"])
+def test_every_mode_is_downscaled_before_conversion(tmp_path: Path, mode: str) -> None:
+    """The bounded decode resizes in the file's own mode; the conversion rules still hold afterwards."""
+    h, w = 300, 400
+    left = np.zeros((h, w), bool)
+    left[:, : w // 2] = True
+    if mode == "I;16":
+        arr = np.where(left, 4095, 0).astype(np.uint16)  # a 12-bit sensor image: white stays white
+        pil = Image.fromarray(arr)
+    elif mode == "1":
+        pil = Image.fromarray(left)
+    else:
+        rgb = np.where(left[..., None], 255, 0).astype(np.uint8).repeat(3, axis=2)
+        pil = Image.fromarray(rgb).convert(mode) if mode != "P" else Image.fromarray(rgb).quantize(2)
+    path = tmp_path / f"img_{mode.replace(';', '')}.png"
+    pil.save(path)
+    out = load_image(path, max_decoded_pixels=10_000)
+    assert out.shape == (86, 115, 3) and out.dtype == np.uint8
+    assert out[:, :50].min() >= 250 and out[:, 65:].max() <= 5
+
+
+def test_max_pixels_refuses_large_images_before_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((100, 300, 3), np.uint8)).save(path)
+    with pytest.raises(ImageTooLargeError, match=rf"{path}: 300x100 = 0.0 Mpx is above the limit of 0.02 Mpx"):
+        load_image(path, max_pixels=20_000)
+    assert load_image(path, max_pixels=30_000).shape == (100, 300, 3)

@@ -96,14 +96,17 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
-def _require_images(folder: Path, layout: str, what: str) -> list[Path]:
+def _require_images(folder: Path, layout: str, what: str, category: str) -> list[Path]:
+    """The images directly in ``folder``; an error naming the folder, its role and the category otherwise."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: {what} folder not found (expected {_LAYOUT_HELP[layout]})")
     images = list_images(folder)
     if not images:
+        subdirs = [f"{d.name}/" for d in _visible_dirs(folder)]
+        inside = f"; it holds only the sub-folder(s) {', '.join(subdirs[:5])}" if subdirs else ""
         raise ValueError(
-            f"{folder}: {what} folder contains no images (expected files ending in {', '.join(IMAGE_SUFFIXES)}; "
-            f"{_LAYOUT_HELP[layout]})"
+            f"{folder}: the {what} folder of category {category!r} holds no images{inside} (expected files "
+            f"ending in {', '.join(IMAGE_SUFFIXES)} directly in it; {_LAYOUT_HELP[layout]})"
         )
     return images
 
@@ -196,11 +199,11 @@ def _test_folders(test_dir: Path, layout: str) -> list[Path]:
 
 def _mvtec_records(cat: Path, split: str) -> list[Record]:
     if split == "train":
-        return [Record(p, None, 0, "good") for p in _require_images(cat / "train" / "good", "mvtec", "train/good")]
+        return [Record(p, None, 0, "good") for p in _require_images(cat / "train" / "good", "mvtec", "train/good", cat.name)]
     records: list[Record] = []
     for folder in _test_folders(cat / "test", "mvtec"):
         defect = folder.name
-        for img in _require_images(folder, "mvtec", f"test/{defect}"):
+        for img in _require_images(folder, "mvtec", f"test/{defect}", cat.name):
             if defect == "good":
                 records.append(Record(img, None, 0, "good"))
                 continue
@@ -217,7 +220,7 @@ def _mvtec_records(cat: Path, split: str) -> list[Record]:
 
 def _btad_records(cat: Path, split: str) -> list[Record]:
     if split == "train":
-        return [Record(p, None, 0, "good") for p in _require_images(cat / "train" / "ok", "btad", "train/ok")]
+        return [Record(p, None, 0, "good") for p in _require_images(cat / "train" / "ok", "btad", "train/ok", cat.name)]
     test_dir = cat / "test"
     if not test_dir.is_dir():
         raise FileNotFoundError(f"{test_dir}: test folder not found (expected {_LAYOUT_HELP['btad']})")
@@ -226,7 +229,7 @@ def _btad_records(cat: Path, split: str) -> list[Record]:
         folder = test_dir / name
         if not folder.is_dir():
             continue
-        for img in _require_images(folder, "btad", f"test/{name}"):
+        for img in _require_images(folder, "btad", f"test/{name}", cat.name):
             if name == "ok":
                 records.append(Record(img, None, 0, "good"))
                 continue
@@ -247,14 +250,14 @@ def _folder_records(cat: Path, split: str) -> list[Record]:
     if split == "train":
         for sub, what in ((cat / "train", "train"), (cat / "good", "good")):
             if sub.is_dir():
-                return [Record(p, None, 0, "good") for p in _require_images(sub, "folder", what)]
-        return [Record(p, None, 0, "good") for p in _require_images(cat, "folder", "category")]
+                return [Record(p, None, 0, "good") for p in _require_images(sub, "folder", what, cat.name)]
+        return [Record(p, None, 0, "good") for p in _require_images(cat, "folder", "category", cat.name)]
     mask_root = next((cat / n for n in ("masks", "ground_truth") if (cat / n).is_dir()), None)
     records: list[Record] = []
     for folder in _test_folders(cat / "test", "folder"):
         normal = folder.name.lower() in NORMAL_FOLDER_NAMES
         defect = "good" if normal else folder.name
-        for img in _require_images(folder, "folder", f"test/{folder.name}"):
+        for img in _require_images(folder, "folder", f"test/{folder.name}", cat.name):
             if normal:
                 records.append(Record(img, None, 0, "good"))
                 continue

@@ -21,6 +21,20 @@ Every file is fully decoded (``Image.load()``), so truncated files are detected 
 some later resize; ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set. Zero-byte, truncated,
 corrupt and non-image files raise :class:`ImageLoadError` (a ``ValueError``) naming the file and
 what was expected; a missing file raises ``FileNotFoundError``.
+
+Large images (bounded memory). ``load_image(path, max_pixels=..., max_decoded_pixels=...)``:
+
+- ``max_pixels``: images with more pixels (width x height, read from the header before decoding)
+  raise :class:`ImageTooLargeError` naming the file and the limit (``memseg predict`` uses
+  :data:`MAX_IMAGE_PIXELS`, flag ``--max-pixels``). Without it, Pillow's decompression-bomb guard
+  (about 89 Mpx) is the limit, as before.
+- ``max_decoded_pixels``: larger images are decoded *downscaled* (same aspect ratio) to at most
+  this many pixels (:data:`DECODE_MAX_PIXELS` for prediction): JPEG through the decoder's draft
+  mode (DCT scaling by 1/2, 1/4 or 1/8, so the full-size image never exists in memory), then an
+  antialiased Pillow resize in the file's own mode (before the conversion to RGB, so 16-bit and
+  float images never reach a full-size int64/float64 array). A 48 Mpx photo thus costs tens of MB,
+  not gigabytes. Palette and 1-bit images are expanded to RGB(A)/L first so the resize averages
+  colours, not palette indices; the 16-bit bit-range rule then reads the downscaled values.
 """
 
 from __future__ import annotations
@@ -28,23 +42,43 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+
+# torch is imported inside the functions that make tensors, so `memseg --help` (which reads the
+# pixel limits below) stays fast.
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 """Accepted image file suffixes (compared case-insensitively)."""
 
 _EXPECTED = "an image file (PNG, JPEG, BMP or TIFF)"
 
+MAX_IMAGE_PIXELS = 100_000_000
+"""Default largest image ``memseg predict`` accepts (width x height, 100 Mpx; flag ``--max-pixels``).
+
+Above Pillow's decompression-bomb hard limit (2 x ``PIL.Image.MAX_IMAGE_PIXELS``, about 179 Mpx)
+no file can be opened whatever the limit."""
+
+DECODE_MAX_PIXELS = 4_000_000
+"""Prediction decodes larger images downscaled to at most this many pixels (same aspect ratio).
+
+4 Mpx is far more than the model uses (it works at 128-256 px) and keeps the full size of MVTec
+AD (up to 1024 x 1024) and BTAD (up to 1600 x 1600) images; a 48 Mpx 8000 x 6000 photo comes
+back at 2309 x 1732, and its anomaly map and overlay at that size."""
+
 SizeLike = int | Sequence[int]
 
 
 class ImageLoadError(ValueError):
     """An image or mask file could not be decoded; the message names the file."""
+
+
+class ImageTooLargeError(ImageLoadError):
+    """An image has more pixels than the caller's ``max_pixels`` limit; the message names both."""
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -66,8 +100,57 @@ def as_size(size: SizeLike) -> tuple[int, int]:
     return h, w
 
 
-def open_image(path: str | Path) -> Image.Image:
+def bounded_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """``(width, height)`` scaled down (same aspect ratio, each side >= 1) to at most ``max_pixels``.
+
+    Sizes already within the bound come back unchanged.
+    """
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
+def decode_bounded(img: Image.Image, max_pixels: int | None) -> Image.Image:
+    """Decode an opened (not yet loaded) Pillow image, downscaled to at most ``max_pixels``.
+
+    JPEG files use the decoder's draft mode (DCT scaling), other formats are decoded at full size
+    and resized right away in their own mode; ``None`` decodes at full size. Returns the loaded image
+    (``img`` itself or a new one). Decoding errors propagate as Pillow raises them.
+    """
+    w, h = img.size
+    target = bounded_size(w, h, max_pixels) if max_pixels else (w, h)
+    if target != (w, h) and img.format in ("JPEG", "MPO"):
+        img.draft(None, target)  # decodes at the smallest 1/2^k scale still >= target
+    img.load()  # full decode: truncated data fails here
+    if not max_pixels or img.width * img.height <= max_pixels:
+        return img
+    small = shrink_image(img, max_pixels)
+    img.close()  # frees the full-size pixels (and the file of a multi-frame image) now
+    return small
+
+
+def shrink_image(img: Image.Image, max_pixels: int) -> Image.Image:
+    """A downscaled copy of ``img`` with at most ``max_pixels`` (same aspect ratio); ``img`` if it fits.
+
+    Antialiased bilinear resize in the image's own mode; palette and 1-bit images are expanded
+    first (to RGB/RGBA and L) so colours, not palette indices, are averaged. ``img`` is left open.
+    """
+    target = bounded_size(img.width, img.height, max_pixels)
+    if target == img.size:
+        return img
+    if img.mode == "1":
+        img = img.convert("L")
+    elif img.mode in ("P", "PA"):
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    return img.resize(target, Image.Resampling.BILINEAR)  # antialiased when shrinking
+
+
+def open_image(path: str | Path, max_pixels: int | None = None, max_decoded_pixels: int | None = None) -> Image.Image:
     """Open and fully decode an image file with Pillow (first frame for multi-frame files).
+
+    ``max_pixels``: refuse larger images (header size) with :class:`ImageTooLargeError`;
+    ``max_decoded_pixels``: decode larger images downscaled (see the module docstring).
 
     Raises ``FileNotFoundError`` if it does not exist and :class:`ImageLoadError` if it is empty,
     truncated, corrupt or not an image.
@@ -81,10 +164,20 @@ def open_image(path: str | Path) -> Image.Image:
         raise ImageLoadError(f"{path}: file is empty (0 bytes), expected {_EXPECTED}")
     try:
         with warnings.catch_warnings():
-            # Pillow warns (not raises) on some damaged files; we want a clean error instead.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns (not raises) on some damaged files; we want a clean error instead. With an
+            # explicit max_pixels the caller's limit replaces Pillow's soft one (its hard one stays).
+            warnings.simplefilter("ignore" if max_pixels else "error", Image.DecompressionBombWarning)
             img = Image.open(path)
-            img.load()  # full decode: truncated data fails here
+            w, h = img.size  # header only, nothing decoded yet
+            if max_pixels and w * h > max_pixels:
+                img.close()
+                raise ImageTooLargeError(
+                    f"{path}: {w}x{h} = {w * h / 1e6:.1f} Mpx is above the limit of {max_pixels / 1e6:g} Mpx; "
+                    f"expected a smaller image"
+                )
+            img = decode_bounded(img, max_decoded_pixels)
+    except ImageTooLargeError:
+        raise
     except UnidentifiedImageError as err:
         raise ImageLoadError(f"{path}: not a recognised image format, expected {_EXPECTED}") from err
     except PermissionError:
@@ -167,13 +260,15 @@ def pil_to_rgb_array(img: Image.Image, path: str | Path = "<image>") -> np.ndarr
     return arr
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to ``uint8 (H, W, 3)`` RGB (any size, not resized).
+def load_image(path: str | Path, max_pixels: int | None = None, max_decoded_pixels: int | None = None) -> np.ndarray:
+    """Decode an image file to ``uint8 (H, W, 3)`` RGB (any size, not resized by default).
 
-    See the module docstring for how grey, palette, alpha, 16-bit and float images are converted.
+    See the module docstring for how grey, palette, alpha, 16-bit and float images are converted,
+    and for ``max_pixels`` (refuse larger images) and ``max_decoded_pixels`` (decode larger images
+    downscaled, e.g. :data:`DECODE_MAX_PIXELS`).
     Raises :class:`ImageLoadError` naming the file for empty, truncated, corrupt or non-image files.
     """
-    img = open_image(path)
+    img = open_image(path, max_pixels=max_pixels, max_decoded_pixels=max_decoded_pixels)
     try:
         return pil_to_rgb_array(img, path)
     finally:
@@ -224,6 +319,9 @@ def to_tensor(image: np.ndarray, size: SizeLike | None = None) -> torch.Tensor:
 
     ``size`` is (height, width) or an int for a square; ``None`` keeps the native size.
     """
+    import torch
+    import torch.nn.functional as F
+
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"to_tensor expects a uint8 (H, W, 3) array, got {image.dtype} {image.shape}")
     if not image.flags.writeable or not image.flags.c_contiguous:
@@ -240,4 +338,6 @@ def to_tensor(image: np.ndarray, size: SizeLike | None = None) -> torch.Tensor:
 
 def to_uint8_tensor(image: np.ndarray, size: SizeLike | None = None) -> torch.Tensor:
     """Like :func:`to_tensor` but returns ``uint8 (3, h, w)`` (compact training caches)."""
+    import torch
+
     return to_tensor(image, size).mul_(255.0).round_().to(torch.uint8)

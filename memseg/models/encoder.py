@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from memseg.utils import no_autocast
+from memseg.utils import no_autocast, unreadable_reason
 
 FROZEN_MODULES = ("conv1", "bn1", "layer1", "layer2", "layer3")
 """Stem and blocks 1-3: frozen, eval-mode BN (paper §3.2)."""
@@ -92,7 +92,10 @@ def load_resnet18_weights(backbone: nn.Module, path: str | Path) -> None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated files, non-torch files
-        raise ValueError(f"{path}: cannot be read as a torch state dict with torch.load(weights_only=True): {err}") from err
+        raise ValueError(
+            f"{path}: cannot be read as encoder weights: {unreadable_reason(path, err)}; expected a resnet18 "
+            "state dict saved with torch.save(model.state_dict()) (timm or torchvision key names)"
+        ) from None
     state = _unwrap_state_dict(obj, path)
     expected = backbone.state_dict()
     missing = sorted(set(expected) - set(state))
