@@ -92,7 +92,8 @@ def run_one(args, label: str, options: dict, seed: int) -> dict:
                       checkpoint_every=max(args.steps // 3, 1), log_every=max(args.steps // 20, 1))
     t0 = time.perf_counter()
     ckpt = run_dir / "checkpoints" / "last.pt"
-    result = train(cfg, progress=not args.quiet, resume=ckpt.is_file())
+    # resumable: continue a killed run; a folder left without last.pt starts over (train names what it removes)
+    result = train(cfg, progress=not args.quiet, resume=ckpt.is_file(), overwrite=not ckpt.is_file())
     train_s = time.perf_counter() - t0
 
     from memseg.checkpoint import load_checkpoint

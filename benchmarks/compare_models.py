@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         cfg = configs[name]
         t0 = time.perf_counter()
-        result = train(cfg, progress=True, resume=(Path(cfg.out) / "checkpoints" / "last.pt").is_file())
+        last = Path(cfg.out) / "checkpoints" / "last.pt"  # resume a killed run, else start over (train names what it removes)
+        result = train(cfg, progress=True, resume=last.is_file(), overwrite=not last.is_file())
         seconds = time.perf_counter() - t0
         m = evaluate(result.checkpoint, args.data, args.category, device=args.device, progress=True,
                      out=Path(cfg.out) / "eval", overwrite=True)["overall"]

@@ -10,6 +10,15 @@ A checkpoint is a plain dict of tensors and Python primitives, so it loads with
 - ``weights_source``: what the encoder was initialised from ("random", "imagenet", a path);
 - ``threshold``: image-level decision threshold picked on the validation split (or None);
 - ``extra``: anything else, e.g. RNG states in weights_only-safe form (see :mod:`memseg.training`).
+
+Two kinds are written by ``memseg train``:
+
+- the resumable ``<run>/checkpoints/last.pt`` (format 1): all of the above, optimizer and scheduler
+  state and the memory bank's features included (172 MB for MemSeg at 256x256, N=30);
+- the slim inference checkpoint ``<run>/final.pt`` (format 2): no optimizer/scheduler state, and instead
+  of the bank's float32 features (55 MB at 256x256, N=30) the N source images it was built from
+  (``memory_images``, (N, 3, H, W) uint8, 5.9 MB); :func:`load_checkpoint` rebuilds the bank from them
+  with the stored frozen encoder: bit-identical to the trained bank on the same device (70 MB in all).
 """
 
 from __future__ import annotations
@@ -23,10 +32,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from memseg.utils import select_device
+from memseg.utils import select_device, unreadable_reason
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this code reads; 2 = the memory bank may be stored as its source images
 KIND = "memseg-kit-checkpoint"
+MEMORY_IMAGES = "memory_images"  # slim checkpoints: (N, 3, H, W) uint8 images the memory bank is rebuilt from
 
 
 def _plain(value: Any) -> Any:
@@ -85,6 +95,7 @@ def save_checkpoint(
     extra: dict | None = None,
     threshold: float | None = None,
     weights_source: str | None = None,
+    memory_images: torch.Tensor | None = None,
 ) -> Path:
     """Write a checkpoint atomically (tmp file + ``os.replace``); returns its path.
 
@@ -99,12 +110,19 @@ def save_checkpoint(
         threshold: image-level decision threshold (from the validation split).
         weights_source: encoder initialisation ("random", "imagenet" or a path); defaults to
             ``model.config.weights`` when the model has one.
+        memory_images: for a slim inference checkpoint: the (N, 3, H, W) uint8 images the model's
+            memory bank was built from (``model.prepare(normalize(images / 255))``); they are stored
+            instead of the bank's features, which :func:`load_checkpoint` rebuilds from them.
     """
     mcfg = model_config_dict(model)
     state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
+    if memory_images is not None:
+        _check_memory_images(model, memory_images, "save_checkpoint(memory_images=...)")
+        for key in memory_bank_keys(model):
+            del state[key]
     ckpt = {
         "kind": KIND,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1 if memory_images is None else 2,  # the oldest reader that understands the file
         "model_name": str(getattr(model, "name", type(model).__name__.lower())),
         "model_config": mcfg,
         "model_state": state,
@@ -117,7 +135,39 @@ def save_checkpoint(
         "extra": _plain(extra) if extra is not None else {},
         "torch_version": str(torch.__version__),
     }
+    if memory_images is not None:
+        ckpt[MEMORY_IMAGES] = memory_images.detach().cpu().contiguous()
     return atomic_torch_save(ckpt, path)
+
+
+def memory_bank_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of the memory bank's features (``memory.level1..3`` for MemSeg; none for a
+    model without a bank): what a slim checkpoint replaces by the bank's source images."""
+    bank = getattr(model, "memory", None)
+    levels = getattr(bank, "levels", None)
+    if bank is None or levels is None:
+        return []
+    return [f"memory.level{i}" for i in range(1, len(levels) + 1)]
+
+
+def _check_memory_images(model: nn.Module, images: Any, what: str) -> None:
+    """``images`` must be (N, 3, H, W) uint8 at the model's input size with N = its memory size."""
+    if not memory_bank_keys(model):
+        raise ValueError(f"{what}: the {getattr(model, 'name', type(model).__name__)!r} model has no memory bank to rebuild")
+    n = model.memory.memory_size
+    h, w = (int(v) for v in model.config.input_size)
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or tuple(images.shape) != (n, 3, h, w):
+        got = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{what}: expected the memory bank's source images as a ({n}, 3, {h}, {w}) uint8 tensor, got {got}")
+
+
+def _rebuild_memory_bank(net: nn.Module, images: torch.Tensor, path: str | Path) -> None:
+    """Fill ``net``'s memory bank from its stored source images (uint8), exactly as training built it."""
+    from memseg.utils import normalize
+
+    _check_memory_images(net, images, str(path))
+    device = next(net.parameters()).device
+    net.prepare(normalize(images.to(device).float().div_(255.0)))
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -134,8 +184,9 @@ def read_checkpoint(path: str | Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # the unpickler raises many types on foreign/corrupt files (IndexError, EOFError, ...)
         raise ValueError(
-            f"{path} is not a memseg checkpoint (torch.load(weights_only=True) failed: {str(err).splitlines()[0] if str(err) else type(err).__name__})"
-        ) from err
+            f"{path} is not a memseg checkpoint: {unreadable_reason(path, err)}; expected a .pt file written by "
+            "`memseg train` (<run>/final.pt or <run>/checkpoints/last.pt)"
+        ) from None  # torch's own text advises loading unsafely: never passed on
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND or "model_state" not in ckpt:
         raise ValueError(
             f"{path} is not a memseg checkpoint (expected a dict with kind={KIND!r}, model_state, model_config; "
@@ -145,6 +196,11 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(f"{path} has checkpoint format_version={version!r}; this memseg-kit reads up to {FORMAT_VERSION}")
     return ckpt
+
+
+def is_slim(ckpt: dict) -> bool:
+    """Whether a checkpoint dict is a slim inference checkpoint (memory bank stored as its source images)."""
+    return ckpt.get(MEMORY_IMAGES) is not None
 
 
 def _as_size(value: Any) -> tuple[int, int] | None:
@@ -189,7 +245,8 @@ def load_checkpoint(
     Returns:
         ``(model, info)``: the model in eval mode on ``device``; ``info`` is the checkpoint dict
         without ``model_state`` (step, config, threshold, weights_source, optimizer/scheduler state, extra...)
-        plus ``path``.
+        plus ``path``. A slim checkpoint's memory bank is rebuilt here from its stored source images
+        (one encoder pass over N images on ``device``).
     """
     import inspect
 
@@ -214,14 +271,20 @@ def load_checkpoint(
         net = build_model(name, mcfg, init_weights=False)
     except (TypeError, KeyError) as err:
         raise ValueError(f"{path}: cannot rebuild model {ckpt.get('model_name')!r} from the stored config {mcfg}: {err}") from err
+    state = ckpt["model_state"]
+    if is_slim(ckpt):  # the bank's features are rebuilt below; keep load_state_dict strict about the rest
+        current = net.state_dict()
+        state = {**state, **{k: current[k] for k in memory_bank_keys(net) if k not in state}}
     try:
-        net.load_state_dict(ckpt["model_state"], strict=True)
+        net.load_state_dict(state, strict=True)
     except RuntimeError as err:
         detail = " ".join(str(err).split())
         detail = detail if len(detail) < 600 else detail[:600] + " ..."
         raise ValueError(f"{path}: stored weights do not fit the {ckpt['model_name']!r} model built from its config: {detail}") from err
     dev = select_device(device)
     net.to(dev).eval()
+    if is_slim(ckpt):
+        _rebuild_memory_bank(net, ckpt[MEMORY_IMAGES], path)
     info = {k: v for k, v in ckpt.items() if k != "model_state"}
     info["path"] = str(path)
     return net, info

@@ -491,7 +491,7 @@ def replay_log(log: str | Path, callback: Callable) -> int:
 
 
 def _same_config(stored: dict, current: dict) -> bool:
-    ignore = {"device", "log_every", "checkpoint_every"}
+    ignore = {"device", "log_every", "checkpoint_every", "checkpoint_minutes"}
     if current.get("dtd_root") is None:
         ignore.add("dtd_root")  # training resolves a default DTD folder itself
     keys = (set(stored) | set(current)) - ignore

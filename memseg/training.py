@@ -10,17 +10,28 @@ Design (PITFALLS "Speed", "Training and evaluation"):
 - the memory bank uses N random train images (seeded) that are not trained on, and a held-back
   validation split (train/good + simulated anomalies) picks the decision threshold — the test
   set is never looked at;
-- checkpoints hold everything needed to continue bit-identically (model incl. memory bank,
-  optimizer, scheduler, RNG states), written atomically.
+- ``checkpoints/last.pt`` holds everything needed to continue bit-identically (model incl. memory
+  bank, optimizer, scheduler, RNG states), written atomically every ``checkpoint_every`` steps, at
+  least every ``checkpoint_minutes`` minutes, on Ctrl-C and at the end: a hard kill loses at most
+  ``checkpoint_minutes`` (default 2) of training, Ctrl-C nothing;
+- the finished model is also written as the slim inference checkpoint ``final.pt`` (no optimizer
+  state; the memory bank as its N uint8 source images, see :mod:`memseg.checkpoint`);
+- a run folder that is not empty is refused unless the run resumes it or ``overwrite`` says so
+  (then the previous run's files are removed, each one named): nothing is replaced silently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import math
+import os
 import random
+import re
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -37,11 +48,34 @@ from memseg.utils import normalize, seed_everything, select_device
 MODEL_NAMES = ("memseg", "draem", "mmr")
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
+FINAL_CHECKPOINT = "final.pt"
 LOG_CSV = "train_log.csv"
 LOG_JSONL = "train_log.jsonl"
+CONFIG_YAML = "config.yaml"
+VALIDATION_JSON = "validation.json"
+# Files a run writes at the top of its folder (``--overwrite`` removes these and checkpoints/*.pt, nothing else).
+RUN_FILES = (CONFIG_YAML, LOG_CSV, LOG_JSONL, VALIDATION_JSON, FINAL_CHECKPOINT)
 
 # Fields that may differ between the stored config and the one given to ``--resume``.
-_RESUME_MUTABLE = {"steps", "device", "out", "data", "dtd_root", "log_every", "checkpoint_every", "amp", "channels_last"}
+_RESUME_MUTABLE = {"steps", "device", "out", "data", "dtd_root", "log_every", "checkpoint_every", "checkpoint_minutes",
+                   "amp", "channels_last"}
+
+
+def _now() -> float:
+    """Clock for time-based checkpoints (``time.monotonic``; tests replace this function)."""
+    return time.monotonic()
+
+
+class ConfigValueError(ValueError):
+    """A TrainConfig value is invalid: ``key`` is the field, ``problem`` the message without a source.
+
+    ``str(err)`` is ``"<source>: <problem>"``; :func:`config_from_args` re-words it to name the flag
+    (``--steps must be >= 1, got 0``) or the file a value came from.
+    """
+
+    def __init__(self, source: str, key: str, problem: str):
+        super().__init__(f"{source}: {problem}")
+        self.key, self.problem = key, problem
 
 
 @dataclass
@@ -76,7 +110,8 @@ class TrainConfig:
     dtd_root: str | None = None  # DTD root (images/<category>/*.jpg); None -> structure-only simulation
     out: str | None = None  # run folder; default runs/<category>-<model>
     log_every: int = 10  # progress-bar refresh / log flush interval (every step is logged)
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500  # write checkpoints/last.pt every this many steps ...
+    checkpoint_minutes: float = 2.0  # ... and at least this often (a hard kill loses at most this much training)
     val_fraction: float = 0.1  # held-back train/good images for the validation split
     top_k: int = 100  # image score = mean of the top-k pixel scores
 
@@ -113,43 +148,55 @@ class TrainConfig:
         return cls.from_dict(values, source=str(path))
 
     def validate(self, source: str = "config") -> None:
-        """Coerce numeric strings (YAML reads ``4e-2`` as a string) and check value ranges."""
+        """Coerce numeric strings (YAML reads ``4e-2`` as a string) and check value ranges.
+
+        Raises:
+            ConfigValueError: naming ``source`` and the field (``err.key``).
+        """
+        def bad(key: str, problem: str) -> ConfigValueError:
+            return ConfigValueError(source, key, problem)
+
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if f.type in ("float",) and isinstance(v, (str, int)) and not isinstance(v, bool):
                 try:
                     setattr(self, f.name, float(v))
                 except ValueError:
-                    raise ValueError(f"{source}: {f.name} must be a number, got {v!r}") from None
+                    raise bad(f.name, f"{f.name} must be a number, got {v!r}") from None
             elif f.type in ("int",) and not isinstance(v, int):
                 if isinstance(v, float) and v.is_integer():
                     setattr(self, f.name, int(v))
                 else:
-                    raise ValueError(f"{source}: {f.name} must be an integer, got {v!r}")
+                    raise bad(f.name, f"{f.name} must be an integer, got {v!r}")
             elif f.type in ("bool",) and not isinstance(v, bool):
-                raise ValueError(f"{source}: {f.name} must be true or false, got {v!r}")
+                raise bad(f.name, f"{f.name} must be true or false, got {v!r}")
             elif f.type == "dict" and not isinstance(v, dict):
-                raise ValueError(f"{source}: {f.name} must be a mapping, got {v!r}")
+                raise bad(f.name, f"{f.name} must be a mapping, got {v!r}")
         if self.model not in MODEL_NAMES:
-            raise ValueError(f"{source}: model must be one of {MODEL_NAMES}, got {self.model!r}")
+            raise bad("model", f"model must be one of {MODEL_NAMES}, got {self.model!r}")
         if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"{source}: optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+            raise bad("optimizer", f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.scheduler not in ("cosine", "constant"):
-            raise ValueError(f"{source}: scheduler must be 'cosine' or 'constant', got {self.scheduler!r}")
+            raise bad("scheduler", f"scheduler must be 'cosine' or 'constant', got {self.scheduler!r}")
         if self.layout not in ("auto", "mvtec", "btad", "folder"):
-            raise ValueError(f"{source}: layout must be auto, mvtec, btad or folder, got {self.layout!r}")
+            raise bad("layout", f"layout must be auto, mvtec, btad or folder, got {self.layout!r}")
         for name in ("steps", "checkpoint_every", "log_every", "top_k"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{source}: {name} must be >= 1, got {getattr(self, name)}")
+                raise bad(name, f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.checkpoint_minutes > 0:
+            raise bad("checkpoint_minutes", f"checkpoint_minutes must be > 0, got {self.checkpoint_minutes}")
         if self.batch_normal < 0 or self.batch_anomalous < 0 or self.batch_normal + self.batch_anomalous < 1:
-            raise ValueError(f"{source}: batch_normal + batch_anomalous must be >= 1 (got {self.batch_normal} + {self.batch_anomalous})")
+            raise bad("batch_normal", f"batch_normal + batch_anomalous must be >= 1 (got {self.batch_normal} + {self.batch_anomalous})")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"{source}: val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise bad("val_fraction", f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.lr <= 0:
-            raise ValueError(f"{source}: lr must be > 0, got {self.lr}")
+            raise bad("lr", f"lr must be > 0, got {self.lr}")
         if "input_size" in self.model_options:
-            raise ValueError(f"{source}: set the input size with `size`, not model_options.input_size")
-        self.input_size  # noqa: B018  (validates size)
+            raise bad("model_options", "set the input size with `size`, not model_options.input_size")
+        try:
+            self.input_size  # noqa: B018  (validates size)
+        except ValueError as err:
+            raise bad("size", str(err)) from None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -200,11 +247,12 @@ class TrainResult:
     """What :func:`train` returns."""
 
     run_dir: Path
-    checkpoint: Path
+    checkpoint: Path  # <run>/final.pt: the slim inference checkpoint (evaluate, predict, the dashboard)
     history: list[dict]  # one dict per step done in this call (step, loss parts, lr, seconds)
     threshold: float | None = None  # image decision threshold from the validation split
     validation: dict | None = None  # validation-split metrics (simulated anomalies, never the test set)
     weights_source: str = "unknown"  # what the encoder was initialised from ("imagenet", "random", a path)
+    last: Path | None = None  # <run>/checkpoints/last.pt: the resumable checkpoint (optimizer state, RNG states)
 
 
 # ------------------------------------------------------------------------------------ RNG states
@@ -303,24 +351,32 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 class _StepLog:
-    """Appends one CSV row and one JSON line per step; on resume, drops lines past the checkpoint."""
+    """Appends one CSV row and one JSON line per step; on resume, drops lines past the checkpoint (said via ``log``).
 
-    def __init__(self, run_dir: Path, resume_step: int | None):
+    A fresh run starts with no logs (:func:`check_run_dir` refuses a folder that has some unless
+    ``overwrite``, which removes them by name), so nothing is deleted here.
+    """
+
+    def __init__(self, run_dir: Path, resume_step: int | None, log: Callable[[str], None] = print):
         self.csv_path = run_dir / LOG_CSV
         self.jsonl_path = run_dir / LOG_JSONL
         self.fields: list[str] | None = None
-        if resume_step is None:
-            for p in (self.csv_path, self.jsonl_path):
-                p.unlink(missing_ok=True)
-        else:
-            self._truncate(resume_step)
+        if resume_step is not None:
+            dropped = self._truncate(resume_step)
+            if dropped:
+                log(f"resume: dropped the log lines of steps {dropped[0]}-{dropped[-1]} from {self.jsonl_path.name} and "
+                    f"{self.csv_path.name} (logged after the checkpoint at step {resume_step}; they are trained again)")
         self.csv_fh = open(self.csv_path, "a", newline="")
         self.jsonl_fh = open(self.jsonl_path, "a")
 
-    def _truncate(self, step: int) -> None:
-        """Keep only log lines of steps <= ``step`` (a killed run may have logged steps past its last checkpoint)."""
+    def _truncate(self, step: int) -> list[int]:
+        """Keep only log lines of steps <= ``step`` (a killed run may have logged steps past its last checkpoint);
+        returns the steps dropped."""
+        dropped: list[int] = []
         if self.jsonl_path.exists():
-            lines = [ln for ln in self.jsonl_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+            rows = [ln for ln in self.jsonl_path.read_text().splitlines() if ln.strip()]
+            lines = [ln for ln in rows if json.loads(ln)["step"] <= step]
+            dropped = sorted(json.loads(ln)["step"] for ln in rows if json.loads(ln)["step"] > step)
             self.jsonl_path.write_text("".join(ln + "\n" for ln in lines))
         if self.csv_path.exists():
             with open(self.csv_path, newline="") as fh:
@@ -333,7 +389,8 @@ class _StepLog:
                     w.writeheader()
                     w.writerows(rows)
             else:
-                self.csv_path.unlink()
+                self.csv_path.unlink()  # a log without rows: write() starts it again with its header
+        return dropped
 
     def write(self, row: dict) -> None:
         if self.fields is None:
@@ -354,6 +411,93 @@ class _StepLog:
 def existing_checkpoints(run_dir: Path) -> list[Path]:
     d = Path(run_dir) / CHECKPOINT_DIR
     return sorted(d.glob("*.pt")) if d.is_dir() else []
+
+
+# ------------------------------------------------------------------------------------ run folder
+def check_run_dir_path(run_dir: Path) -> None:
+    """The run folder must be a folder, or not exist yet under a writable folder: checked before any work.
+
+    Raises:
+        ValueError: one line naming the path (it, or a folder above it, is a file; or it cannot be written).
+    """
+    run_dir = Path(run_dir)
+    for p in (run_dir, *run_dir.parents):
+        if not p.exists():
+            continue
+        if not p.is_dir():
+            where = "is a file" if p == run_dir else f"lies inside {p}, which is a file"
+            raise ValueError(f"run folder {run_dir} {where}, not a folder; choose another --out (a folder, created when missing)")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise ValueError(f"run folder {run_dir}: cannot write in {p} (permission denied); choose another --out")
+        return
+
+
+def _rel(paths: list[Path], root: Path) -> str:
+    return ", ".join(str(p.relative_to(root)) for p in paths)
+
+
+def previous_run_files(run_dir: Path) -> list[Path]:
+    """The files an earlier run wrote in ``run_dir`` (config, logs, validation, checkpoints, atomic-save leftovers)."""
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    found = [run_dir / name for name in RUN_FILES if (run_dir / name).is_file()]
+    found += sorted(run_dir.glob(".*.tmp"))
+    if ckpt_dir.is_dir():
+        found += sorted(ckpt_dir.glob("*.pt")) + sorted(ckpt_dir.glob(".*.tmp"))
+    return found
+
+
+def check_run_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) -> list[Path]:
+    """Decide, before any work, whether a run may write in ``run_dir``; returns the files ``overwrite`` will remove.
+
+    A fresh run needs a missing or empty folder; ``resume`` needs ``checkpoints/last.pt``; ``overwrite``
+    accepts a non-empty folder and removes the previous run's files (:func:`previous_run_files`),
+    by name, when the run starts writing (:func:`remove_previous_run`); other files are kept.
+
+    Raises:
+        ValueError: the path is a file, or the folder is not empty (without ``resume``/``overwrite``).
+        FileNotFoundError: ``resume`` without ``checkpoints/last.pt``.
+    """
+    run_dir = Path(run_dir)
+    check_run_dir_path(run_dir)
+    if resume and overwrite:
+        raise ValueError("--resume continues a run and --overwrite starts it over: pass one of them")
+    if resume:
+        ckpt = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} (start a fresh run without --resume)")
+        return []
+    entries = sorted(run_dir.iterdir()) if run_dir.is_dir() else []
+    if not entries:
+        return []
+    if overwrite:
+        return previous_run_files(run_dir)
+    found = existing_checkpoints(run_dir)
+    if found:
+        raise ValueError(
+            f"run folder {run_dir} already has checkpoints ({_rel(found, run_dir)}); pass --resume (resume=True) to "
+            "continue it, --overwrite (overwrite=True) to start over, or choose another --out")
+    shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in entries[:6]) + (
+        f" and {len(entries) - 6} more" if len(entries) > 6 else "")
+    raise ValueError(
+        f"run folder {run_dir} is not empty ({shown}) and has no checkpoint to resume; pass --overwrite (overwrite=True) "
+        "to start over in it (the previous run's files are removed, each one named), or choose another --out")
+
+
+def remove_previous_run(run_dir: Path, files: list[Path], log: Callable[[str], None] = print) -> None:
+    """``overwrite``: remove ``files`` (from :func:`check_run_dir`), saying which, and which other entries stay."""
+    run_dir = Path(run_dir)
+    if files:
+        log(f"overwrite: removing the previous run's files in {run_dir}: {_rel(files, run_dir)}")
+    for p in files:
+        p.unlink(missing_ok=True)
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    if ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
+        ckpt_dir.rmdir()
+    kept = sorted(run_dir.iterdir()) if run_dir.is_dir() else []
+    if kept:
+        log(f"overwrite: kept {len(kept)} other entr{'y' if len(kept) == 1 else 'ies'} in {run_dir} "
+            f"(not written by memseg train): {', '.join(p.name for p in kept[:6])}{' ...' if len(kept) > 6 else ''}")
 
 
 def _check_resume_config(stored: dict, cfg: TrainConfig, path: Path) -> None:
@@ -428,8 +572,13 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train ``config.model`` on ``config.category``; returns the run folder, checkpoint and history.
+    """Train ``config.model`` on ``config.category``; returns the run folder, checkpoints and history.
+
+    Writes ``<run>/checkpoints/last.pt`` (resumable: every ``checkpoint_every`` steps, at least every
+    ``checkpoint_minutes`` minutes, on Ctrl-C and at the end) and, when training finishes, the slim
+    inference checkpoint ``<run>/final.pt`` (``TrainResult.checkpoint``).
 
     Args:
         config: the run's :class:`TrainConfig`.
@@ -437,45 +586,39 @@ def train(
         callback: called as ``callback(step, logs)`` after every step (logs: loss parts, lr, seconds).
         resume: continue from ``<run>/checkpoints/last.pt`` (weights, optimizer, scheduler and RNG
             states restored: the result is bit-identical to an uninterrupted run on the same device).
-        overwrite: start fresh in a run folder that already has checkpoints (they are deleted).
+        overwrite: start fresh in a run folder that is not empty: the previous run's files are
+            removed (each one named through ``log``), other files are kept.
+        log: where the run's notes go (files removed by ``overwrite``, log lines dropped on resume,
+            the checkpoint written on Ctrl-C).
 
     Raises:
-        ValueError: the run folder already has checkpoints (without ``resume``/``overwrite``), or the
+        ValueError: the run folder is a file or is not empty (without ``resume``/``overwrite``), or the
             resumed config differs from the stored one, or the data is unusable.
         FileNotFoundError: ``resume`` without a checkpoint, missing dataset.
+        KeyboardInterrupt: after saving ``last.pt`` at the last completed step (resume continues it).
     """
     from tqdm.auto import tqdm
 
     from memseg.data import load_split
     from memseg.models import build_model
-    from memseg.simulation import AnomalySimulator, SimulationConfig, default_dtd_root
+    from memseg.paths import locate_dtd
+    from memseg.simulation import NO_DTD_WARNING, AnomalySimulator, SimulationConfig
 
     cfg = config
     cfg.validate()
     run_dir = cfg.run_dir()
     ckpt_path = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
-    found = existing_checkpoints(run_dir)
+    to_remove = check_run_dir(run_dir, resume=resume, overwrite=overwrite)  # before any work
     stored = None
     if resume:
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path} (start a fresh run without --resume)")
         stored = read_checkpoint(ckpt_path)
         _check_resume_config(stored.get("config", {}), cfg, ckpt_path)
-    elif found:
-        if not overwrite:
-            raise ValueError(
-                f"run folder {run_dir} already has checkpoints ({', '.join(p.name for p in found)}); "
-                "pass --resume to continue it, choose another --out, or overwrite=True to start over")
-        for p in found:
-            p.unlink()
     if not cfg.data or not cfg.category:
         raise ValueError("TrainConfig needs data (dataset root) and category")
     if cfg.dtd_root is None and stored is not None:
         cfg.dtd_root = stored.get("config", {}).get("dtd_root")  # same textures as before the interruption
-    elif cfg.dtd_root is None:
-        # same lookup as `memseg simulate` ($MEMSEG_DTD, ../shared/data/dtd); recorded in the config
-        found_dtd = default_dtd_root(None)
-        cfg.dtd_root = str(found_dtd) if found_dtd is not None else None
+    else:  # --dtd / dtd_root > $MEMSEG_DTD > the project defaults (memseg.paths); recorded in the config
+        cfg.dtd_root = _str_or_none(locate_dtd(cfg.dtd_root, flag="--dtd (dtd_root)").path)
 
     device = select_device(cfg.device)
     if cfg.deterministic:
@@ -532,87 +675,174 @@ def train(
             # e.g. DRAEM's own texture-only simulation; explicit `simulation` keys still win
             overrides = {k: v for k, v in model.simulation_overrides().items() if k not in cfg.simulation}
             sim_cfg = dataclasses.replace(sim_cfg, **overrides)
-        simulator = AnomalySimulator(sim_cfg, dtd_root=cfg.dtd_root, size=size, device=device, category=cfg.category,
-                                     progress=progress)
+        if cfg.dtd_root is None and getattr(model, "needs_simulation", True):
+            warnings.warn(locate_dtd(None).describe(), stacklevel=2)  # where it looked, and how to give textures
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=re.escape(NO_DTD_WARNING))  # said above, in CLI terms
+            simulator = AnomalySimulator(sim_cfg, dtd_root=cfg.dtd_root, size=size, device=device,
+                                         category=cfg.category, progress=progress)
     train_idx = torch.as_tensor(splits["train"], device=device)
     if stored is not None:
         set_rng_state(stored["extra"]["rng"], gen)  # after all set-up that may draw random numbers
 
+    if overwrite:
+        remove_previous_run(run_dir, to_remove, log)
     run_dir.mkdir(parents=True, exist_ok=True)
     if stored is None:
-        cfg.to_yaml(run_dir / "config.yaml")
-    log = _StepLog(run_dir, resume_step=start if stored is not None else None)
+        cfg.to_yaml(run_dir / CONFIG_YAML)
+    steplog = _StepLog(run_dir, resume_step=start if stored is not None else None, log=log)
     weights_source = str(getattr(model, "weights_source", None) or getattr(model.config, "weights", None)
                          or cfg.model_options.get("weights", "unknown"))
     if stored is not None:
         weights_source = stored.get("weights_source", weights_source)
     base_extra = {"splits": splits, "n_train_images": n_images}
+    saved = start  # the step last.pt holds (0: none yet)
 
     def checkpoint(step: int, threshold: float | None = None, validation: dict | None = None) -> Path:
-        log.flush()
+        nonlocal saved
+        steplog.flush()
         extra = {**base_extra, "rng": rng_state(gen)}
         if validation is not None:
             extra["validation"] = validation
-        return save_checkpoint(ckpt_path, model, optimizer, scheduler, config=cfg.to_dict(), step=step,
+        path = save_checkpoint(ckpt_path, model, optimizer, scheduler, config=cfg.to_dict(), step=step,
                                extra=extra, threshold=threshold, weights_source=weights_source)
+        saved = step
+        return path
 
     history: list[dict] = []
     bn, ba = cfg.batch_normal, cfg.batch_anomalous
     if not getattr(model, "needs_simulation", True):
         bn, ba = bn + ba, 0  # e.g. MMR trains on normal images only
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {cfg.model}/{cfg.category}", dynamic_ncols=True)
+    done: int | None = start  # the last step whose update is complete; None while a step is under way
+    last_save = _now()
     try:
-        for step in range(start + 1, cfg.steps + 1):
-            t0 = time.perf_counter()
-            idx = train_idx[torch.randint(len(train_idx), (bn + ba,), generator=gen, device=device)]
-            clean = cache[idx].float().div_(255.0)  # (B, 3, H, W) in [0, 1]
-            masks = torch.zeros(bn + ba, 1, *size, device=device)
-            inputs = clean
-            if ba:
-                sim = simulator.simulate(clean[bn:], generator=gen)  # eq. (1)-(2), unnormalised images
-                inputs = torch.cat([clean[:bn], sim.images], dim=0)
-                masks[bn:] = sim.masks
-            x, c = normalize(inputs), normalize(clean)  # normalise AFTER compositing
-            if cfg.channels_last:
-                x, c = x.contiguous(memory_format=torch.channels_last), c.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, cfg.amp):
-                loss, parts = model.compute_loss(x, masks, c)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            row = {"step": step, "loss": float(loss.detach())}
-            row.update({k: float(v) for k, v in parts.items() if k != "loss"})
-            row.update({"lr": lr, "seconds": round(time.perf_counter() - t0, 4)})
-            log.write(row)
-            history.append(row)
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.3g}")
-                log.flush()
-            if callback is not None:
-                callback(step, row)
-            if step % cfg.checkpoint_every == 0 and step != cfg.steps:
-                checkpoint(step)
+        with _stop_after_step() as stop:
+            for step in range(start + 1, cfg.steps + 1):
+                done = None  # from here until the step's log line is written, the state is half a step
+                t0 = time.perf_counter()
+                idx = train_idx[torch.randint(len(train_idx), (bn + ba,), generator=gen, device=device)]
+                clean = cache[idx].float().div_(255.0)  # (B, 3, H, W) in [0, 1]
+                masks = torch.zeros(bn + ba, 1, *size, device=device)
+                inputs = clean
+                if ba:
+                    sim = simulator.simulate(clean[bn:], generator=gen)  # eq. (1)-(2), unnormalised images
+                    inputs = torch.cat([clean[:bn], sim.images], dim=0)
+                    masks[bn:] = sim.masks
+                x, c = normalize(inputs), normalize(clean)  # normalise AFTER compositing
+                if cfg.channels_last:
+                    x, c = x.contiguous(memory_format=torch.channels_last), c.contiguous(memory_format=torch.channels_last)
+                with _autocast(device, cfg.amp):
+                    loss, parts = model.compute_loss(x, masks, c)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                row = {"step": step, "loss": float(loss.detach())}
+                row.update({k: float(v) for k, v in parts.items() if k != "loss"})
+                row.update({"lr": lr, "seconds": round(time.perf_counter() - t0, 4)})
+                steplog.write(row)
+                history.append(row)
+                done = step
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.3g}")
+                    steplog.flush()
+                if callback is not None:
+                    callback(step, row)
+                if stop.requested and step != cfg.steps:  # Ctrl-C / SIGTERM came during this step, now complete
+                    raise KeyboardInterrupt
+                if step != cfg.steps and (step % cfg.checkpoint_every == 0 or _now() - last_save >= 60 * cfg.checkpoint_minutes):
+                    checkpoint(step)
+                    last_save = _now()
         bar.close()
         threshold, validation = None, None
         if splits["val"] and simulator is not None:
             val_imgs = cache[torch.as_tensor(splits["val"], device=device)]
             validation = validate(model, val_imgs, simulator, cfg, device)
             threshold = validation["threshold"]
-            (run_dir / "validation.json").write_text(json.dumps(validation, indent=2))
-        path = checkpoint(cfg.steps, threshold, validation)
+            (run_dir / VALIDATION_JSON).write_text(json.dumps(validation, indent=2))
+        last = checkpoint(cfg.steps, threshold, validation)
+        memory_images = cache[torch.as_tensor(splits["memory"], device=device)].cpu() if memory_size else None
+        final = save_checkpoint(run_dir / FINAL_CHECKPOINT, model, config=cfg.to_dict(), step=cfg.steps,
+                                extra={**base_extra, **({"validation": validation} if validation else {})},
+                                threshold=threshold, weights_source=weights_source, memory_images=memory_images)
+    except KeyboardInterrupt:
+        bar.close()
+        _checkpoint_on_interrupt(done, saved, cfg.steps, ckpt_path, checkpoint, log)
+        raise
     finally:
         bar.close()
-        log.close()
-    return TrainResult(run_dir=run_dir, checkpoint=path, history=history, threshold=threshold, validation=validation,
-                       weights_source=weights_source)
+        steplog.close()
+    return TrainResult(run_dir=run_dir, checkpoint=final, history=history, threshold=threshold, validation=validation,
+                       weights_source=weights_source, last=last)
+
+
+class _StopRequest:
+    """Set by the SIGINT/SIGTERM handler of :func:`_stop_after_step`."""
+
+    requested = False
+
+
+@contextlib.contextmanager
+def _stop_after_step():
+    """While the training loop runs, Ctrl-C (SIGINT) and SIGTERM (``kill``, ``docker stop``, a job
+    scheduler) ask it to stop after the step under way, so ``train`` can save that step; a second
+    signal interrupts at once. Signals that were ignored stay ignored; outside the main thread
+    (where handlers cannot be set) nothing changes."""
+    request = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, _frame):
+        if request.requested:
+            raise KeyboardInterrupt
+        request.requested = True
+
+    previous = {}
+    for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(sig) is default:
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _checkpoint_on_interrupt(done: int | None, saved: int, steps: int, ckpt_path: Path,
+                             checkpoint: Callable[[int], Path], log: Callable[[str], None]) -> None:
+    """Ctrl-C: save last.pt at the last completed step (when it is newer than the saved one) and say how to go on.
+
+    ``done`` is None when the interrupt came in the middle of a step (a second Ctrl-C, or one raised
+    by code): the state is then half a step and is not saved, the previous checkpoint stands.
+    """
+    if done is not None and done > saved:
+        checkpoint(done)
+        note = f"saved {ckpt_path} at step {done}"
+    elif saved > 0:
+        note = f"{ckpt_path} holds step {saved}"
+    else:
+        log("interrupted before the first step finished: nothing to resume; start again with --overwrite (overwrite=True)")
+        return
+    log(f"interrupted: {note} of {steps}; continue with --resume (resume=True) and the same --out")
 
 
 # ------------------------------------------------------------------------------------------ CLI
+# TrainConfig field -> the `memseg train` flag that sets it
+_FLAGS = {"data": "--data", "category": "--category", "model": "--model", "out": "--out", "steps": "--steps",
+          "dtd_root": "--dtd", "size": "--size", "seed": "--seed", "layout": "--layout", "device": "--device",
+          "model_options": "--weights"}
+
+
 def config_from_args(args) -> TrainConfig:
-    """TrainConfig from `memseg train` flags: stored run config (with --resume) < --config file < flags."""
+    """TrainConfig from `memseg train` flags: stored run config (with --resume) < --config file < flags.
+
+    An invalid value is reported against where it came from: the flag (``--steps must be >= 1, got 0``),
+    the ``--config`` file or the resumed checkpoint.
+    """
     overrides: dict[str, Any] = {
         "data": args.data, "category": args.category, "model": args.model, "out": args.out,
         "steps": args.steps, "dtd_root": args.dtd, "size": args.size, "seed": args.seed,
@@ -624,13 +854,16 @@ def config_from_args(args) -> TrainConfig:
     if args.weights is not None:
         overrides["model_options"] = {"weights": args.weights}
     base: dict = {}
+    origin: dict[str, str] = {}  # field -> where its value came from
+    run_dir = Path(args.out) if args.out else Path("runs") / f"{args.category}-{args.model}"
+    check_run_dir_path(run_dir)
     if args.resume:
-        run_dir = Path(args.out) if args.out else Path("runs") / f"{args.category}-{args.model}"
         ckpt = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
         if not ckpt.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} (start a fresh run without --resume)")
         base = dict(read_checkpoint(ckpt).get("config", {}))
         base.pop("device", None)
+        origin.update(dict.fromkeys(base, str(ckpt)))
     if args.config:
         path = Path(args.config)
         if not path.is_file():
@@ -645,12 +878,29 @@ def config_from_args(args) -> TrainConfig:
         if unknown:
             raise ValueError(f"{path}: unknown config key(s) {unknown}; valid keys: {', '.join(TrainConfig.field_names())}")
         base = merge_overrides(base, file_values)
-    return TrainConfig.from_dict(merge_overrides(base, overrides), source=args.config or "command line")
+        origin.update(dict.fromkeys(file_values, str(path)))
+    origin.update({k: _FLAGS[k] for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig.from_dict(merge_overrides(base, overrides), source=args.config or "command line")
+    except ConfigValueError as err:
+        where = origin.get(err.key, args.config or "command line")
+        if where.startswith("--") and err.problem.startswith(err.key):
+            raise ValueError(where + err.problem[len(err.key):]) from None  # "--steps must be >= 1, got 0"
+        raise ValueError(f"{where}: {err.problem}") from None
+
+
+def _str_or_none(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 def cli_train(args) -> int:
     """`memseg train`: build the config, train, print where the run and checkpoint are."""
+    from memseg.paths import locate_dtd
+
     cfg = config_from_args(args)
+    flag = "--dtd" if args.dtd or not cfg.dtd_root else "dtd_root of the run's config"
+    textures = locate_dtd(cfg.dtd_root, flag=flag)  # resolved once, printed, and recorded in the run's config
+    cfg.dtd_root = _str_or_none(textures.path)
     print(f"memseg train: {cfg.model} on {cfg.category} ({cfg.data}), {cfg.steps} steps, size {cfg.input_size}, "
           f"device {select_device(cfg.device)}, run folder {cfg.run_dir()}")
     weights = str(cfg.model_options.get("weights", "auto" if cfg.model == "memseg" else "random"))
@@ -663,10 +913,17 @@ def cli_train(args) -> int:
               "pass --weights imagenet when online, or --weights path/to/resnet18.pth)")
     else:
         print(f"encoder weights: {weights}")
-    result = train(cfg, progress=True, resume=args.resume)
+    print(textures.describe())
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="textures: no DTD found")  # printed just above
+            result = train(cfg, progress=True, resume=args.resume, overwrite=getattr(args, "overwrite", False))
+    except KeyboardInterrupt:
+        return 130  # train() said where the checkpoint is and how to resume
     print(f"encoder weights used: {result.weights_source}")
     print(f"run folder: {result.run_dir}")
-    print(f"checkpoint: {result.checkpoint}")
+    print(f"final model: {result.checkpoint} (slim inference checkpoint: for memseg evaluate / predict and the dashboard)")
+    print(f"resumable checkpoint: {result.last} (with optimizer state: --resume continues from it)")
     print(f"logs: {result.run_dir / LOG_CSV}, {result.run_dir / LOG_JSONL}")
     if result.threshold is not None:
         print(f"decision threshold (validation split, F1-max on simulated anomalies): {result.threshold:.4f}")

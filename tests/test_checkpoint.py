@@ -7,7 +7,15 @@ import os
 import pytest
 import torch
 
-from memseg.checkpoint import FORMAT_VERSION, atomic_torch_save, load_checkpoint, read_checkpoint, save_checkpoint
+from memseg.checkpoint import (
+    FORMAT_VERSION,
+    MEMORY_IMAGES,
+    atomic_torch_save,
+    is_slim,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from memseg.models import build_model
 from memseg.utils import normalize
 
@@ -31,7 +39,7 @@ def test_round_trip_restores_weights_memory_and_metadata(tmp_path, tiny_model):
                            step=7, extra={"note": "hello", "t": torch.arange(3)}, threshold=0.42)
     assert path.is_file()
     raw = torch.load(path, map_location="cpu", weights_only=True)  # must load in the safe mode
-    assert raw["format_version"] == FORMAT_VERSION and raw["model_name"] == "memseg"
+    assert raw["format_version"] == 1 and raw["model_name"] == "memseg"  # full checkpoints keep format 1
     model, info = load_checkpoint(path, device="cpu")
     ref = tiny_model.state_dict()
     got = model.state_dict()
@@ -81,8 +89,25 @@ def test_missing_file_is_named(tmp_path):
 def test_non_checkpoint_files_are_rejected(tmp_path, content):
     p = tmp_path / "bad.pt"
     p.write_bytes(content)
-    with pytest.raises(ValueError, match=r"bad\.pt is not a memseg checkpoint"):
+    with pytest.raises(ValueError, match=r"bad\.pt is not a memseg checkpoint") as err:
         load_checkpoint(p, device="cpu")
+    message = str(err.value)
+    assert "weights_only=False" not in message and "Re-running" not in message  # never advice to load unsafely
+    assert len(message.splitlines()) == 1 and "memseg train" in message
+    if content.startswith(b"this is a text"):
+        assert "it is a text file" in message
+
+
+class _Pickled:  # a class pickled into a .pt file: weights_only=True refuses to unpickle it
+    pass
+
+
+def test_pickled_object_is_named_without_unsafe_advice(tmp_path):
+    p = tmp_path / "pickled.pt"
+    torch.save({"obj": _Pickled()}, p)
+    with pytest.raises(ValueError, match="pickled Python object") as err:
+        load_checkpoint(p, device="cpu")
+    assert "weights_only=False" not in str(err.value)
 
 
 def test_foreign_torch_file_is_rejected(tmp_path, tiny_model):
@@ -148,3 +173,50 @@ def test_checkpoint_from_before_the_head_and_attention_options_loads_as_the_pape
     x = normalize(torch.rand(1, 3, 64, 64))
     assert torch.equal(model.anomaly_map(x), old.anomaly_map(x))
     assert all(torch.allclose(a, b) for a, b in zip(model.memory.scales, old.memory.scales))
+
+
+# ------------------------------------------------------------------------ slim inference checkpoints
+def _memseg_with_image_bank(size: int = 64, memory_size: int = 3):
+    """A MemSeg whose bank is built from uint8 images, as training builds it; returns (model, images)."""
+    torch.manual_seed(3)
+    model = build_model("memseg", {"input_size": (size, size), "memory_size": memory_size, "weights": "random"})
+    images = torch.randint(0, 256, (memory_size, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    model.prepare(normalize(images.float().div_(255.0)))
+    return model.eval(), images
+
+
+def test_slim_checkpoint_stores_images_not_bank_and_rebuilds_it_exactly(tmp_path):
+    model, images = _memseg_with_image_bank()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    full = save_checkpoint(tmp_path / "last.pt", model, optimizer=opt, step=5, threshold=0.3)
+    slim = save_checkpoint(tmp_path / "final.pt", model, config={"steps": 5}, step=5, threshold=0.3,
+                           extra={"validation": {"f1_max": 0.5}}, weights_source="random", memory_images=images)
+    raw = torch.load(slim, map_location="cpu", weights_only=True)  # the safe mode
+    assert is_slim(raw) and not is_slim(torch.load(full, weights_only=True))
+    assert raw["format_version"] == 2 <= FORMAT_VERSION
+    assert raw["optimizer_state"] is None and raw["scheduler_state"] is None
+    assert not any(k.startswith("memory.level") for k in raw["model_state"])
+    assert raw[MEMORY_IMAGES].dtype == torch.uint8 and torch.equal(raw[MEMORY_IMAGES], images)
+    bank_bytes = sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if k.startswith("memory.level"))
+    assert full.stat().st_size - slim.stat().st_size >= bank_bytes - images.numel()  # the bank is not in the file
+
+    rebuilt, info = load_checkpoint(slim, device="cpu")
+    reference, _ = load_checkpoint(full, device="cpu")
+    assert info["threshold"] == pytest.approx(0.3) and info["extra"]["validation"] == {"f1_max": 0.5}
+    assert info["weights_source"] == "random" and info["step"] == 5
+    for k, v in reference.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[k], v), f"{k} differs after rebuilding the bank"
+    x = normalize(torch.rand(2, 3, 64, 64))
+    assert torch.equal(rebuilt.anomaly_map(x), reference.anomaly_map(x))
+
+
+def test_slim_checkpoint_memory_images_are_checked(tmp_path):
+    model, images = _memseg_with_image_bank()
+    with pytest.raises(ValueError, match=r"expected the memory bank's source images as a \(3, 3, 64, 64\) uint8 tensor"):
+        save_checkpoint(tmp_path / "bad.pt", model, memory_images=images.float())
+    p = save_checkpoint(tmp_path / "final.pt", model, memory_images=images)
+    ck = torch.load(p, weights_only=True)
+    ck[MEMORY_IMAGES] = ck[MEMORY_IMAGES][:2]  # a damaged file: N=2 images for a bank of N=3
+    torch.save(ck, p)
+    with pytest.raises(ValueError, match=r"final\.pt: expected the memory bank's source images as a \(3, 3, 64, 64\)"):
+        load_checkpoint(p, device="cpu")

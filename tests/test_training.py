@@ -1,4 +1,5 @@
-"""Training: YAML config, schedule, splits, step logs, refusing to clobber a run, exact resume after a kill."""
+"""Training: YAML config, schedule, splits, step logs, refusing to clobber a run, checkpoints by step and by
+time, exact resume after a kill or Ctrl-C, the slim final.pt."""
 
 from __future__ import annotations
 
@@ -6,18 +7,30 @@ import csv
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from memseg.checkpoint import read_checkpoint
-from memseg.training import TrainConfig, load_config, lr_factor, rng_state, set_rng_state, split_indices, train
 from tiny_data import make_tiny_dataset
+
+from memseg import training
+from memseg.checkpoint import is_slim, load_checkpoint, read_checkpoint
+from memseg.cli import main as cli_main
+from memseg.training import (
+    TrainConfig,
+    load_config,
+    lr_factor,
+    rng_state,
+    set_rng_state,
+    split_indices,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # the tiny fake category has no foreground preset; the simulator says so (expected here)
@@ -53,6 +66,7 @@ def test_unknown_key_is_a_clear_error(tmp_path):
     ({"lr": "fast"}, "lr must be a number"),
     ({"val_fraction": 1.5}, "val_fraction must be in"),
     ({"size": 8}, "at least 32"),
+    ({"checkpoint_minutes": 0}, "checkpoint_minutes must be > 0"),
 ])
 def test_invalid_values(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -120,6 +134,7 @@ def _cfg(tmp_path: Path, out: str, **kw) -> TrainConfig:
         data=str(tmp_path / "data"), category="tiny", size=64, steps=6, checkpoint_every=3, log_every=1,
         batch_normal=2, batch_anomalous=2, warmup_steps=2, device="cpu", val_fraction=0.2,
         model_options={"memory_size": 2, "weights": "random"}, dtd_root=str(tmp_path / "dtd"), out=str(tmp_path / out),
+        checkpoint_minutes=10_000,  # checkpoints by step only, unless a test sets the clock
     )
     values.update(kw)
     return TrainConfig.from_dict(values)
@@ -167,7 +182,13 @@ def test_resume_after_kill_is_bit_identical(tiny_setup):
     # ... resumed by a fresh config object
     res = train(_cfg(tmp_path, "killed"), progress=False, resume=True)
     assert [h["step"] for h in res.history] == [4, 5, 6]
-    a, b = read_checkpoint(ref.checkpoint), read_checkpoint(res.checkpoint)
+    _assert_same_run(ref, res)
+
+
+def _assert_same_run(ref, res) -> None:
+    """``res`` (interrupted and resumed) ended bit-identical to ``ref`` (uninterrupted): weights, optimizer
+    state, threshold, the slim final.pt and the logs."""
+    a, b = read_checkpoint(ref.last), read_checkpoint(res.last)
     assert a["step"] == b["step"] == 6
     assert set(a["model_state"]) == set(b["model_state"])
     for k, v in a["model_state"].items():
@@ -176,6 +197,9 @@ def test_resume_after_kill_is_bit_identical(tiny_setup):
     mom_b = [s["momentum_buffer"] for s in b["optimizer_state"]["state"].values()]
     assert all(torch.equal(x, y) for x, y in zip(mom_a, mom_b))
     assert a["threshold"] == b["threshold"] and a["threshold"] is not None
+    fa, fb = read_checkpoint(ref.checkpoint), read_checkpoint(res.checkpoint)
+    assert all(torch.equal(v, fb["model_state"][k]) for k, v in fa["model_state"].items())
+    assert torch.equal(fa["memory_images"], fb["memory_images"]) and fa["threshold"] == fb["threshold"]
 
     # the logs hold every step exactly once, with identical losses
     log_ref, log_res = _read_jsonl(ref.run_dir / "train_log.jsonl"), _read_jsonl(res.run_dir / "train_log.jsonl")
@@ -192,16 +216,218 @@ def test_fresh_run_refuses_existing_checkpoints(tiny_setup):
     tmp_path = tiny_setup
     cfg = _cfg(tmp_path, "run", steps=2, checkpoint_every=5, val_fraction=0.0)
     first = train(cfg, progress=False)
-    stamp = first.checkpoint.stat().st_mtime_ns
-    with pytest.raises(ValueError, match="already has checkpoints.*--resume"):
+    stamps = {p: p.stat().st_mtime_ns for p in (first.checkpoint, first.last)}
+    with pytest.raises(ValueError, match=r"already has checkpoints \(checkpoints/last\.pt\); pass --resume \(resume=True\) "
+                                         r"to continue it, --overwrite \(overwrite=True\) to start over"):
         train(_cfg(tmp_path, "run", steps=2, checkpoint_every=5, val_fraction=0.0), progress=False)
-    assert first.checkpoint.stat().st_mtime_ns == stamp
-    again = train(_cfg(tmp_path, "run", steps=2, checkpoint_every=5, val_fraction=0.0), progress=False, overwrite=True)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    notes: list[str] = []
+    again = train(_cfg(tmp_path, "run", steps=2, checkpoint_every=5, val_fraction=0.0), progress=False, overwrite=True,
+                  log=notes.append)
+    assert notes == [(f"overwrite: removing the previous run's files in {again.run_dir}: config.yaml, train_log.csv, "
+                      "train_log.jsonl, final.pt, checkpoints/last.pt")]
     assert again.threshold is None  # no validation split -> no threshold
-    ck = read_checkpoint(again.checkpoint)
+    ck = read_checkpoint(again.last)
     assert ck["threshold"] is None and ck["step"] == 2 and ck["config"]["steps"] == 2
     assert ck["extra"]["rng"]["generator"].dtype == torch.uint8
     assert [r["step"] for r in _read_jsonl(again.run_dir / "train_log.jsonl")] == [1, 2]
+
+
+def test_non_empty_folder_without_checkpoints_is_refused_and_overwrite_names_what_it_removes(tiny_setup):
+    """A folder with an earlier run's config and logs but no checkpoint (a run killed early) is not silently reused."""
+    tmp_path = tiny_setup
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, text in (("config.yaml", "steps: 99\n"), ("train_log.jsonl", '{"step": 1}\n'), ("notes.txt", "mine\n")):
+        (run / name).write_text(text)
+    with pytest.raises(ValueError, match=r"run folder .*/run is not empty \(config.yaml, notes.txt, train_log.jsonl\) and "
+                                         r"has no checkpoint to resume; pass --overwrite \(overwrite=True\)"):
+        train(_cfg(tmp_path, "run", steps=1, val_fraction=0.0), progress=False)
+    assert (run / "config.yaml").read_text() == "steps: 99\n" and (run / "train_log.jsonl").read_text() == '{"step": 1}\n'
+    notes: list[str] = []
+    res = train(_cfg(tmp_path, "run", steps=1, val_fraction=0.0), progress=False, overwrite=True, log=notes.append)
+    assert notes[0] == f"overwrite: removing the previous run's files in {run}: config.yaml, train_log.jsonl"
+    assert "kept 1 other entry" in notes[1] and "notes.txt" in notes[1]
+    assert (run / "notes.txt").read_text() == "mine\n"  # not ours: kept
+    assert [r["step"] for r in _read_jsonl(run / "train_log.jsonl")] == [1]
+    assert read_checkpoint(res.checkpoint)["config"]["steps"] == 1
+
+
+def _train_args(tmp_path: Path, out: Path, *extra: str) -> list[str]:
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text("model_options: {memory_size: 2, weights: random}\nbatch_normal: 2\nbatch_anomalous: 2\n"
+                   f"val_fraction: 0.0\nwarmup_steps: 1\ndtd_root: {tmp_path / 'dtd'}\n")
+    return ["train", "--data", str(tmp_path / "data"), "--category", "tiny", "--config", str(cfg), "--size", "64",
+            "--device", "cpu", "--out", str(out), *extra]
+
+
+def test_cli_out_that_is_a_file_fails_before_loading_anything(tiny_setup, capsys, monkeypatch):
+    import memseg.data
+
+    def no_loading(*_a, **_k):
+        raise AssertionError("the data was loaded although --out is a file")
+
+    monkeypatch.setattr(memseg.data, "load_split", no_loading)
+    out = tiny_setup / "results.txt"
+    out.write_text("keep me\n")
+    for extra in ((), ("--resume",), ("--overwrite",)):
+        assert cli_main(_train_args(tiny_setup, out, "--steps", "1", *extra)) == 2
+        err = capsys.readouterr().err
+        assert err == (f"memseg train: error: run folder {out} is a file, not a folder; choose another --out "
+                       "(a folder, created when missing)\n")
+    assert cli_main(_train_args(tiny_setup, out / "run", "--steps", "1")) == 2
+    assert f"run folder {out / 'run'} lies inside {out}, which is a file" in capsys.readouterr().err
+    assert out.read_text() == "keep me\n"
+
+
+def test_cli_refuses_a_non_empty_folder_and_overwrite_says_what_it_removes(tiny_setup, capsys):
+    run = tiny_setup / "run"
+    run.mkdir()
+    (run / "train_log.csv").write_text("step,loss\n1,0.5\n")
+    assert cli_main(_train_args(tiny_setup, run, "--steps", "1")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"memseg train: error: run folder {run} is not empty (train_log.csv) and has no checkpoint")
+    assert "--overwrite" in err and "overwrite=True" in err and len(err.strip().splitlines()) == 1
+    assert (run / "train_log.csv").read_text() == "step,loss\n1,0.5\n"
+    assert cli_main(_train_args(tiny_setup, run, "--steps", "1", "--overwrite")) == 0
+    out = capsys.readouterr().out
+    assert f"overwrite: removing the previous run's files in {run}: train_log.csv" in out
+    assert f"final model: {run / 'final.pt'}" in out and f"resumable checkpoint: {run / 'checkpoints' / 'last.pt'}" in out
+    assert is_slim(read_checkpoint(run / "final.pt")) and read_checkpoint(run / "checkpoints" / "last.pt")["step"] == 1
+
+
+def test_cli_says_which_textures_the_run_uses(tiny_setup, capsys, monkeypatch):
+    monkeypatch.delenv("MEMSEG_DTD", raising=False)
+    dtd = (tiny_setup / "dtd").resolve()
+    assert cli_main(_train_args(tiny_setup, tiny_setup / "a", "--steps", "1", "--dtd", str(dtd))) == 0
+    assert f"textures: DTD at {dtd} (--dtd)" in capsys.readouterr().out
+    assert read_checkpoint(tiny_setup / "a" / "final.pt")["config"]["dtd_root"] == str(dtd)
+
+    # no flag, no env, no project default: one plain line saying where it looked, no API warning
+    monkeypatch.setenv("MEMSEG_ROOT", str(tiny_setup / "project"))
+    args = _train_args(tiny_setup, tiny_setup / "b", "--steps", "1")
+    cfg_file = Path(args[args.index("--config") + 1])
+    cfg_file.write_text("\n".join(line for line in cfg_file.read_text().splitlines() if not line.startswith("dtd_root")))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert cli_main(args) == 0
+    captured = capsys.readouterr()
+    assert f"textures: no DTD found (looked in {tiny_setup / 'project' / 'data' / 'dtd'}" in captured.out
+    assert "--dtd" in captured.out and "dtd_root=None" not in captured.err
+    assert not [w for w in record if "DTD" in str(w.message)]
+
+
+@pytest.mark.parametrize("flags, yaml_text, expected", [
+    (["--steps", "0"], "", "memseg train: error: --steps must be >= 1, got 0"),
+    (["--size", "8"], "", "memseg train: error: --size must be at least 32 pixels per side, got (8, 8)"),
+    ([], "steps: 0\n", "memseg train: error: {config}: steps must be >= 1, got 0"),
+    (["--steps", "0"], "lr: -1\n", "memseg train: error: --steps must be >= 1, got 0"),
+    (["--steps", "3"], "lr: -1\n", "memseg train: error: {config}: lr must be > 0, got -1.0"),
+])
+def test_cli_config_errors_name_the_flag_or_the_file(tmp_path, capsys, flags, yaml_text, expected):
+    """A bad value is blamed on where it came from: the flag, or the --config file."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml_text or "seed: 1\n")
+    args = ["train", "--data", str(tmp_path), "--category", "x", "--out", str(tmp_path / "r"), "--config", str(config), *flags]
+    assert cli_main(args) == 2
+    assert capsys.readouterr().err.strip() == expected.format(config=config)
+
+
+def test_checkpoint_by_time_before_checkpoint_every(tiny_setup, monkeypatch):
+    """With a clock that advances 50 s per step, the default 2-minute interval writes last.pt after step 3,
+    long before checkpoint_every (1000); a frozen clock writes it only at the end."""
+    clock = [0.0]
+    monkeypatch.setattr(training, "_now", lambda: clock[0])
+    for advance, expected in ((50.0, [None, None, None, 3, 3, 3]), (0.0, [None] * 6)):
+        cfg = _cfg(tiny_setup, f"timed{advance:.0f}", checkpoint_every=1000, checkpoint_minutes=2.0, val_fraction=0.0)
+        last = Path(cfg.out) / "checkpoints" / "last.pt"
+        seen: list[int | None] = []
+
+        def tick(step, logs, last=last, seen=seen, advance=advance):
+            seen.append(read_checkpoint(last)["step"] if last.is_file() else None)  # before this step's own check
+            clock[0] += advance
+
+        res = train(cfg, progress=False, callback=tick)
+        assert seen == expected
+        assert read_checkpoint(res.last)["step"] == 6
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "callback"])
+def test_interrupt_saves_the_completed_step_and_resume_is_bit_identical(tiny_setup, monkeypatch, how):
+    """Ctrl-C (SIGINT) or SIGTERM arriving in the middle of step 4 of 6, with no checkpoint due, lets step 4
+    finish, writes last.pt at step 4 and says how to go on; so does a KeyboardInterrupt raised after step 4
+    (a callback). Resuming ends exactly where an uninterrupted run ends."""
+    tmp_path = tiny_setup
+    ref = train(_cfg(tmp_path, "ref", checkpoint_every=1000), progress=False)
+    armed = [False]
+    real_normalize = training.normalize
+
+    def normalize_then_signal(x):  # called inside every training step, before the forward pass
+        if armed[0]:
+            armed[0] = False
+            os.kill(os.getpid(), getattr(signal, how))
+        return real_normalize(x)
+
+    def after_step(step, logs):
+        if step == 3 and how != "callback":
+            armed[0] = True  # the signal comes in the middle of step 4
+        if step == 4 and how == "callback":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "normalize", normalize_then_signal)
+    handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    notes: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path, "stopped", checkpoint_every=1000), progress=False, callback=after_step, log=notes.append)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # restored
+    last = tmp_path / "stopped" / "checkpoints" / "last.pt"
+    assert read_checkpoint(last)["step"] == 4 and not (tmp_path / "stopped" / "final.pt").exists()
+    assert notes == [f"interrupted: saved {last} at step 4 of 6; continue with --resume (resume=True) and the same --out"]
+    assert [r["step"] for r in _read_jsonl(tmp_path / "stopped" / "train_log.jsonl")] == [1, 2, 3, 4]
+    monkeypatch.undo()
+    res = train(_cfg(tmp_path, "stopped", checkpoint_every=1000), progress=False, resume=True)
+    assert [h["step"] for h in res.history] == [5, 6]
+    _assert_same_run(ref, res)
+
+
+def test_final_checkpoint_is_slim_and_predicts_like_the_resumable_one(tiny_setup):
+    res = train(_cfg(tiny_setup, "run"), progress=False)
+    assert res.checkpoint == res.run_dir / "final.pt" and res.last == res.run_dir / "checkpoints" / "last.pt"
+    final, last = read_checkpoint(res.checkpoint), read_checkpoint(res.last)
+    assert is_slim(final) and final["optimizer_state"] is None and final["scheduler_state"] is None
+    assert "rng" not in final["extra"] and final["extra"]["splits"] == last["extra"]["splits"]
+    assert final["threshold"] == last["threshold"] == res.threshold is not None
+    assert final["extra"]["validation"]["f1_max"] == res.validation["f1_max"]
+    assert final["config"] == last["config"] and final["weights_source"] == last["weights_source"] == "random"
+    assert res.checkpoint.stat().st_size < res.last.stat().st_size
+    a, _ = load_checkpoint(res.checkpoint, device="cpu")
+    b, _ = load_checkpoint(res.last, device="cpu")
+    for k, v in b.state_dict().items():
+        assert torch.equal(a.state_dict()[k], v), k
+
+
+def test_demo_prepare_resumes_an_interrupted_run_and_keeps_only_final_pt(tiny_setup):
+    """`prepare` continues a demo model whose training was interrupted (last.pt, no final.pt) and ends with
+    the slim final.pt as the cached model."""
+    from memseg import demo
+
+    settings = demo.DemoSettings(data=tiny_setup / "data", category="tiny", runs=tiny_setup / "runs", device="cpu",
+                                 dtd=tiny_setup / "dtd", size=64, steps=4, batch_size=4, memory_size=2, weights="random",
+                                 extra_train={"val_fraction": 0.0})
+    cfg = demo._train_config(settings, demo.demo_checkpoint_path(settings).parent)
+
+    def ctrl_c(step, logs):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, callback=ctrl_c, log=lambda _m: None)
+    lines: list[str] = []
+    ckpt = demo.prepare(settings, progress=False, log=lines.append)
+    assert ckpt == demo.demo_checkpoint_path(settings) and is_slim(read_checkpoint(ckpt))
+    assert any("resuming a quick demo model" in line for line in lines)
+    assert [r["step"] for r in _read_jsonl(ckpt.parent / "train_log.jsonl")] == [1, 2, 3, 4]
+    assert not (ckpt.parent / "checkpoints").exists()
 
 
 def test_resume_checks(tiny_setup):
