@@ -1,7 +1,8 @@
 # memseg-kit on NVIDIA's PyTorch container: the Voila demo on port 8866, using the GPU.
 #
 #   docker build -t memseg-kit .
-#   docker run --gpus all --shm-size=2g -p 8866:8866 memseg-kit           # demo -> http://localhost:8866
+#   docker run --gpus all --shm-size=2g -p 8866:8866 memseg-kit           # demo -> the http://localhost:8866/?token=... it prints
+#       (-e MEMSEG_TOKEN=<secret> to choose the token; -e MEMSEG_NO_TOKEN=1 to serve without one: see docker/entrypoint.sh)
 #   docker run --gpus all --shm-size=2g -p 8888:8888 memseg-kit \
 #       jupyter lab --ip=0.0.0.0 --port=8888 --allow-root --no-browser notebooks/   # JupyterLab instead
 #

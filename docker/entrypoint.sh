@@ -2,14 +2,61 @@
 # Default command of the memseg-kit container (see ../Dockerfile): the same two steps as `make demo`.
 #   1. `python -m memseg.demo prepare`: synthetic dataset if missing, quick demo model if none is
 #      cached under runs/ (device: $MEMSEG_DEVICE, default auto = the GPU when the container has one);
-#   2. Voila serves the demo notebook on 0.0.0.0:$PORT (default 8866).
+#   2. Voila serves the demo notebook on 0.0.0.0:$PORT (default 8866), behind a token:
+#      MEMSEG_TOKEN (or VOILA_TOKEN) when set, else a random one printed at start (open the printed
+#      URL once; the browser keeps a cookie). MEMSEG_NO_TOKEN=1 serves without one (explicit opt-out:
+#      anyone who reaches the port can then run code-backed kernels of ~1 GB each).
 # Extra arguments are passed on to voila (e.g. --debug).
+# Sourcing this file (tests/test_dashboard.py) defines the functions without running anything.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
-DATA="${MEMSEG_DATA:-data/synthetic}"
-PORT="${PORT:-8866}"
+# Decide how voila is protected; sets VOILA_AUTH_ARGS (an array: empty when opted out, else one --token=...)
+# and TOKEN_NOTE (the line that tells the user how to open the page). Arg: the port.
+# A bad setting prints a one-line error and returns 2.
+voila_token_args() {
+    local port="$1" token source opt_out="${MEMSEG_NO_TOKEN:-}"
+    VOILA_AUTH_ARGS=()
+    case "${opt_out,,}" in
+        1|true|yes)
+            TOKEN_NOTE="memseg demo: WARNING: MEMSEG_NO_TOKEN=$opt_out: serving WITHOUT a token on port $port; anyone who can reach it can use the demo"
+            return 0 ;;
+        ""|0|false|no) ;;
+        *)
+            echo "memseg demo: error: MEMSEG_NO_TOKEN=$opt_out; expected 1 (serve without a token) or 0/unset (require one)" >&2
+            return 2 ;;
+    esac
+    if [[ -n "${MEMSEG_TOKEN:-}" ]]; then
+        token="$MEMSEG_TOKEN" source="MEMSEG_TOKEN"
+    elif [[ -n "${VOILA_TOKEN:-}" ]]; then
+        token="$VOILA_TOKEN" source="VOILA_TOKEN"
+    else
+        token="$(python -c 'import secrets; print(secrets.token_urlsafe(24))')" source=""
+    fi
+    if [[ ! "$token" =~ ^[A-Za-z0-9._~-]+$ ]]; then
+        echo "memseg demo: error: $source holds characters that do not fit in a URL; expected letters, digits and - _ . ~" >&2
+        return 2
+    fi
+    VOILA_AUTH_ARGS=("--token=$token")
+    if [[ -n "$source" ]]; then
+        TOKEN_NOTE="memseg demo: open http://localhost:$port/?token=<your $source> (or this host's address instead of localhost)"
+    else
+        TOKEN_NOTE="memseg demo: open http://localhost:$port/?token=$token (token generated at start; set MEMSEG_TOKEN to choose one, MEMSEG_NO_TOKEN=1 to serve without)"
+    fi
+}
 
-python -c "import torch; print('memseg demo: torch', torch.__version__, '| CUDA available:', torch.cuda.is_available())"
-python -m memseg.demo prepare --data "$DATA"
-exec voila "notebooks/[demo] model inference.ipynb" --port="$PORT" --Voila.ip=0.0.0.0 --no-browser "$@"
+main() {
+    cd "$(dirname "${BASH_SOURCE[0]}")/.."
+    local data="${MEMSEG_DATA:-data/synthetic}" port="${PORT:-8866}"
+    voila_token_args "$port"  # a bad setting stops here (set -e), before any work
+    echo "$TOKEN_NOTE"
+
+    python -c "import torch; print('memseg demo: torch', torch.__version__, '| CUDA available:', torch.cuda.is_available())"
+    python -m memseg.demo prepare --data "$data"
+    echo "$TOKEN_NOTE"  # again: training output may have scrolled the first one away
+    exec voila "notebooks/[demo] model inference.ipynb" --port="$port" --Voila.ip=0.0.0.0 --no-browser \
+        "${VOILA_AUTH_ARGS[@]}" "$@"
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    main "$@"
+fi

@@ -14,8 +14,15 @@ Stable CSS classes for the browser test: ``memseg-app``, ``memseg-checkpoint``, 
 ``memseg-image``, ``memseg-prev``, ``memseg-next``, ``memseg-upload``, ``memseg-tabs``,
 ``memseg-sim-threshold``, ``memseg-delta``, ``memseg-scale``, ``memseg-source``, ``memseg-seed``,
 ``memseg-decision``, ``memseg-score``, ``memseg-verdict``, ``memseg-time``, ``memseg-caption``,
-``memseg-error``, ``memseg-panel-<input|truth|heatmap|overlay|mask>`` (and ``memseg-image-<...>`` on
-the image inside each panel).
+``memseg-error``, ``memseg-warning`` (the banner shown when the picked category is not the model's),
+``memseg-legend-range`` (the colour scale's range in the legend),
+``memseg-panel-<input|truth|heatmap|overlay|mask>`` (and ``memseg-image-<...>`` on the image inside
+each panel).
+
+Colour scale: the heat map, the overlay and the decision slider span the model's score range (see
+:class:`ScoreScale`), not a fixed 0-1: the validation scores stored in the checkpoint, else the scores
+of a few test images of the model's category. The overlay tints in proportion to the scaled map, so
+normal regions keep their own colours.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ __all__ = [
     "decode_upload",
     "ImageSource",
     "Result",
+    "ScoreScale",
+    "score_scale",
     "DashboardApp",
     "build_app",
 ]
@@ -79,6 +88,8 @@ _CSS = """
 .memseg-error-box { color: #9b1c1c; background: #fdecec; border: 1px solid #f5b5b5; border-radius: 8px;
                     padding: 6px 10px; font-size: 15px; }
 .memseg-note { color: #4a5365; font-size: 14px; }
+.memseg-warning-box { color: #6b4100; background: #fff4d6; border: 2px solid #e0a100; border-radius: 8px;
+                      padding: 8px 12px; font-size: 17px; font-weight: 600; margin: 4px 0; }
 </style>
 """
 
@@ -96,12 +107,15 @@ def decode_upload(
     """Decode an uploaded PNG/JPEG to ``uint8 (H, W, 3)`` RGB, checking size limits before decoding.
 
     Grey, palette, alpha and 16-bit images are converted like :func:`memseg.data.io.load_image`.
+    Images above :data:`memseg.data.io.DECODE_MAX_PIXELS` (4 Mpx) are decoded downscaled (JPEG draft
+    mode, then a resize; same aspect ratio), as ``memseg predict`` does: the page shows them at a
+    bounded display size anyway, and a 50 Mpx upload then costs tens of MB, not gigabytes.
 
     Raises:
         UploadError: empty, too large (bytes or pixels), not a PNG/JPEG, truncated or corrupt data,
             or an image mode that cannot be shown as RGB.
     """
-    from memseg.data.io import ImageLoadError, pil_to_rgb_array
+    from memseg.data.io import DECODE_MAX_PIXELS, ImageLoadError, decode_bounded, pil_to_rgb_array
 
     expected = "a PNG or JPEG image"
     size = len(data)
@@ -121,7 +135,7 @@ def decode_upload(
                 )
             if img.format not in ("PNG", "JPEG", "MPO"):
                 raise UploadError(f"{name}: a {img.format} file; expected {expected}")
-            img.load()  # full decode: truncated data fails here
+            img = decode_bounded(img, DECODE_MAX_PIXELS)  # full (downscaled) decode: truncated data fails here
     except UploadError:
         raise
     except UnidentifiedImageError as err:
@@ -165,6 +179,59 @@ class Result:
     time_ms: float
     simulated: bool
     caption: str
+    real_truth: np.ndarray | None = None  # bool (h, w): the source's own defect mask under a simulation
+
+
+SCALE_TOP_PERCENTILE = 90  # the colour scale's red end: this percentile of the model's scores
+SCALE_CHECK_IMAGES = 16  # test images scored for the colour scale when the checkpoint stores no validation scores
+REAL_DEFECT_RGB = (255, 140, 0)  # the source's own defect in the "Simulated mask M" panel (M itself is white)
+
+
+@dataclass(frozen=True)
+class ScoreScale:
+    """The model's score range: colours run from `lo` (blue) to `hi` (red); the decision slider spans it.
+
+    step: the slider's step; source: where the range comes from (said in the legend).
+    """
+
+    lo: float
+    hi: float
+    step: float
+    source: str
+
+    @property
+    def decimals(self) -> int:
+        """Digits needed to tell two slider steps apart."""
+        return max(2, -int(np.floor(np.log10(self.step))))
+
+    def fmt(self, value: float) -> str:
+        return f"{value:.{self.decimals}f}"
+
+
+FULL_SCALE = ScoreScale(0.0, 1.0, 0.01, "fixed: no scores available to scale it")
+
+
+def score_scale(scores: Any, source: str, threshold: float | None = None) -> ScoreScale:
+    """The colour/slider range for a model whose image scores are `scores` (and decision `threshold`).
+
+    The range runs from the lowest score to the 90th percentile (one outlier, e.g. a single
+    simulated anomaly scoring 1.0, must not squeeze every other score into the blue end) and
+    includes `threshold`; it is padded by 5 % of its span and at least 0.01 on each side, rounded
+    outwards to a step of 1/50 to 1/500 of the span (a power of ten), and stays inside [0, 1].
+    """
+    vals = np.asarray([float(v) for v in scores], dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return FULL_SCALE
+    lo, hi = float(vals.min()), float(np.percentile(vals, SCALE_TOP_PERCENTILE))
+    if threshold is not None:
+        lo, hi = min(lo, float(threshold)), max(hi, float(threshold))
+    pad = max(0.05 * (hi - lo), 0.01)
+    lo, hi = max(0.0, lo - pad), min(1.0, hi + pad)
+    step = float(10.0 ** np.floor(np.log10((hi - lo) / 50.0)))
+    lo = round(float(np.floor(lo / step) * step), 10)
+    hi = round(float(np.ceil(hi / step) * step), 10)
+    return ScoreScale(lo, hi, step, source)
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -195,6 +262,14 @@ def _resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 def _mask_rgb(mask: np.ndarray) -> np.ndarray:
     """bool (H, W) -> white-on-black uint8 RGB."""
     return np.repeat((mask.astype(np.uint8) * 255)[:, :, None], 3, axis=2)
+
+
+def _truth_rgb(truth: np.ndarray, real: np.ndarray | None) -> np.ndarray:
+    """Ground-truth panel: `truth` white on black, with the part in `real` (the image's own defect) in orange."""
+    rgb = _mask_rgb(truth)
+    if real is not None:
+        rgb[real] = REAL_DEFECT_RGB
+    return rgb
 
 
 def _placeholder(hw: tuple[int, int]) -> np.ndarray:
@@ -245,12 +320,15 @@ class DashboardApp:
         self.checkpoint_info: dict = {}
         self.input_size: tuple[int, int] = (self.settings.size, self.settings.size)
         self.records: list = []
+        self.categories: list[str] = []  # the dataset's categories (the picker's values)
         self.source: ImageSource | None = None
         self.result: Result | None = None
         self.binary_mask: np.ndarray | None = None
         self.verdict: str | None = None
         self.error_text: str = ""
         self.updates_run = 0  # how many model runs happened (the debounce test counts them)
+        self.warmup_ms: float | None = None  # the loaded model's warm-up forward (see select_checkpoint)
+        self.colour_scale: ScoreScale = FULL_SCALE  # the model's score range (see score_scale)
         self._generation = 0
         self._timer: asyncio.TimerHandle | None = None
         self._simulators: dict[tuple, Any] = {}
@@ -309,6 +387,8 @@ class DashboardApp:
         self.decision.add_class("memseg-decision")
         self.error_html = W.HTML("")
         self.error_html.add_class("memseg-error")
+        self.warning_html = W.HTML("")
+        self.warning_html.add_class("memseg-warning")
 
         note = "<div class='memseg-note'>PNG or JPEG, at most {:.0f} MB and {:.0f} Mpx.</div>".format(
             self.max_upload_bytes / 2**20, self.max_upload_pixels / 1e6)
@@ -362,7 +442,7 @@ class DashboardApp:
         boxes.append(self._legend())
         self.grid = W.GridBox(boxes, layout=W.Layout(grid_template_columns="repeat(3, minmax(200px, 330px))",
                                                       grid_gap="12px", width="100%"))
-        main = W.VBox([result_bar, self.caption_html, self.grid],
+        main = W.VBox([self.warning_html, result_bar, self.caption_html, self.grid],
                       layout=W.Layout(flex="1 1 auto", padding="0 0 0 16px", max_width="1040px"))
         self.widget = W.VBox([self.title, W.HBox([sidebar, main], layout=W.Layout(width="100%"))],
                              layout=W.Layout(width="100%", padding="8px"))
@@ -387,15 +467,16 @@ class DashboardApp:
 
         ramp = np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, :], (18, 1))
         bar = W.Image(value=_png(heatmap(ramp)), format="png", layout=W.Layout(width="100%", height="18px", margin="0"))
+        self.legend_range_html = W.HTML("")
+        self.legend_range_html.add_class("memseg-legend-range")
         text = W.HTML(
-            "<div class='memseg-note' style='display:flex;justify-content:space-between'><span>0 normal</span>"
-            "<span>pixel anomaly score</span><span>1 anomalous</span></div>"
             "<div class='memseg-note' style='margin-top:8px;line-height:1.4'>"
             "<b>Image score</b>: mean of the 100 highest pixel scores (paper §4.1); the image is called "
             "<b>anomalous</b> when it reaches the decision threshold, which also cuts the heat map into the "
-            "binary mask.<br><b>Ground truth</b>: the dataset's defect mask, or the simulated mask M "
-            "(eq. 1&ndash;2) in the simulation tab.</div>")
-        box = W.VBox([W.HTML("<div class='memseg-panel-title'>How to read</div>"), bar, text],
+            "binary mask. The overlay tints only where the score rises above the scale's low end.<br>"
+            "<b>Ground truth</b>: the dataset's defect mask, or the simulated mask M "
+            "(eq. 1&ndash;2, white) in the simulation tab, with the image's own defect in orange.</div>")
+        box = W.VBox([W.HTML("<div class='memseg-panel-title'>How to read</div>"), bar, self.legend_range_html, text],
                      layout=W.Layout(overflow="hidden"))
         box.add_class("memseg-panel")
         box.add_class("memseg-legend")
@@ -466,7 +547,8 @@ class DashboardApp:
                 self.show_error(f"dataset {s.data}: {err}")
             if s.category not in cats and (Path(s.data) / s.category).is_dir():
                 cats = [*cats, s.category]
-            self.category_dd.options = cats
+            self.categories = cats
+            self._label_categories(None)
             self.category_dd.value = s.category if s.category in cats else None
         finally:
             self._silent = False
@@ -479,9 +561,21 @@ class DashboardApp:
             self.checkpoint_dd.value = target
             self._silent = False
             self._guard(self.select_checkpoint, target, refresh=False)
-        if not self.records and s.category in self.category_dd.options:  # the checkpoint did not pick one
+        if not self.records and s.category in self.categories:  # the checkpoint did not pick one
             self._set_silently(self.category_dd, s.category)
             self._guard(self.select_category, s.category)
+
+    def _label_categories(self, model_category: str | None) -> None:
+        """Category choices, the model's own one first and marked "(model)"; the selection is kept."""
+        ordered = sorted(self.categories, key=lambda c: c != model_category)
+        labels = [(f"{c} (model)" if c == model_category else c, c) for c in ordered]
+        current, silent = self.category_dd.value, self._silent
+        self._silent = True
+        try:
+            self.category_dd.options = labels
+            self.category_dd.value = current if current in self.categories else None
+        finally:
+            self._silent = silent
 
     def _ckpt_label(self, path: Path) -> str:
         try:
@@ -517,23 +611,111 @@ class DashboardApp:
         except (FileNotFoundError, ValueError, RuntimeError) as err:
             self.show_error(f"cannot load checkpoint {path}: {err}")
             return
+        self.warmup_ms = self._warm_up(predictor)
         self.predictor, self.checkpoint = predictor, path
         self.checkpoint_info = dict(predictor.info or {})
         self.input_size = tuple(predictor.input_size)
         self._simulators.clear()
-        self._set_silently(self.decision, round(float(predictor.threshold), 2))
+        self._set_scale(self._model_scale(predictor), float(predictor.threshold))
         self.show_error("")
         cat = predictor.category
-        if cat and cat in self.category_dd.options and cat != self.category_dd.value:
+        self._label_categories(cat)
+        if cat and cat in self.categories and cat != self.category_dd.value:
             self.category_dd.value = cat  # triggers select_category -> select_image -> update
-        elif refresh and self.source is not None:
-            self.request_update()
+        else:
+            self._show_category_warning()
+            if refresh and self.source is not None:
+                self.request_update()
+
+    @staticmethod
+    def _warm_up(predictor: Any) -> float:
+        """One dummy forward at the model's input size; returns its time in ms.
+
+        The first forward of a fresh process pays one-off costs (thread pools, kernel selection,
+        allocator growth; on a 2-core CPU at 128x128 about 0.3-1 s against 40-90 ms later); paying
+        them here, while the model loads, keeps the presenter's first view and click as fast as the rest.
+        """
+        h, w = predictor.input_size
+        t0 = time.perf_counter()
+        predictor.predict_batch(torch.zeros(1, 3, h, w))
+        return 1000.0 * (time.perf_counter() - t0)
+
+    def _model_scale(self, predictor: Any) -> ScoreScale:
+        """The model's score range: its stored validation scores, else scores of its category's test images."""
+        validation = ((predictor.info or {}).get("extra") or {}).get("validation") or {}
+        scores = validation.get("scores")
+        threshold = float(predictor.threshold) if predictor.threshold_source == "validation split" else None
+        if scores:
+            return score_scale(scores, f"lowest to {SCALE_TOP_PERCENTILE}th percentile of the checkpoint's "
+                               f"{len(scores)} validation scores", threshold)
+        category = predictor.category if predictor.category in self.categories else self.category_dd.value
+        scores = self._score_test_images(predictor, category) if category else []
+        if not scores:
+            return FULL_SCALE
+        return score_scale(scores, f"lowest to {SCALE_TOP_PERCENTILE}th percentile of the scores of {len(scores)} "
+                           f"{category} test images", threshold)
+
+    def _score_test_images(self, predictor: Any, category: str) -> list[float]:
+        """Image scores of up to SCALE_CHECK_IMAGES test images of `category`, spread over the split."""
+        from memseg.data import find_records
+        from memseg.data.io import load_image, to_tensor
+
+        try:
+            records = find_records(self.settings.data, category, "test", layout=self.settings.layout)
+        except (FileNotFoundError, ValueError):
+            return []
+        if not records:
+            return []
+        picks = np.unique(np.linspace(0, len(records) - 1, min(SCALE_CHECK_IMAGES, len(records))).round().astype(int))
+        images = []
+        for i in picks:
+            try:
+                images.append(to_tensor(load_image(records[i].image_path), predictor.input_size))
+            except (FileNotFoundError, ValueError):
+                continue  # an unreadable test image is reported when it is shown, not here
+        if not images:
+            return []
+        scores, _maps = predictor.predict_batch(torch.stack(images))
+        return [float(v) for v in scores]
+
+    def _set_scale(self, scale: ScoreScale, threshold: float) -> None:
+        """Make `scale` the colour scale: the decision slider spans it, the legend names it."""
+        self.colour_scale = scale
+        value = min(max(threshold, scale.lo), scale.hi)  # the stored threshold as is: verdicts match `memseg predict`
+        self._silent = True
+        try:
+            with self.decision.hold_trait_notifications():  # min/max/value change together, validated once
+                self.decision.min, self.decision.max = scale.lo, scale.hi
+                self.decision.step = scale.step
+                self.decision.readout_format = f".{scale.decimals}f"
+                self.decision.value = value
+        finally:
+            self._silent = False
+        self.legend_range_html.value = (
+            "<div class='memseg-note' style='display:flex;justify-content:space-between'>"
+            f"<span>&le; {scale.fmt(scale.lo)} normal</span><span>&ge; {scale.fmt(scale.hi)} anomalous</span></div>"
+            f"<div class='memseg-note' style='line-height:1.4'>Pixel anomaly score, coloured over "
+            f"{scale.fmt(scale.lo)}&ndash;{scale.fmt(scale.hi)}: the model's score range, {html.escape(scale.source)}.</div>")
+
+    def _show_category_warning(self) -> None:
+        """A banner when the picked category is not the one the model was trained on (empty otherwise)."""
+        trained_on = getattr(self.predictor, "category", None)
+        picked = self.category_dd.value
+        if not trained_on or not picked or trained_on == picked:
+            self.warning_html.value = ""
+            return
+        self.warning_html.value = (
+            f"<div class='memseg-warning-box'>&#9888; This model was trained on <b>{html.escape(trained_on)}</b>, "
+            f"not <b>{html.escape(picked)}</b>: it has never seen a normal {html.escape(picked)} image, so it calls "
+            f"most of them ANOMALOUS. Pick <b>{html.escape(trained_on)}</b> (marked &ldquo;model&rdquo;) or a model "
+            f"trained on {html.escape(picked)}.</div>")
 
     def select_category(self, name: str) -> None:
         """List the test images of category `name` and show the first."""
         from memseg.data import find_records
 
         self.records = find_records(self.settings.data, name, "test", layout=self.settings.layout)
+        self._show_category_warning()
         if not self.records:
             self.show_error(f"{self.settings.data}/{name}: the test split is empty")
             return
@@ -667,29 +849,35 @@ class DashboardApp:
             self.render()
             return
         src = self.source
+        hw = _display_hw(src.image.shape[:2], self.display_side)  # the source's aspect, also for simulations
+        real = None if src.mask is None else _resize_mask(src.mask, hw)
         if self.simulating:
-            x, truth = self.simulate()
+            x, sim_mask = self.simulate()
             image = (x.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)  # for display
             caption = (f"simulated defect on {src.name}: T={self.sim_threshold.value:.2f}, δ={self.delta.value:.2f}, "
                        f"scale 2^{self.scale.value}, {self.source_tb.value}, seed {self.seed.value}")
+            # The image's own defect is still there: the ground truth is M plus it (else a hit on it looks false).
+            truth = _resize_mask(sim_mask, hw)
+            if real is not None and real.any():
+                truth = truth | real
+                caption += f" (the image's own {src.defect} defect is shown in orange)"
+            elif src.mask is None:
+                caption += " (the image's own defects, if any, are unknown)"
         else:
-            x, image, truth = src.image, src.image, src.mask
+            x, image, truth = src.image, src.image, real
             kind = "uploaded" if src.kind == "upload" else f"test image ({src.defect})"
             caption = f"{kind}: {src.name}"
-        trained_on = getattr(self.predictor, "category", None)
-        if trained_on and trained_on != self.category_dd.value:
-            caption += f" — note: this model was trained on {trained_on!r}, not {self.category_dd.value!r}"
         pred = self.predictor.predict(x)
         self.updates_run += 1
-        hw = _display_hw(src.image.shape[:2], self.display_side)  # the source's aspect, also for simulations
         self.result = Result(
             image=_resize_rgb(image, hw),
-            truth=None if truth is None else _resize_mask(truth, hw),
+            truth=truth,
             anomaly_map=_resize_map(np.asarray(pred.anomaly_map, dtype=np.float32), hw),
             score=float(pred.score),
             time_ms=float(pred.time_ms),
             simulated=self.simulating,
             caption=caption,
+            real_truth=real if self.simulating else None,
         )
         self.render()
 
@@ -710,15 +898,19 @@ class DashboardApp:
             self.panels["truth"].value = _png(_placeholder(hw))
             self.panel_titles["truth"].value = "<div class='memseg-panel-title'>Ground truth (unknown)</div>"
         else:
-            self.panels["truth"].value = _png(_mask_rgb(r.truth))
-            title = "Simulated mask M" if r.simulated else "Ground truth"
+            self.panels["truth"].value = _png(_truth_rgb(r.truth, r.real_truth))
+            title = "Ground truth"
+            if r.simulated:
+                own = r.real_truth is not None and r.real_truth.any()
+                title = "Simulated mask M + the image's own defect (orange)" if own else "Simulated mask M"
             self.panel_titles["truth"].value = f"<div class='memseg-panel-title'>{title}</div>"
-        self.panels["heatmap"].value = _png(heatmap(r.anomaly_map))
-        self.panels["overlay"].value = _png(overlay(r.image, r.anomaly_map, alpha=0.5))
+        sc = self.colour_scale
+        self.panels["heatmap"].value = _png(heatmap(r.anomaly_map, vmin=sc.lo, vmax=sc.hi))
+        self.panels["overlay"].value = _png(overlay(r.image, r.anomaly_map, alpha=0.6, vmin=sc.lo, vmax=sc.hi, weighted=True))
         self.panels["mask"].value = _png(_mask_rgb(self.binary_mask))
-        self.panel_titles["mask"].value = f"<div class='memseg-panel-title'>Binary mask (map &ge; {thr:.2f})</div>"
+        self.panel_titles["mask"].value = f"<div class='memseg-panel-title'>Binary mask (map &ge; {sc.fmt(thr)})</div>"
         self.score_html.value = (f"image score <b class='memseg-score-value' data-score='{r.score!r}'>{r.score:.3f}</b> "
-                                 f"(threshold {thr:.2f})")
+                                 f"(threshold {sc.fmt(thr)})")
         self.verdict_html.value = f"<span class='memseg-badge {self.verdict}'>{self.verdict.upper()}</span>"
         weights = getattr(self.predictor, "weights_source", None) or "unknown"
         self.time_html.value = (f"inference <b class='memseg-time-value'>{r.time_ms:.0f}</b> ms &middot; encoder weights "

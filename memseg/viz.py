@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-__all__ = ["to_uint8", "heatmap", "overlay", "mask_outline", "colormap_lut"]
+__all__ = ["to_uint8", "normalise_map", "heatmap", "overlay", "mask_outline", "colormap_lut"]
 
 # matplotlib's "jet" segment data (x, value) per channel; reproduced here so the default
 # colormap needs no matplotlib (it is only an optional "notebooks" dependency).
@@ -107,27 +107,54 @@ def _resize_map(a: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def heatmap(amap: Any, cmap: str = "jet") -> np.ndarray:
-    """Colour an anomaly map (H, W) with values in [0, 1] (clipped) -> uint8 RGB (H, W, 3).
+def normalise_map(amap: Any, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+    """Anomaly map -> float32 (H, W) in [0, 1]: ``(amap - vmin) / (vmax - vmin)``, clipped.
 
-    0 maps to the colormap's first colour (dark blue for jet), 1 to its last (dark red).
+    The colour scale of :func:`heatmap` and :func:`overlay`: a model's scores may fill only part of
+    [0, 1] (e.g. 0.04-0.4), and scaling to that range lets normal regions be blue and defects red.
     """
+    if not vmax > vmin:
+        raise ValueError(f"colour scale needs vmin < vmax, got vmin={vmin}, vmax={vmax}")
     a = _as_map(amap)
-    idx = np.round(a * 255.0).astype(np.uint8)
+    if (vmin, vmax) == (0.0, 1.0):
+        return a
+    return np.clip((a - np.float32(vmin)) / np.float32(vmax - vmin), 0.0, 1.0)
+
+
+def heatmap(amap: Any, cmap: str = "jet", vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+    """Colour an anomaly map (H, W) -> uint8 RGB (H, W, 3).
+
+    ``vmin`` (and below) maps to the colormap's first colour (dark blue for jet), ``vmax`` (and
+    above) to its last (dark red); the default scale is [0, 1].
+    """
+    idx = np.round(normalise_map(amap, vmin, vmax) * 255.0).astype(np.uint8)
     return colormap_lut(cmap)[idx]
 
 
-def overlay(image: Any, amap: Any, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
-    """Blend the heat map of ``amap`` over ``image``: ``(1 - alpha) * image + alpha * heatmap``.
+def overlay(
+    image: Any,
+    amap: Any,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    weighted: bool = False,
+) -> np.ndarray:
+    """Blend the heat map of ``amap`` over ``image``: ``(1 - a) * image + a * heatmap``.
 
-    ``image``: uint8 (H, W, 3) (or anything :func:`to_uint8` accepts; greyscale is repeated to RGB).
-    ``amap``: (h, w) in [0, 1]; bilinearly resized to (H, W) when its size differs. Returns uint8 (H, W, 3).
+    ``a`` is ``alpha`` everywhere, or with ``weighted=True`` ``alpha`` times the normalised map
+    (see :func:`normalise_map`), so pixels at ``vmin`` or below keep the image untouched and only
+    high scores are tinted. ``image``: uint8 (H, W, 3) (or anything :func:`to_uint8` accepts;
+    greyscale is repeated to RGB). ``amap``: (h, w); bilinearly resized to (H, W) when its size
+    differs. Returns uint8 (H, W, 3).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     img = _rgb(image)
-    heat = heatmap(_resize_map(_as_map(amap), img.shape[:2]), cmap=cmap)
-    out = (1.0 - alpha) * img.astype(np.float32) + alpha * heat.astype(np.float32)
+    norm = normalise_map(_resize_map(_as_map(amap), img.shape[:2]), vmin, vmax)
+    heat = colormap_lut(cmap)[np.round(norm * 255.0).astype(np.uint8)]
+    a = (alpha * norm)[..., None] if weighted else np.float32(alpha)
+    out = (1.0 - a) * img.astype(np.float32) + a * heat.astype(np.float32)
     return np.round(out).astype(np.uint8)
 
 

@@ -1,5 +1,8 @@
 """The real dashboard in a real browser: Voila serves the demo notebook, headless Chromium drives it.
 
+The server runs as the container does (docker/entrypoint.sh): behind a token, with voila.json's settings;
+its kernel culling is made short here, so an abandoned page is seen to lose its kernel within the test.
+
 Needs Debian's `chromium` and `chromium-driver` (`make browser-deps`). Without them the test skips,
 or fails when env `CI` is set. The screenshot is saved in the test's tmp dir and, when env
 `MEMSEG_SCREENSHOT_DIR` is set, copied there.
@@ -8,12 +11,14 @@ or fails when env `CI` is set. The screenshot is saved in the test's tmp dir and
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -54,6 +59,20 @@ def _descendants(pid: int) -> list[int]:
         for c in children.get(todo.pop(), []):
             out.append(c)
             todo.append(c)
+    return out
+
+
+def _kernels(server_pid: int) -> dict[int, int]:
+    """The server's ipykernel processes: pid -> resident memory in kB."""
+    out = {}
+    for pid in _descendants(server_pid):
+        try:
+            if b"ipykernel" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        out[pid] = int(next((line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")), "0"))
     return out
 
 
@@ -107,8 +126,11 @@ def test_dashboard_in_headless_chromium(demo_env: dict[str, str], tmp_path: Path
            "IPYTHONDIR": str(tmp_path / "ipython"), "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path / "voila.log"
     log = open(log_path, "w")
+    token = secrets.token_urlsafe(16)
+    cull_after_s = 30  # voila.json says 120; short here. Long enough for the page to connect after the render.
     server = subprocess.Popen(
-        [str(voila), str(NOTEBOOK), f"--port={port}", "--Voila.ip=127.0.0.1", "--no-browser"],
+        [str(voila), str(NOTEBOOK), f"--port={port}", "--Voila.ip=127.0.0.1", "--no-browser", f"--token={token}",
+         f"--MappingKernelManager.cull_idle_timeout={cull_after_s}", "--MappingKernelManager.cull_interval=5"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     driver = None
@@ -130,6 +152,11 @@ def test_dashboard_in_headless_chromium(demo_env: dict[str, str], tmp_path: Path
                     pytest.fail(f"voila did not start on port {port}:\n{server_log()}")
                 time.sleep(0.5)
 
+        # 0. without the token the page is refused (sent to the login form; no kernel starts)
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            assert "/login" in resp.geturl(), f"the page was served without a token: {resp.geturl()}"
+        assert not _kernels(server.pid)
+
         opts = webdriver.ChromeOptions()
         opts.binary_location = CHROMIUM
         for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -138,7 +165,7 @@ def test_dashboard_in_headless_chromium(demo_env: dict[str, str], tmp_path: Path
             opts.add_argument(arg)
         driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
         driver.set_page_load_timeout(120)
-        driver.get(url)
+        driver.get(f"{url}?token={token}")
 
         def css(sel: str):
             return driver.find_element(By.CSS_SELECTOR, sel)
@@ -236,6 +263,28 @@ def test_dashboard_in_headless_chromium(demo_env: dict[str, str], tmp_path: Path
         css(".memseg-next").click()  # the kernel is alive and answers; a good action clears the error
         wait(lambda: text(".memseg-caption") != caption, 60, "the next image after the bad upload")
         wait(lambda: text(".memseg-error") == "", 30, "the error to clear")
+
+        # 6. leaving the page frees its kernel: disconnected and idle, it is culled (voila.json keeps the XSRF
+        # check on, so Voila 0.5's own unload request is refused, voila-dashboards/voila#1458)
+        kernels = _kernels(server.pid)
+        assert len(kernels) == 1, f"expected one kernel for one page, found {kernels}"
+        print(f"kernel of one viewer: {max(kernels.values()) / 1024:.0f} MB resident")
+        driver.get("about:blank")
+        deadline = time.time() + cull_after_s + 60
+        while _kernels(server.pid) and time.time() < deadline:
+            time.sleep(1)
+        assert not _kernels(server.pid), f"the kernel of the page left behind is still running:\n{server_log()}"
+
+        # 7. a page whose browser never connects or has gone (here: a plain GET, which runs the notebook)
+        # leaves an idle kernel with no connection: it is culled
+        with urllib.request.urlopen(f"{url}?token={token}", timeout=180) as resp:
+            resp.read()
+        assert len(_kernels(server.pid)) == 1
+        deadline = time.time() + cull_after_s + 60
+        while _kernels(server.pid) and time.time() < deadline:
+            time.sleep(1)
+        assert not _kernels(server.pid), f"the abandoned page's kernel is still running:\n{server_log()}"
+        assert "Culling" in server_log()
     finally:
         if driver is not None:
             driver.quit()

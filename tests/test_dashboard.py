@@ -8,20 +8,33 @@ once) except the debounce test, which runs the app inside an asyncio loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import io
+import json
+import os
+import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("ipywidgets")
 
 from memseg import demo  # noqa: E402
-from memseg.dashboard import MAX_UPLOAD_BYTES, DashboardApp, UploadError, decode_upload  # noqa: E402
+from memseg.dashboard import (  # noqa: E402
+    MAX_UPLOAD_BYTES,
+    SCALE_CHECK_IMAGES,
+    DashboardApp,
+    UploadError,
+    decode_upload,
+)
 from memseg.demo import DemoSettings, load_settings  # noqa: E402
 
 CATEGORY = "weave"
@@ -141,10 +154,16 @@ def test_threshold_changes_the_mask_and_the_verdict_without_rerunning(app: Dashb
     assert app.verdict == "normal" and "NORMAL" in app.verdict_html.value
     mask_high = app.binary_mask.copy()
     assert mask_high.sum() <= mask_low.sum()
-    mid = (lo + hi) / 2
+    d = app.decision  # spans the model's score range (see test_the_colour_scale_...)
+    inside = amap[(amap >= d.min) & (amap <= d.max)]
+    assert inside.size, "no pixel score inside the slider's range"
+    mid = float(np.median(inside))
     app.set_threshold(mid)
+    assert d.value == pytest.approx(mid)
     assert 0 < app.binary_mask.sum() < app.binary_mask.size
     assert np.array_equal(app.binary_mask, amap >= mid)
+    app.set_threshold(d.max + 1.0)  # beyond the range: the slider's end
+    assert d.value == d.max and np.array_equal(app.binary_mask, amap >= d.max)
     assert app.panels["mask"].value != png_low or mask_low.sum() == app.binary_mask.sum()
     assert app.updates_run == runs  # the threshold only redraws
 
@@ -250,13 +269,205 @@ def test_debounce_coalesces_a_burst_into_one_latest_update(tiny_demo: DemoSettin
     assert latest == pytest.approx(expected, abs=1e-6)  # ... for the latest value (δ = 1.0)
 
 
+# ------------------------------------------------------------------------------------ presenter-proofing (issue 12)
+def test_loading_a_checkpoint_runs_a_warm_up_forward_first(app: DashboardApp, tiny_demo: DemoSettings, monkeypatch) -> None:
+    from memseg.inference import Predictor
+
+    calls: list[torch.Tensor] = []
+    original = Predictor.predict_batch
+
+    def counting(self, images):
+        calls.append(images.detach().clone())
+        return original(self, images)
+
+    monkeypatch.setattr(Predictor, "predict_batch", counting)
+    app.warmup_ms = None
+    app.select_checkpoint(demo.demo_checkpoint_path(tiny_demo), refresh=False)  # same category: no page update
+    assert app.error_text == "" and calls, "loading the checkpoint ran no forward"
+    first = calls[0]  # the warm-up: one dummy image at the model's input size, before anything else
+    assert tuple(first.shape) == (1, 3, *app.input_size) and not first.any()
+    assert app.warmup_ms is not None and app.warmup_ms > 0
+
+
+def _checkpoint_with_validation(tiny_demo: DemoSettings, tmp_path: Path, scores: list[float], threshold: float) -> Path:
+    """A copy of the tiny demo checkpoint whose stored validation scores and threshold are `scores`, `threshold`."""
+    ckpt = torch.load(demo.demo_checkpoint_path(tiny_demo), map_location="cpu", weights_only=True)
+    ckpt.setdefault("extra", {})["validation"] = {"scores": scores, "labels": [0] * len(scores), "threshold": threshold}
+    ckpt["threshold"] = threshold
+    path = tmp_path / "with-validation.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+def test_the_colour_scale_and_the_decision_slider_follow_the_models_scores(
+        app: DashboardApp, tiny_demo: DemoSettings, tmp_path: Path) -> None:
+    scores = [0.10, 0.12, 0.15, 0.20, 0.25, 0.30]
+    app.select_checkpoint(_checkpoint_with_validation(tiny_demo, tmp_path, scores, 0.16))
+    assert app.error_text == ""
+    d = app.decision
+    # lowest score .. 90th percentile (0.275), padded by max(5 % of the span, 0.01), on a 0.001 grid
+    assert (d.min, d.max, d.step) == (pytest.approx(0.090), pytest.approx(0.285), pytest.approx(0.001))
+    assert d.value == pytest.approx(0.16)  # the stored threshold, not a rounded one
+    legend = app.legend_range_html.value
+    assert "0.090" in legend and "0.285" in legend and "6 validation scores" in legend
+    assert "0.160" in app.score_html.value and "0.160" in app.panel_titles["mask"].value
+    # one outlier (a simulated anomaly at 1.0) does not squeeze the others into the blue end
+    many = [float(v) for v in np.linspace(0.10, 0.30, 15)]
+    app.select_checkpoint(_checkpoint_with_validation(tiny_demo, tmp_path, many + [1.0], 0.16))
+    assert app.decision.max < 0.5
+    # without stored validation scores (the fixture trains without a validation split) the range comes from
+    # test images of the model's category, and the legend says so
+    app.select_checkpoint(demo.demo_checkpoint_path(tiny_demo))
+    assert f"{min(len(app.records), SCALE_CHECK_IMAGES)} {CATEGORY} test images" in app.legend_range_html.value
+    app.image_dd.value = 0  # the first test image is always among those scored
+    assert app.decision.min <= app.result.score and app.decision.max > app.decision.min
+
+
+def _decode(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def test_the_overlay_leaves_low_scores_untinted_and_colours_high_ones(app: DashboardApp) -> None:
+    from memseg.viz import colormap_lut
+
+    lo, hi = app.colour_scale.lo, app.colour_scale.hi
+    assert hi > lo
+    base = app.result
+    app.result = dataclasses.replace(base, anomaly_map=np.full_like(base.anomaly_map, lo))
+    app.render()
+    assert np.array_equal(_decode(app.panels["overlay"].value), base.image)  # a normal map: no tint at all
+    assert (_decode(app.panels["heatmap"].value) == colormap_lut()[0]).all()  # the scale's blue end
+    app.result = dataclasses.replace(base, anomaly_map=np.full_like(base.anomaly_map, hi))
+    app.render()
+    assert (_decode(app.panels["heatmap"].value) == colormap_lut()[255]).all()  # the scale's red end
+    tinted = _decode(app.panels["overlay"].value).astype(int)
+    assert np.abs(tinted - base.image.astype(int)).mean() > 20
+
+
+def test_the_models_category_comes_first_and_another_one_shows_a_warning_banner(app: DashboardApp) -> None:
+    labels = [label for label, _value in app.category_dd.options]
+    assert labels[0] == f"{CATEGORY} (model)" and app.category_dd.value == CATEGORY
+    assert app.warning_html.value == "" and "memseg-warning" in app.warning_html._dom_classes
+    other = next(v for _label, v in app.category_dd.options if v != CATEGORY)
+    app.category_dd.value = other  # as a pick in the page would
+    banner = app.warning_html.value
+    assert "memseg-warning-box" in banner and f"trained on <b>{CATEGORY}</b>" in banner and f"not <b>{other}</b>" in banner
+    assert app.source.defect is not None and app.result is not None  # the page still works on the other category
+    app.category_dd.value = CATEGORY
+    assert app.warning_html.value == ""
+
+
+def test_simulating_on_a_defective_image_keeps_its_real_defect_in_the_mask(app: DashboardApp) -> None:
+    app.image_dd.value = _anomalous_index(app)
+    real = app.result.truth.copy()
+    assert real.any()
+    app.set_simulation(enabled=True, threshold=0.3, delta=0.6, scale_exp=1, source="structure", seed=3)
+    r = app.result
+    assert r.simulated and np.array_equal(r.real_truth, real)
+    assert (r.truth & real).sum() == real.sum()  # the real defect stays in the shown mask ...
+    assert r.truth.sum() > real.sum()  # ... beside the simulated one
+    shown = _decode(app.panels["truth"].value)
+    assert (shown[real] == np.array([255, 140, 0])).all()  # real defect in orange
+    assert (shown[r.truth & ~real] == 255).all()  # simulated mask M in white
+    assert "own defect" in app.panel_titles["truth"].value and "orange" in app.caption_html.value
+    # on a normal image the mask is M alone, in white
+    app.image_dd.value = _normal_index(app)
+    assert not app.result.real_truth.any() and app.panel_titles["truth"].value.count("Simulated mask M") == 1
+    assert "own defect" not in app.panel_titles["truth"].value
+
+
+# ------------------------------------------------------------------------------------ server settings and container
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_voila_json_kernel_culling_reaches_the_kernel_manager() -> None:
+    """voila.json's keys are real options of the installed voila/jupyter_server, and Voila applies them."""
+    pytest.importorskip("voila")
+    settings = json.loads((ROOT / "voila.json").read_text())
+    probe = """
+import json, sys
+from traitlets.config import Configurable
+from jupyter_server.services.kernels.kernelmanager import MappingKernelManager
+from voila.app import Voila
+from voila.configuration import VoilaConfiguration
+known = {"Voila": Voila, "VoilaConfiguration": VoilaConfiguration, "MappingKernelManager": MappingKernelManager}
+settings = json.loads(open("voila.json").read())
+unknown = [f"{section}.{key}" for section, values in settings.items() for key in values
+           if section not in known or key not in known[section].class_traits(config=True)]
+app = Voila()
+app.initialize(["notebooks/[demo] model inference.ipynb", "--no-browser"])
+app.init_settings()  # builds the kernel manager from the loaded config; starts no kernel
+km = app.kernel_manager
+print(json.dumps({"unknown": unknown, "kernel_manager": type(km).__mro__[1].__name__,
+                  "cull": [km.cull_idle_timeout, km.cull_interval, km.cull_connected, km.cull_busy]}))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["unknown"] == []
+    cull = settings["MappingKernelManager"]
+    assert got["cull"] == [cull["cull_idle_timeout"], cull["cull_interval"], cull["cull_connected"], cull["cull_busy"]]
+    assert 0 < cull["cull_idle_timeout"] <= 300 and cull["cull_connected"] is False  # closed pages go soon, open ones stay
+    assert not settings["Voila"].get("tornado_settings", {}).get("disable_check_xsrf")  # XSRF protection stays on
+
+
+def _run_entrypoint(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, list[str] | None]:
+    """Run docker/entrypoint.sh with `python -m memseg.demo` and `voila` stubbed: (result, voila's argv or None)."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash not found")
+    stubs = tmp_path / "stubs"
+    stubs.mkdir(exist_ok=True)
+    argv_file = tmp_path / "voila-argv"
+    (stubs / "python").write_text(  # the real python for the token; the demo's heavy steps are stubbed
+        f'#!/bin/sh\ncase "$*" in *secrets*) exec "{sys.executable}" "$@";; esac\necho "stub python $*"\n')
+    (stubs / "voila").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{argv_file}"\n')
+    for stub in ("python", "voila"):
+        (stubs / stub).chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MEMSEG_", "VOILA_"))}
+    run_env = {**base, "PATH": f"{stubs}:{base.get('PATH', '')}", "PORT": "9999", **env}
+    res = subprocess.run([bash, str(ROOT / "docker" / "entrypoint.sh"), "--debug"], env=run_env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    argv = argv_file.read_text().splitlines() if argv_file.exists() else None
+    return res, argv
+
+
+def test_the_container_entrypoint_requires_a_token_unless_opted_out(tmp_path: Path) -> None:
+    # default: a generated token, printed with the URL, and given to voila
+    res, argv = _run_entrypoint(tmp_path, {})
+    assert res.returncode == 0, res.stderr
+    tokens = [a.split("=", 1)[1] for a in argv if a.startswith("--token=")]
+    assert len(tokens) == 1 and len(tokens[0]) >= 24
+    assert f"http://localhost:9999/?token={tokens[0]}" in res.stdout
+    assert "--Voila.ip=0.0.0.0" in argv and "--port=9999" in argv and argv[-1] == "--debug"
+    _res, argv2 = _run_entrypoint(tmp_path, {})
+    assert [a for a in argv2 if a.startswith("--token=")] != [f"--token={tokens[0]}"]  # a new one per start
+    # a token from the environment is used as given and not echoed
+    res, argv = _run_entrypoint(tmp_path, {"MEMSEG_TOKEN": "room-42.demo"})
+    assert "--token=room-42.demo" in argv and "room-42.demo" not in res.stdout and "<your MEMSEG_TOKEN>" in res.stdout
+    res, argv = _run_entrypoint(tmp_path, {"VOILA_TOKEN": "v-token"})
+    assert "--token=v-token" in argv
+    # explicit opt-out: no token, and a warning
+    res, argv = _run_entrypoint(tmp_path, {"MEMSEG_NO_TOKEN": "1"})
+    assert res.returncode == 0 and not [a for a in argv if a.startswith("--token")]
+    assert "WITHOUT a token" in res.stdout
+    # a bad setting stops before any work, with one line naming it
+    (tmp_path / "voila-argv").unlink()
+    res, argv = _run_entrypoint(tmp_path, {"MEMSEG_NO_TOKEN": "maybe"})
+    assert res.returncode == 2 and argv is None and "stub python" not in res.stdout
+    assert res.stderr.strip() == ("memseg demo: error: MEMSEG_NO_TOKEN=maybe; expected 1 (serve without a token) "
+                                  "or 0/unset (require one)")
+    res, argv = _run_entrypoint(tmp_path, {"MEMSEG_TOKEN": "has space"})
+    assert res.returncode == 2 and argv is None and "MEMSEG_TOKEN" in res.stderr and len(res.stderr.splitlines()) == 1
+
+
 # ------------------------------------------------------------------------------------ demo settings / prepare
 def test_settings_precedence_defaults_config_env_overrides(tmp_path: Path) -> None:
     root = tmp_path / "proj"
     (root / "configs").mkdir(parents=True)
     s = load_settings(env={}, root=root)
-    assert s.data == root / "data" / "synthetic" and s.category == "weave" and s.checkpoint is None
-    assert demo.resolve_checkpoint(s) == root / "runs" / "demo" / "weave" / "final.pt"
+    assert s.data == root / "data" / "synthetic" and s.category == "toys" and s.checkpoint is None
+    assert demo.resolve_checkpoint(s) == root / "runs" / "demo" / "toys" / "final.pt"
     cfg = root / "configs" / "demo.yaml"
     cfg.write_text("data: my/data\ncategory: washer\nsteps: 12\ncheckpoint: runs/x.pt\n")
     s = load_settings(env={}, root=root)
@@ -310,3 +521,13 @@ def test_demo_cli_reports_errors_without_a_traceback(tmp_path: Path, capsys, mon
     rc = demo.main(["prepare", "--data", str(tmp_path / "nothing"), "--category", "bottle", "--no-progress"])
     assert rc == 2
     assert "bottle" in capsys.readouterr().err
+
+
+def test_find_checkpoints_lists_final_models_first_and_hides_their_resumable_copy(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for rel in ("a/final.pt", "a/checkpoints/last.pt", "b/checkpoints/last.pt", "c/mine.pt"):
+        (runs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (runs / rel).write_bytes(b"")
+    found = [p.relative_to(runs.resolve()).as_posix() for p in demo.find_checkpoints(runs)]
+    # a's last.pt is the same model as its final.pt; b was never finished, so its last.pt is all there is
+    assert found == ["a/final.pt", "b/checkpoints/last.pt", "c/mine.pt"]
