@@ -1,15 +1,24 @@
 """Shared notebook execution for the notebook tests (nbclient, quick mode, cwd = notebooks/).
 
-Per-cell timeout: ``$MEMSEG_NB_TIMEOUT`` seconds (default 900: the longest quick cell, a training run,
-takes ~150 s on an idle 2-core machine). A cell that times out or a kernel that dies gets the notebook
-one fresh retry: a kernel has been seen going idle without ever sending its execute reply (both sides
-waiting, no CPU used), which only the timeout ends. ``MEMSEG_NB_OUT=<dir>`` writes the executed
-notebook there for review.
+Two guards against a stalled run, each ending in one fresh retry of the notebook:
+
+- an idle-kernel watchdog: while a cell is pending, the kernel process's CPU time is read every few
+  seconds; a kernel that uses none for ``$MEMSEG_NB_IDLE`` seconds (default 120) is stopped. That is
+  the hang seen with ipykernel 7 (ipython/ipykernel#1471, hence the ``ipykernel<7`` pin): the kernel
+  idle without ever sending its execute reply, both sides waiting. The quick notebooks' cells compute
+  (no sleeps, no subprocesses), so two idle minutes mean a stall, found in minutes instead of 15;
+- a per-cell timeout, ``$MEMSEG_NB_TIMEOUT`` seconds (default 900: the longest quick cell, a training
+  run, takes ~150 s on an idle 2-core machine).
+
+``MEMSEG_NB_OUT=<dir>`` writes the executed notebook there for review.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -34,8 +43,64 @@ def quick_env(base: Path) -> dict:
     return env
 
 
-def execute_notebook(name: str, env: dict):
-    """Run ``notebooks/<name>`` top to bottom; fail on any error output; return the executed notebook."""
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) of process ``pid`` from /proc; None where /proc is not available."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (man 5 proc)
+
+
+class IdleKernelWatchdog:
+    """Stops the kernel when it uses no CPU for ``idle_s`` seconds while a cell is pending.
+
+    nbclient then sees a dead kernel (``DeadKernelError``) within a second, and the runner retries.
+    ``stalled`` says whether it fired (for the message).
+    """
+
+    def __init__(self, client, idle_s: float, poll_s: float = 5.0):
+        self.client, self.idle_s, self.poll_s = client, idle_s, poll_s
+        self.pending: int | None = None  # index of the cell waiting for its reply
+        self.stalled: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def on_cell_execute(self, cell, cell_index: int) -> None:  # nbclient hook
+        self.pending = cell_index
+
+    def on_cell_executed(self, cell, cell_index: int, execute_reply) -> None:  # nbclient hook
+        self.pending = None
+
+    def __enter__(self) -> "IdleKernelWatchdog":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.poll_s + 1)
+
+    def _kernel_pid(self) -> int | None:
+        process = getattr(getattr(getattr(self.client, "km", None), "provisioner", None), "process", None)
+        return getattr(process, "pid", None)
+
+    def _watch(self) -> None:
+        last_cpu, idle_since, cell = None, time.monotonic(), None
+        while not self._stop.wait(self.poll_s):
+            pid = self._kernel_pid()
+            cpu = _cpu_seconds(pid) if pid else None
+            now = time.monotonic()
+            if cpu is None or self.pending is None or self.pending != cell or last_cpu is None or cpu - last_cpu > 0.05:
+                last_cpu, idle_since, cell = cpu, now, self.pending
+                continue
+            if now - idle_since >= self.idle_s:
+                self.stalled = f"cell {cell}: the kernel used no CPU for {now - idle_since:.0f} s without replying"
+                os.kill(pid, signal.SIGKILL)
+                return
+
+
+def execute_notebook(name: str | Path, env: dict):
+    """Run ``notebooks/<name>`` (or the notebook at an absolute path) top to bottom; fail on any error output; return the executed notebook."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
@@ -50,19 +115,24 @@ def execute_notebook(name: str, env: dict):
             resources={"metadata": {"path": str(NOTEBOOK_DIR)}},  # cwd = notebooks/, as in JupyterLab
             allow_errors=False,
         )
+        idle_s = float(os.environ.get("MEMSEG_NB_IDLE", "120"))
+        watchdog = IdleKernelWatchdog(client, idle_s=idle_s, poll_s=min(5.0, idle_s / 4))
+        client.on_cell_execute, client.on_cell_executed = watchdog.on_cell_execute, watchdog.on_cell_executed
         try:
-            client.execute(env=env)
+            with watchdog:
+                client.execute(env=env)
             break
         except (CellTimeoutError, DeadKernelError) as err:
+            reason = watchdog.stalled or f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
             if attempt == 2:
-                raise
-            warnings.warn(f"{name}: {type(err).__name__} on the first attempt ({str(err).splitlines()[0][:200]}); "
-                          "running the notebook again in a fresh kernel", stacklevel=2)
+                raise AssertionError(f"{name}: {reason}, twice") from err
+            warnings.warn(f"{name}: {reason} on the first attempt; running the notebook again in a fresh kernel",
+                          stacklevel=2)
         finally:
             out = os.environ.get("MEMSEG_NB_OUT")
             if out:
                 Path(out).mkdir(parents=True, exist_ok=True)
-                nbformat.write(nb, Path(out) / name)
+                nbformat.write(nb, Path(out) / Path(name).name)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors
     # the final check cell ran (and printed or passed silently) without error

@@ -5,7 +5,8 @@
 so the synthetic dataset is generated on the fly and notebooks 02-05 share one small trained model.
 Every notebook ends with a cell that asserts something real (non-empty simulated masks, a stage
 table that covers the network, pixel AUROC above chance, one t-SNE point per image, M1's shape);
-any failing cell fails the test. Per-cell timeout: ``$MEMSEG_NB_TIMEOUT`` seconds (default 900, one retry in a fresh kernel on a timeout; see notebook_runner).
+any failing cell fails the test. A kernel idle for ``$MEMSEG_NB_IDLE`` s (120) with a cell pending, or a cell over
+``$MEMSEG_NB_TIMEOUT`` s (900), gets the notebook one retry in a fresh kernel (see notebook_runner).
 
 Options: ``MEMSEG_NB_DATA`` / ``MEMSEG_NB_RUNS`` keep the data / model cache in a persistent folder
 (default: a fresh temporary one), ``MEMSEG_NB_CATEGORY`` (default washer), ``MEMSEG_STEPS`` (training
@@ -99,3 +100,30 @@ def test_notebook_runs(name: str, notebook_env: dict):
     t0 = time.perf_counter()
     execute_notebook(name, notebook_env)
     print(f"{name}: executed in {time.perf_counter() - t0:.1f} s")
+
+
+def _tiny_notebook(path: Path, *sources: str) -> Path:
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in sources])
+    nbformat.write(nb, path)
+    return path
+
+
+def test_runner_stops_an_idle_kernel_quickly_and_retries_once(tmp_path, monkeypatch):
+    """A cell pending on a kernel that uses no CPU (the ipykernel 7 stall, here a sleep) ends in seconds, not 15 min."""
+    monkeypatch.setenv("MEMSEG_NB_IDLE", "4")
+    monkeypatch.setenv("MEMSEG_NB_TIMEOUT", "600")
+    nb = _tiny_notebook(tmp_path / "stall.ipynb", "x = sum(range(1000))", "import time\ntime.sleep(600)", "x")
+    t0 = time.monotonic()
+    with pytest.warns(UserWarning, match=r"cell 1: the kernel used no CPU for \d+ s without replying on the first attempt"):
+        with pytest.raises(AssertionError, match="used no CPU .* twice"):
+            execute_notebook(nb, env=quick_env(tmp_path))
+    assert time.monotonic() - t0 < 120
+
+
+def test_runner_leaves_a_busy_kernel_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMSEG_NB_IDLE", "2")
+    busy = "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 6:\n    sum(range(10_000))"
+    nb = _tiny_notebook(tmp_path / "busy.ipynb", busy, "print('done')")
+    out = execute_notebook(nb, env=quick_env(tmp_path))
+    assert out.cells[-1].outputs[0]["text"] == "done\n"
