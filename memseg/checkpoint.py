@@ -181,7 +181,8 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (expected a .pt file written by `memseg train`)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: tensors are read from the file as they are copied into the model, not held twice in memory
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # the unpickler raises many types on foreign/corrupt files (IndexError, EOFError, ...)
         raise ValueError(
             f"{path} is not a memseg checkpoint: {unreadable_reason(path, err)}; expected a .pt file written by "
