@@ -52,9 +52,10 @@ bench: setup
 lab: setup
 	$(BIN)/jupyter lab notebooks/
 
+# The container's entrypoint does the serving (prepare, then voila): one place decides about the token
+# (none on a loopback HOST; on any other, MEMSEG_TOKEN or a generated one, printed).
 demo: setup
-	$(BIN)/python -m memseg.demo prepare --data $(DATA)
-	MEMSEG_DATA="$(abspath $(DATA))" $(BIN)/voila "notebooks/[demo] model inference.ipynb" --port=$(PORT) --Voila.ip=$(HOST) --no-browser
+	MEMSEG_DATA="$(abspath $(DATA))" MEMSEG_HOST="$(HOST)" PORT="$(PORT)" PATH="$(abspath $(BIN)):$$PATH" bash docker/entrypoint.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -2,20 +2,27 @@
 # Default command of the memseg-kit container (see ../Dockerfile): the same two steps as `make demo`.
 #   1. `python -m memseg.demo prepare`: synthetic dataset if missing, quick demo model if none is
 #      cached under runs/ (device: $MEMSEG_DEVICE, default auto = the GPU when the container has one);
-#   2. Voila serves the demo notebook on 0.0.0.0:$PORT (default 8866), behind a token:
+#   2. Voila serves the demo notebook on $MEMSEG_HOST:$PORT (default 0.0.0.0:8866), behind a token:
 #      MEMSEG_TOKEN (or VOILA_TOKEN) when set, else a random one printed at start (open the printed
 #      URL once; the browser keeps a cookie). MEMSEG_NO_TOKEN=1 serves without one (explicit opt-out:
-#      anyone who reaches the port can then run code-backed kernels of ~1 GB each).
+#      anyone who reaches the port can then run code-backed kernels of ~1 GB each). On a loopback
+#      host (127.0.0.1, localhost, ::1: `make demo`'s default, which runs this script too) only this
+#      machine can connect, and no token is asked for.
 # Extra arguments are passed on to voila (e.g. --debug).
 # Sourcing this file (tests/test_dashboard.py) defines the functions without running anything.
 set -euo pipefail
 
-# Decide how voila is protected; sets VOILA_AUTH_ARGS (an array: empty when opted out, else one --token=...)
-# and TOKEN_NOTE (the line that tells the user how to open the page). Arg: the port.
-# A bad setting prints a one-line error and returns 2.
+# Decide how voila is protected; sets VOILA_AUTH_ARGS (an array: empty when opted out or on a loopback
+# host, else one --token=...) and TOKEN_NOTE (the line that tells the user how to open the page).
+# Args: the port, the host (default 0.0.0.0). A bad setting prints a one-line error and returns 2.
 voila_token_args() {
-    local port="$1" token source opt_out="${MEMSEG_NO_TOKEN:-}"
+    local port="$1" host="${2:-0.0.0.0}" token source opt_out="${MEMSEG_NO_TOKEN:-}"
     VOILA_AUTH_ARGS=()
+    case "$host" in
+        127.0.0.1|localhost|::1)
+            TOKEN_NOTE="memseg demo: open http://$host:$port/ (served on this machine only, no token; MEMSEG_HOST=0.0.0.0 to serve a room, behind a token)"
+            return 0 ;;
+    esac
     case "${opt_out,,}" in
         1|true|yes)
             TOKEN_NOTE="memseg demo: WARNING: MEMSEG_NO_TOKEN=$opt_out: serving WITHOUT a token on port $port; anyone who can reach it can use the demo"
@@ -46,14 +53,14 @@ voila_token_args() {
 
 main() {
     cd "$(dirname "${BASH_SOURCE[0]}")/.."
-    local data="${MEMSEG_DATA:-data/synthetic}" port="${PORT:-8866}"
-    voila_token_args "$port"  # a bad setting stops here (set -e), before any work
+    local data="${MEMSEG_DATA:-data/synthetic}" port="${PORT:-8866}" host="${MEMSEG_HOST:-0.0.0.0}"
+    voila_token_args "$port" "$host"  # a bad setting stops here (set -e), before any work
     echo "$TOKEN_NOTE"
 
     python -c "import torch; print('memseg demo: torch', torch.__version__, '| CUDA available:', torch.cuda.is_available())"
     python -m memseg.demo prepare --data "$data"
     echo "$TOKEN_NOTE"  # again: training output may have scrolled the first one away
-    exec voila "notebooks/[demo] model inference.ipynb" --port="$port" --Voila.ip=0.0.0.0 --no-browser \
+    exec voila "notebooks/[demo] model inference.ipynb" --port="$port" --Voila.ip="$host" --no-browser \
         "${VOILA_AUTH_ARGS[@]}" "$@"
 }
 

@@ -13,6 +13,7 @@ import datetime
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -459,6 +460,20 @@ def test_the_container_entrypoint_requires_a_token_unless_opted_out(tmp_path: Pa
                                   "or 0/unset (require one)")
     res, argv = _run_entrypoint(tmp_path, {"MEMSEG_TOKEN": "has space"})
     assert res.returncode == 2 and argv is None and "MEMSEG_TOKEN" in res.stderr and len(res.stderr.splitlines()) == 1
+    # `make demo`'s default loopback host: only this machine can connect, no token; any other host needs one
+    res, argv = _run_entrypoint(tmp_path, {"MEMSEG_HOST": "127.0.0.1"})
+    assert res.returncode == 0 and "--Voila.ip=127.0.0.1" in argv and not [a for a in argv if a.startswith("--token")]
+    assert "http://127.0.0.1:9999/" in res.stdout
+    res, argv = _run_entrypoint(tmp_path, {"MEMSEG_HOST": "192.168.1.5"})
+    assert "--Voila.ip=192.168.1.5" in argv and len([a for a in argv if a.startswith("--token=")]) == 1
+
+
+def test_make_demo_serves_through_the_entrypoint() -> None:
+    """`make demo HOST=0.0.0.0` gets the container's token rule, not a bare voila on the network."""
+    text = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^demo\s*:.*\n((?:\t.*\n?)+)", text, flags=re.M).group(1)
+    assert "docker/entrypoint.sh" in recipe and 'MEMSEG_HOST="$(HOST)"' in recipe
+    assert "voila " not in recipe  # no second way to start the server
 
 
 # ------------------------------------------------------------------------------------ demo settings / prepare
