@@ -20,6 +20,7 @@ _HANDLERS = {
     "train": "memseg.training:cli_train",
     "evaluate": "memseg.evaluation:cli_evaluate",
     "predict": "memseg.inference:cli_predict",
+    "export": "memseg.export:cli_export",
 }
 
 
@@ -64,6 +65,11 @@ def _version() -> str:
 
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu or cuda")
+
+
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+                   help="what runs the model: auto picks by the --checkpoint file (.onnx: onnxruntime, else torch)")
 
 
 def _add_layout(p: argparse.ArgumentParser) -> None:
@@ -132,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where to write metrics.json and metrics.md "
                    "(default: <run>/eval-<category>, or a fresh eval-<category>-2 ... when taken)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="test images per forward pass")
+    _add_backend(p)
     _add_device(p)
 
     p = add("predict", "score images and write heat-map overlays and predictions.csv")
@@ -142,7 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=_positive_int, default=MAX_IMAGE_PIXELS,
                    help=f"refuse images with more pixels (width x height); images above {DECODE_MAX_PIXELS:,} px "
                         "are decoded downscaled and their overlays written at that bounded size")
+    _add_backend(p)
     _add_device(p)
+
+    p = add("export", "export a trained MemSeg checkpoint to ONNX (memory bank and DI* search included), "
+                      "checked against PyTorch")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by train: <run>/final.pt")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    p.add_argument("--out", required=True, help="the .onnx file to write (never replaced unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     return parser
 
 
@@ -162,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = getattr(importlib.import_module(module_name), func_name)
     try:
         return int(handler(args) or 0)
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, ImportError) as err:
         # Bad input or an unusable path (missing file, a file where a folder should be, no permission,
         # disk full ...) gets a clear one-line message naming the path, not a traceback.
         print(f"memseg {args.command}: error: {_error_text(err)}", file=sys.stderr)

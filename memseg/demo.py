@@ -182,7 +182,7 @@ def resolve_checkpoint(settings: DemoSettings) -> Path:
 
 
 def find_checkpoints(runs: str | os.PathLike, extra: list[str | os.PathLike | None] | None = None) -> list[Path]:
-    """Every `*.pt` file under `runs` (`final.pt` files first, then by path), plus `extra` ones that exist.
+    """Every `*.pt` and exported `*.onnx` file under `runs` (`final.pt` files first, then by path), plus `extra` ones that exist.
 
     A run's resumable `checkpoints/last.pt` is left out when the run has its `final.pt` (the same model).
     """
@@ -192,7 +192,7 @@ def find_checkpoints(runs: str | os.PathLike, extra: list[str | os.PathLike | No
             found.append(Path(p).resolve())
     runs = Path(runs)
     if runs.is_dir():
-        pts = sorted((p for p in runs.rglob("*.pt")
+        pts = sorted((p for pattern in ("*.pt", "*.onnx") for p in runs.rglob(pattern)
                       if not (p.parent.name == "checkpoints" and (p.parent.parent / "final.pt").is_file())),
                      key=lambda p: (p.name != "final.pt", str(p)))
         found.extend(p.resolve() for p in pts)
@@ -305,8 +305,12 @@ def prepare(
     # Read it once (torch.load, weights_only): a corrupt or foreign file fails here with a clear message,
     # not in the page. The model itself is built by the dashboard.
     from memseg.checkpoint import read_checkpoint
+    from memseg.export import is_onnx, load_onnx
 
-    read_checkpoint(ckpt)
+    if is_onnx(ckpt):
+        load_onnx(ckpt)  # an exported model: its metadata and the onnxruntime session
+    else:
+        read_checkpoint(ckpt)
     log(f"ready in {time.perf_counter() - t0:.1f} s: data {settings.data} category {settings.category} checkpoint {ckpt}")
     return ckpt
 

@@ -204,12 +204,12 @@ def metrics_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _resolve_model(checkpoint_or_model: Any, device: str | torch.device) -> tuple[nn.Module, dict]:
+def _resolve_model(checkpoint_or_model: Any, device: str | torch.device, backend: str = "auto") -> tuple[nn.Module, dict]:
     if isinstance(checkpoint_or_model, nn.Module):
         return checkpoint_or_model, {"checkpoint": None}
-    from memseg.checkpoint import load_checkpoint
+    from memseg.export import load_model
 
-    model, info = load_checkpoint(checkpoint_or_model, device=device)
+    model, info = load_model(checkpoint_or_model, device=device, backend=backend)
     cfg = info.get("config") or {}
     planned = cfg.get("steps")
     if planned is not None and info.get("step") is not None and info["step"] < planned:
@@ -231,11 +231,14 @@ def evaluate(
     threshold: float | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    backend: str = "auto",
 ) -> dict:
     """Evaluate a checkpoint (or a model) on ``<data>/<category>`` test split.
 
     Args:
-        checkpoint_or_model: a checkpoint path (the run's final one) or a model with ``anomaly_map``.
+        checkpoint_or_model: a checkpoint path (the run's final one), a ``.onnx`` file written by
+            ``memseg export`` (run by onnxruntime; ``backend`` as in :func:`memseg.export.load_model`)
+            or a model with ``anomaly_map``.
         out: folder for ``metrics.json`` + ``metrics.md`` (None: write nothing). Existing metrics
             files there are an error unless ``overwrite``.
         top_k: image score = mean of the top-k pixel scores (default: the training config's, else 100).
@@ -257,7 +260,7 @@ def evaluate(
         existing = [Path(out) / n for n in (METRICS_JSON, METRICS_MD) if (Path(out) / n).exists()]
         if existing:
             raise ValueError(f"{existing[0]} already exists; choose another output folder (or overwrite=True)")
-    model, info = _resolve_model(checkpoint_or_model, device)
+    model, info = _resolve_model(checkpoint_or_model, device, backend)
     mcfg = getattr(model, "config", None)
     input_size = getattr(mcfg, "input_size", None) or size or 256
     input_size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(v) for v in input_size)
@@ -322,7 +325,7 @@ def cli_evaluate(args) -> int:
     out = Path(args.out) if args.out else _default_out(ckpt, args.category)
     check_output_dir(out, "--out")
     result = evaluate(ckpt, args.data, args.category, layout=args.layout, out=out,
-                      batch_size=args.batch_size, device=args.device)
+                      batch_size=args.batch_size, device=args.device, backend=getattr(args, "backend", "auto"))
     o = result["overall"]
     print(f"{result['category']}: image AUROC {_pct(o['image_auroc'])}  pixel AUROC {_pct(o['pixel_auroc'])}  "
           f"AUPRO@0.3 {_pct(o['aupro'])}  image F1-max {_pct(o['f1_max'])} (calling every image anomalous: "

@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from memseg.checkpoint import load_checkpoint
 from memseg.data.io import (
     DECODE_MAX_PIXELS,
     IMAGE_SUFFIXES,
@@ -115,9 +114,13 @@ class Predictor:
         self.info = info
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", **kwargs: Any) -> "Predictor":
-        """Load a checkpoint written by :func:`memseg.training.train`."""
-        model, info = load_checkpoint(path, device=device)
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", backend: str = "auto",
+                        **kwargs: Any) -> "Predictor":
+        """Load a checkpoint written by :func:`memseg.training.train`, or a model written by ``memseg export``
+        (``.onnx``, run by onnxruntime; see :func:`memseg.export.load_model` for ``backend``)."""
+        from memseg.export import load_model
+
+        model, info = load_model(path, device=device, backend=backend)
         return cls(model, info, device=device, **kwargs)
 
     # ------------------------------------------------------------------------------- inputs
@@ -303,7 +306,7 @@ def cli_predict(args) -> int:
     paths, problems = _expand(args.images)
     for msg in problems:
         print(f"memseg predict: error: {msg}", file=sys.stderr)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device,
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, backend=getattr(args, "backend", "auto"),
                                           max_pixels=getattr(args, "max_pixels", MAX_IMAGE_PIXELS))
     root = _mirror_root(paths)
     table = _PredictionTable(out)

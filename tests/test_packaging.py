@@ -44,7 +44,7 @@ def pyproject() -> dict:
 def pyproject_requirements() -> dict[str, str | None]:
     project = pyproject()["project"]
     reqs = list(project["dependencies"])
-    for extra in ("notebooks", "dev"):
+    for extra in ("notebooks", "deploy", "dev"):
         reqs += project["optional-dependencies"][extra]
     out: dict[str, str | None] = {}
     for line in reqs:
@@ -232,7 +232,10 @@ def test_dockerfile_default_command_serves_demo_notebook_with_voila():
     assert re.search(r"\bvoila\b", code), code
     assert DEMO_NOTEBOOK in code, f"voila does not serve {DEMO_NOTEBOOK!r}"
     assert (ROOT / DEMO_NOTEBOOK).is_file(), f"{DEMO_NOTEBOOK} is missing from the repository"
-    assert "--Voila.ip=0.0.0.0" in code, "Voila must listen on all interfaces inside a container"
+    # all interfaces inside a container: literally, or through the entrypoint's host setting defaulting to them
+    listens_everywhere = "--Voila.ip=0.0.0.0" in code or (
+        '--Voila.ip="$host"' in code and 'host="${MEMSEG_HOST:-0.0.0.0}"' in code)
+    assert listens_everywhere, "Voila must listen on all interfaces inside a container"
     assert "memseg.demo prepare" in code, "the demo is not prepared (data + model) before serving"
 
 

@@ -163,7 +163,10 @@ class MemoryBank(nn.Module):
             m = mem.float().reshape(self.memory_size, -1)  # (N, D_l)
             for n0 in range(0, self.memory_size, self.chunk_size):
                 chunk = m[n0 : n0 + self.chunk_size]
-                if self.distance == "l2":
+                if torch.compiler.is_exporting():  # export (ONNX has no cdist): the same sums, written out
+                    diff = x[:, None, :] - chunk[None, :, :]  # (B, n, D_l)
+                    d = (diff.abs() if self.distance == "l2" else diff.square()).sum(dim=-1)
+                elif self.distance == "l2":
                     d = torch.cdist(x, chunk, p=1)  # Σ |MI - II|
                 else:
                     d = torch.cdist(x, chunk, p=2, compute_mode="donot_use_mm_for_euclid_dist").square()  # Σ (MI - II)^2
@@ -181,7 +184,7 @@ class MemoryBank(nn.Module):
             ``(di_star, index)``: DI* per level [(B, C_l, h_l, w_l)] and the chosen memory
             sample per input (B,) (long).
         """
-        if not self.ready:
+        if not torch.compiler.is_exporting() and not self.ready:  # (a data-dependent check: skipped while exporting)
             raise RuntimeError(
                 "the memory bank is empty: call model.prepare(normal_images) (N normal training images, "
                 "ImageNet-normalised, at the model's input size) before using the model"
