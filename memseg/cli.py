@@ -1,4 +1,4 @@
-"""Console script `memseg`: synth, simulate, train, evaluate, predict.
+"""Console script `memseg`: synth, simulate, train, evaluate, predict, export.
 
 Each sub-command is a thin wrapper: argument parsing lives here, the work lives in the
 package module named in `_HANDLERS` (a plain Python function the notebooks can call too).
