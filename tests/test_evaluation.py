@@ -151,7 +151,7 @@ def test_cli_evaluate_prints_the_baseline_beside_f1_max(tmp_path, monkeypatch, c
     import memseg.evaluation as ev
 
     root = make_tiny_dataset(tmp_path / "data", n_good=4, n_defect=3)
-    monkeypatch.setattr(ev, "_resolve_model", lambda ckpt, device: (BrightnessModel(), {"checkpoint": str(ckpt), "step": 5}))
+    monkeypatch.setattr(ev, "_resolve_model", lambda ckpt, device, backend="auto": (BrightnessModel(), {"checkpoint": str(ckpt), "step": 5}))
     args = argparse.Namespace(checkpoint=str(tmp_path / "run" / "checkpoints" / "last.pt"), data=str(root), category="tiny",
                               layout="auto", out=str(tmp_path / "eval"), batch_size=4, device="cpu")
     assert ev.cli_evaluate(args) == 0
