@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_model.py                      # all three, 256², on "auto" device
     python benchmarks/bench_model.py --what infer --batch 1 --size 256 --device cpu
     python benchmarks/bench_model.py --what train --batch 8 --no-channels-last --threads 1
+    python benchmarks/bench_model.py --what infer --backend torch onnxruntime --device cpu   # side by side, one run
 
 Numbers are printed (one JSON line per measurement); nothing here is asserted. Reference on the
 2-core development CPU: the known public kit needs ~6.3 s per batch-8 training step at 256² and
@@ -18,6 +19,8 @@ than one while the load average was 4-15 (OpenMP threads waiting on a busy core)
 2026-11-26, torch 2.14.1, idle VM (resnet18 yardstick 20.9 img/s, slower than on 11-22): training step 2.70 s
 on 2 threads, 4.17 s on 1; inference batch 1 144 ms p50 (6.95 img/s), batch 8 8.38 img/s; bf16 autocast
 training 21.8 s per step (this CPU has no AVX-512 BF16, so bf16 is emulated: keep fp32 on such CPUs).
+2026-11-27, idle VM, 2 threads, a trained 256² checkpoint: batch 1 torch 72.7 ms, onnxruntime (the exported
+graph, `memseg export`) 53.5 ms = 1.36x; batch 8 57.5 vs 52.4 ms/image.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,18 +64,25 @@ def bench_inference(
     memory_size: int = 30,
     iters: int = 10,
     warmup: int = 2,
+    backend: str = "torch",
 ) -> dict:
     """Forward + softmax of a batch in eval mode under ``inference_mode``.
 
     Args:
         dtype: None (float32) or an autocast dtype (``torch.bfloat16`` / ``torch.float16``).
+        backend: "torch", or "onnxruntime": the same model exported by :func:`memseg.export.export_onnx`
+            and run on the CPU with as many threads as torch uses.
 
     Returns:
         dict(img_per_s, p50_ms, p95_ms) where the latencies are per batch.
     """
     dev = select_device(device)
     model = _model(size, dev, memory_size, channels_last).eval()
-    h, w = model.input_size
+    if backend == "onnxruntime":
+        if dev.type != "cpu" or dtype is not None:
+            raise ValueError("backend onnxruntime is measured on the CPU in float32 (--device cpu, no --dtype)")
+        model = _exported(model)
+    h, w = model.config.input_size
     x = torch.randn(batch, 3, h, w, device=dev)
     ctx = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype is not None else (lambda: torch.autocast(dev.type, enabled=False))
     times, cpu = [], []
@@ -90,6 +101,17 @@ def bench_inference(
     # cpu_ms: process CPU time per batch (all threads); on a shared machine it is steadier than
     # the wall clock (with 1 thread it approximates the wall time on an idle core).
     return {"img_per_s": batch / p50, "p50_ms": p50 * 1000, "p95_ms": p95 * 1000, "cpu_ms": statistics.median(cpu) * 1000}
+
+
+def _exported(model: MemSeg):
+    """``model`` saved, exported to ONNX and opened with onnxruntime (an :class:`OnnxRuntimeModel`)."""
+    from memseg.checkpoint import save_checkpoint
+    from memseg.export import export_onnx, load_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_checkpoint(Path(tmp) / "model.pt", model, config={"top_k": 100})
+        onnx_model, _info = load_onnx(export_onnx(ckpt, Path(tmp) / "model.onnx"), threads=torch.get_num_threads())
+    return onnx_model  # the session holds the graph in memory: the files may go
 
 
 def bench_train_step(
@@ -155,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16"], help="autocast dtype for inference")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="channels_last convolutions (model default)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--backend", nargs="+", default=["torch"], choices=["torch", "onnxruntime"],
+                   help="inference backends, measured one after the other in this run (ratios printed)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -163,8 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__, "channels_last": args.channels_last, "dtype": args.dtype}))
     if "infer" in args.what:
         for b in [args.batch] if args.batch else [1, 8]:
-            r = bench_inference(batch=b, size=args.size, device=dev, dtype=dtype, channels_last=args.channels_last)
-            print(json.dumps({"bench": "inference", "batch": b, "size": args.size, **{k: round(v, 2) for k, v in r.items()}}), flush=True)
+            p50 = {}
+            for backend in args.backend:
+                r = bench_inference(batch=b, size=args.size, device=dev, dtype=dtype, channels_last=args.channels_last,
+                                    backend=backend)
+                p50[backend] = r["p50_ms"]
+                print(json.dumps({"bench": "inference", "backend": backend, "batch": b, "size": args.size,
+                                  **{k: round(v, 2) for k, v in r.items()}}), flush=True)
+            if len(p50) == 2:
+                print(json.dumps({"bench": "inference_ratio", "batch": b, "torch_over_onnxruntime": round(p50["torch"] / p50["onnxruntime"], 2)}), flush=True)
     if "train" in args.what:
         b = args.batch or 8
         s = bench_train_step(batch=b, size=args.size, device=dev, channels_last=args.channels_last, dtype=dtype)

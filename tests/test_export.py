@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +104,16 @@ def test_cli_errors_are_one_line(trained, exported, tmp_path, capsys):
     assert cli_main(["predict", "--checkpoint", str(fake), image, "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert str(fake) in err and "memseg export" in err and len(err.strip().splitlines()) == 1
+
+
+def test_benchmark_measures_onnxruntime_beside_torch_in_one_run(load_benchmark, capsys):
+    bench = load_benchmark("bench_model")
+    assert bench.main(["--what", "infer", "--backend", "torch", "onnxruntime", "--device", "cpu", "--size", "64",
+                       "--batch", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    measured = {r["backend"]: r for r in rows if r.get("bench") == "inference"}
+    assert set(measured) == {"torch", "onnxruntime"} and all(r["img_per_s"] > 0 for r in measured.values())
+    ratio = next(r for r in rows if r.get("bench") == "inference_ratio")
+    assert ratio["torch_over_onnxruntime"] == pytest.approx(measured["torch"]["p50_ms"] / measured["onnxruntime"]["p50_ms"], rel=0.02)
+    with pytest.raises(ValueError, match="onnxruntime is measured on the CPU in float32"):
+        bench.bench_inference(batch=1, size=64, device="cpu", dtype=torch.bfloat16, backend="onnxruntime")
