@@ -43,7 +43,7 @@ import torch
 import yaml
 
 from memseg.checkpoint import read_checkpoint, save_checkpoint
-from memseg.utils import normalize, seed_everything, select_device
+from memseg.utils import nearest_existing, normalize, seed_everything, select_device
 
 MODEL_NAMES = ("memseg", "draem", "mmr")
 CHECKPOINT_DIR = "checkpoints"
@@ -421,15 +421,12 @@ def check_run_dir_path(run_dir: Path) -> None:
         ValueError: one line naming the path (it, or a folder above it, is a file; or it cannot be written).
     """
     run_dir = Path(run_dir)
-    for p in (run_dir, *run_dir.parents):
-        if not p.exists():
-            continue
-        if not p.is_dir():
-            where = "is a file" if p == run_dir else f"lies inside {p}, which is a file"
-            raise ValueError(f"run folder {run_dir} {where}, not a folder; choose another --out (a folder, created when missing)")
-        if not os.access(p, os.W_OK | os.X_OK):
-            raise ValueError(f"run folder {run_dir}: cannot write in {p} (permission denied); choose another --out")
-        return
+    p = nearest_existing(run_dir)
+    if not p.is_dir():
+        where = "is a file" if p == run_dir else f"lies inside {p}, which is a file"
+        raise ValueError(f"run folder {run_dir} {where}, not a folder; choose another --out (a folder, created when missing)")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ValueError(f"run folder {run_dir}: cannot write in {p} (permission denied); choose another --out")
 
 
 def _rel(paths: list[Path], root: Path) -> str:

@@ -68,6 +68,16 @@ def no_autocast(device_type: str) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
 
+def nearest_existing(path: str | os.PathLike):
+    """``path`` itself when it exists, else its nearest existing parent (what decides whether it can be written)."""
+    from pathlib import Path
+
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
 def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
     """Fail at once, before any work, when ``path`` cannot become a folder to write into.
 
@@ -78,9 +88,7 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
     from pathlib import Path
 
     target = Path(path)
-    existing = target
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(target)
     if not existing.is_dir():
         what = "is a file" if existing == target else f"is a file, so {target} cannot be created"
         raise NotADirectoryError(f"{existing} {what}; {flag} must be a folder (new or existing)")
