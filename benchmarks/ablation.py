@@ -78,9 +78,9 @@ def attention_stats(model, dataset) -> dict:
 
 def run_one(args, label: str, options: dict, seed: int) -> dict:
     from memseg.data import load_split
-    from memseg.evaluation import collect_predictions
-    from memseg.metrics import compute_metrics
-    from memseg.training import TrainConfig, train
+    from memseg.engine.evaluation import collect_predictions
+    from memseg.engine.metrics import compute_metrics
+    from memseg.engine.training import TrainConfig, train
 
     run_dir = Path(args.runs) / args.category / slug(label) / f"seed{seed}"
     done = run_dir / "result.json"
@@ -96,7 +96,7 @@ def run_one(args, label: str, options: dict, seed: int) -> dict:
     result = train(cfg, progress=not args.quiet, resume=ckpt.is_file(), overwrite=not ckpt.is_file())
     train_s = time.perf_counter() - t0
 
-    from memseg.checkpoint import load_checkpoint
+    from memseg.engine.checkpoint import load_checkpoint
 
     model, info = load_checkpoint(result.checkpoint, device=args.device)
     dataset = load_split(args.data, args.category, split="test", size=cfg.input_size)
@@ -147,7 +147,7 @@ def collect(runs: Path) -> list[dict]:
 
 
 def table(rows: list[dict], category: str, order: list[str]) -> str:
-    from memseg.analysis import summarise_runs
+    from memseg.notebook.analysis import summarise_runs
 
     keys = [*METRICS, "ceiling_share", "max_p", "bias_p", "anomalous_channels", "tied_images", "M1_median", "M1_p99"]
     summary = {s["variant"]: s for s in summarise_runs([r for r in rows if r["category"] == category], keys)}
@@ -178,7 +178,7 @@ def attention_figure(runs: Path, out: Path, categories: list[str] | None = None,
     import matplotlib.pyplot as plt
     import torch
 
-    from memseg.checkpoint import load_checkpoint
+    from memseg.engine.checkpoint import load_checkpoint
     from memseg.data import load_split
     from memseg.utils import normalize
 

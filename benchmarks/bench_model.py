@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memseg.models.memseg import MemSeg, MemSegConfig  # noqa: E402
+from memseg.models.memseg.model import MemSeg, MemSegConfig  # noqa: E402
 from memseg.utils import select_device  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def bench_inference(
 
     Args:
         dtype: None (float32) or an autocast dtype (``torch.bfloat16`` / ``torch.float16``).
-        backend: "torch", or "onnxruntime": the same model exported by :func:`memseg.export.export_onnx`
+        backend: "torch", or "onnxruntime": the same model exported by :func:`memseg.engine.export.export_onnx`
             and run on the CPU with as many threads as torch uses.
 
     Returns:
@@ -105,8 +105,8 @@ def bench_inference(
 
 def _exported(model: MemSeg):
     """``model`` saved, exported to ONNX and opened with onnxruntime (an :class:`OnnxRuntimeModel`)."""
-    from memseg.checkpoint import save_checkpoint
-    from memseg.export import export_onnx, load_onnx
+    from memseg.engine.checkpoint import save_checkpoint
+    from memseg.engine.export import export_onnx, load_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = save_checkpoint(Path(tmp) / "model.pt", model, config={"top_k": 100})

@@ -18,10 +18,10 @@ import json
 import time
 from pathlib import Path
 
-from memseg.evaluation import evaluate
-from memseg.models.draem import DRAEMConfig
-from memseg.models.mmr import MMRConfig
-from memseg.training import TrainConfig, train
+from memseg.engine.evaluation import evaluate
+from memseg.models.draem.torch_model import DRAEMConfig
+from memseg.models.mmr.torch_model import MMRConfig
+from memseg.engine.training import TrainConfig, train
 
 
 def budget_configs(data: str, category: str, size: int, steps: int, out: Path, small: bool, weights: str,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memseg.training import LOG_JSONL  # noqa: E402
+from memseg.engine.training import LOG_JSONL  # noqa: E402
 
 
 def run_timing(log: Path) -> dict:
@@ -42,8 +42,8 @@ def write_report(run: Path, metrics_json: Path, data: Path, category: str, out: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from memseg import teaching
-    from memseg.evaluation import metrics_markdown
+    from memseg.notebook import teaching
+    from memseg.engine.evaluation import metrics_markdown
     from memseg.utils import select_device
 
     page = out / "README.md"

@@ -93,10 +93,10 @@ def reference_resnet18(device: torch.device, size: int, batch: int = REFERENCE_B
 
 
 def bench_metrics(size: int = 256, n_images: int = 100, seed: int = 0) -> float:
-    """Seconds of `memseg.metrics.compute_metrics` on n random maps with rectangular defects (2 types)."""
+    """Seconds of `memseg.engine.metrics.compute_metrics` on n random maps with rectangular defects (2 types)."""
     import numpy as np
 
-    from memseg.metrics import compute_metrics
+    from memseg.engine.metrics import compute_metrics
 
     rng = np.random.default_rng(seed)
     masks = np.zeros((n_images, size, size), bool)
@@ -113,7 +113,7 @@ def bench_metrics(size: int = 256, n_images: int = 100, seed: int = 0) -> float:
 
 def _fallback_bench_simulation(size: int = 256, batch: int = 32, threads: int | None = 1, device: str = "cpu", seconds: float = 3.0) -> float:
     """samples/s of `AnomalySimulator.simulate` on cached images and procedural textures (no decoding)."""
-    from memseg.simulation import AnomalySimulator
+    from memseg.simulation.simulator import AnomalySimulator
 
     dev = select_device(device)
     old = torch.get_num_threads()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Default command of the memseg-kit container (see ../Dockerfile): the same two steps as `make demo`.
-#   1. `python -m memseg.demo prepare`: synthetic dataset if missing, quick demo model if none is
+#   1. `python -m memseg.apps.demo prepare`: synthetic dataset if missing, quick demo model if none is
 #      cached under runs/ (device: $MEMSEG_DEVICE, default auto = the GPU when the container has one);
 #   2. Voila serves the demo notebook on $MEMSEG_HOST:$PORT (default 0.0.0.0:8866), behind a token:
 #      MEMSEG_TOKEN (or VOILA_TOKEN) when set, else a random one printed at start (open the printed
@@ -58,7 +58,7 @@ main() {
     echo "$TOKEN_NOTE"
 
     python -c "import torch; print('memseg demo: torch', torch.__version__, '| CUDA available:', torch.cuda.is_available())"
-    python -m memseg.demo prepare --data "$data"
+    python -m memseg.apps.demo prepare --data "$data"
     echo "$TOKEN_NOTE"  # again: training output may have scrolled the first one away
     exec voila "notebooks/[demo] model inference.ipynb" --port="$port" --Voila.ip="$host" --no-browser \
         "${VOILA_AUTH_ARGS[@]}" "$@"

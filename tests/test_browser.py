@@ -98,7 +98,7 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def demo_env(synthetic_root: Path, tmp_path_factory) -> dict[str, str]:
     """The synthetic fixture dataset and a tiny trained checkpoint, as env vars for the demo notebook."""
-    from memseg import demo
+    from memseg.apps import demo
 
     base = tmp_path_factory.mktemp("browser")
     data = synthetic_root

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from memseg.checkpoint import (
+from memseg.engine.checkpoint import (
     FORMAT_VERSION,
     MEMORY_IMAGES,
     atomic_torch_save,

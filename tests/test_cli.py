@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from memseg.checkpoint import read_checkpoint
-from memseg.cli import main
+from memseg.engine.checkpoint import read_checkpoint
+from memseg.apps.cli import main
 
 CATEGORY = "weave"
 
@@ -95,7 +95,7 @@ def test_train_evaluate_predict_end_to_end(synthetic_root, tmp_path, capsys):
 def test_predict_bad_image_path_exits_2_naming_the_file(synthetic_root, tmp_path, capsys):
     import torch
 
-    from memseg.checkpoint import save_checkpoint
+    from memseg.engine.checkpoint import save_checkpoint
     from memseg.models import build_model
     from memseg.utils import normalize
 
@@ -135,7 +135,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """An untrained 64 px MemSeg checkpoint (memory bank of 2 random images, threshold 0.25)."""
     import torch
 
-    from memseg.checkpoint import save_checkpoint
+    from memseg.engine.checkpoint import save_checkpoint
     from memseg.models import build_model
     from memseg.utils import normalize
 
@@ -190,12 +190,12 @@ def test_evaluate_out_is_a_file_fails_before_any_work(tmp_path, capsys):
     OSError(28, "No space left on device", "/full/disk/overlay.png"),
 ])
 def test_main_turns_every_oserror_into_one_line(monkeypatch, capsys, error):
-    import memseg.inference
+    from memseg.apps import commands
 
     def fail(args):
         raise error
 
-    monkeypatch.setattr(memseg.inference, "cli_predict", fail)
+    monkeypatch.setattr(commands, "run_predict", fail)
     assert main(["predict", "--checkpoint", "ck.pt", "img.png"]) == 2
     line = _one_error_line(capsys.readouterr().err, "predict")
     assert line == f"memseg predict: error: {error.filename}: {error.strerror}"
@@ -267,7 +267,7 @@ def test_predict_all_inputs_failing_writes_nothing_and_exits_2(tiny_checkpoint, 
 def test_every_option_has_help_and_defaults_are_shown(capsys):
     import argparse
 
-    from memseg.cli import build_parser
+    from memseg.apps.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -1,6 +1,6 @@
 """The dashboard's callbacks and the demo's settings/prepare, without a browser.
 
-A tiny MemSeg checkpoint is trained once per module (`memseg.demo.prepare`: a few steps at 64x64 on
+A tiny MemSeg checkpoint is trained once per module (`memseg.apps.demo.prepare`: a few steps at 64x64 on
 the synthetic fixture dataset); every test builds a fresh app on it with debounce 0 (updates run at
 once) except the debounce test, which runs the app inside an asyncio loop.
 """
@@ -28,15 +28,15 @@ from PIL import Image
 
 pytest.importorskip("ipywidgets")
 
-from memseg import demo  # noqa: E402
-from memseg.dashboard import (  # noqa: E402
+from memseg.apps import demo# noqa: E402
+from memseg.apps.dashboard.app import (  # noqa: E402
     MAX_UPLOAD_BYTES,
     SCALE_CHECK_IMAGES,
     DashboardApp,
     UploadError,
     decode_upload,
 )
-from memseg.demo import DemoSettings, load_settings  # noqa: E402
+from memseg.apps.demo import DemoSettings, load_settings  # noqa: E402
 
 CATEGORY = "weave"
 
@@ -272,7 +272,7 @@ def test_debounce_coalesces_a_burst_into_one_latest_update(tiny_demo: DemoSettin
 
 # ------------------------------------------------------------------------------------ presenter-proofing (issue 12)
 def test_loading_a_checkpoint_runs_a_warm_up_forward_first(app: DashboardApp, tiny_demo: DemoSettings, monkeypatch) -> None:
-    from memseg.inference import Predictor
+    from memseg.engine.inference import Predictor
 
     calls: list[torch.Tensor] = []
     original = Predictor.predict_batch
@@ -413,7 +413,7 @@ print(json.dumps({"unknown": unknown, "kernel_manager": type(km).__mro__[1].__na
 
 
 def _run_entrypoint(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, list[str] | None]:
-    """Run docker/entrypoint.sh with `python -m memseg.demo` and `voila` stubbed: (result, voila's argv or None)."""
+    """Run docker/entrypoint.sh with `python -m memseg.apps.demo` and `voila` stubbed: (result, voila's argv or None)."""
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("bash not found")
@@ -506,7 +506,7 @@ def test_settings_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_prepare_reuses_the_cached_model_without_training(tiny_demo: DemoSettings, monkeypatch) -> None:
-    from memseg import training
+    from memseg.engine import training
 
     def no_training(*_a, **_k):
         raise AssertionError("prepare trained again although a model is cached")

@@ -1,6 +1,6 @@
 """The cached demo model `make demo` trains on a fresh clone is right in front of a room.
 
-This runs the real first-run path (`memseg.demo.prepare` with the shipped `configs/demo.yaml`: the
+This runs the real first-run path (`memseg.apps.demo.prepare` with the shipped `configs/demo.yaml`: the
 synthetic dataset is generated, the quick model trained) and scores the model on its own category's
 test split at the threshold stored in the checkpoint, the one the dashboard uses.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from memseg import demo
-from memseg.evaluation import evaluate
+from memseg.apps import demo
+from memseg.engine.evaluation import evaluate
 
 MIN_ACCURACY = 0.90  # at the stored threshold (picked on the validation split, never on the test split)
 MIN_PIXEL_AUROC = 0.95

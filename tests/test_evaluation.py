@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from memseg.evaluation import collect_predictions, decision_metrics, evaluate, image_scores
+from memseg.engine.evaluation import collect_predictions, decision_metrics, evaluate, image_scores
 from memseg.utils import denormalize
 from tiny_data import make_tiny_dataset
 
@@ -148,13 +148,14 @@ def test_f1_max_is_reported_beside_the_all_anomalous_baseline(tmp_path):
 def test_cli_evaluate_prints_the_baseline_beside_f1_max(tmp_path, monkeypatch, capsys):
     import argparse
 
-    import memseg.evaluation as ev
+    import memseg.engine.evaluation as ev
+    from memseg.apps.commands import run_evaluate
 
     root = make_tiny_dataset(tmp_path / "data", n_good=4, n_defect=3)
     monkeypatch.setattr(ev, "_resolve_model", lambda ckpt, device, backend="auto": (BrightnessModel(), {"checkpoint": str(ckpt), "step": 5}))
     args = argparse.Namespace(checkpoint=str(tmp_path / "run" / "checkpoints" / "last.pt"), data=str(root), category="tiny",
                               layout="auto", out=str(tmp_path / "eval"), batch_size=4, device="cpu")
-    assert ev.cli_evaluate(args) == 0
+    assert run_evaluate(args) == 0
     line = capsys.readouterr().out.splitlines()[0]
     assert "image F1-max 100.0 (calling every image anomalous: 60.0)" in line and "(7 images, 3 anomalous, step 5)" in line
 

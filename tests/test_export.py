@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from memseg.checkpoint import load_checkpoint
-from memseg.cli import main as cli_main
-from memseg.evaluation import evaluate, score_images
-from memseg.export import export_onnx, load_onnx
-from memseg.inference import Predictor
-from memseg.training import TrainConfig, train
+from memseg.engine.checkpoint import load_checkpoint
+from memseg.apps.cli import main as cli_main
+from memseg.engine.evaluation import evaluate, score_images
+from memseg.engine.export import export_onnx, load_onnx
+from memseg.engine.inference import Predictor
+from memseg.engine.training import TrainConfig, train
 from tiny_data import make_tiny_dataset
 
 pytest.importorskip("onnxruntime")

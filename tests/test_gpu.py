@@ -57,7 +57,7 @@ def test_cuda_bf16_autocast_close_to_cpu_fp32():
 
 
 def test_simulator_runs_batched_on_cuda():
-    from memseg.simulation import AnomalySimulator
+    from memseg.simulation.simulator import AnomalySimulator
 
     images = torch.rand(8, 3, 64, 64, device="cuda")
     g = torch.Generator(device="cuda").manual_seed(0)

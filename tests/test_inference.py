@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from memseg.checkpoint import save_checkpoint
+from memseg.engine.checkpoint import save_checkpoint
 from memseg.data import ImageLoadError, load_split
-from memseg.evaluation import collect_predictions
-from memseg.inference import DEFAULT_THRESHOLD, Prediction, Predictor
+from memseg.engine.evaluation import collect_predictions
+from memseg.engine.inference import DEFAULT_THRESHOLD, Prediction, Predictor
 from memseg.models import build_model
 from memseg.utils import normalize
 from tiny_data import make_tiny_dataset
@@ -100,7 +100,7 @@ def test_bad_inputs_name_the_problem(predictor, tmp_path):
 
 @pytest.mark.parametrize("shape", [(0, 0, 3), (1, 1, 3), (1, 5000, 3), (5000, 20, 3), (15, 64, 3)])
 def test_unsupported_sizes_say_what_is_accepted(predictor, shape):
-    from memseg.inference import MAX_ASPECT_RATIO, MIN_IMAGE_SIDE
+    from memseg.engine.inference import MAX_ASPECT_RATIO, MIN_IMAGE_SIDE
 
     h, w = shape[:2]
     with pytest.raises(ValueError, match=rf"image is {w}x{h} px \(WxH\); expected each side >= {MIN_IMAGE_SIDE} px "
@@ -111,7 +111,7 @@ def test_unsupported_sizes_say_what_is_accepted(predictor, shape):
 
 
 def test_sizes_at_the_limits_are_accepted(predictor, tmp_path):
-    from memseg.inference import MAX_ASPECT_RATIO, MIN_IMAGE_SIDE
+    from memseg.engine.inference import MAX_ASPECT_RATIO, MIN_IMAGE_SIDE
 
     long = int(MIN_IMAGE_SIDE * MAX_ASPECT_RATIO)
     for h, w in [(MIN_IMAGE_SIDE, MIN_IMAGE_SIDE), (MIN_IMAGE_SIDE, long), (long, MIN_IMAGE_SIDE)]:

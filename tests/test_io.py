@@ -14,7 +14,6 @@ from memseg.data.io import (
     DECODE_MAX_PIXELS,
     ImageLoadError,
     ImageTooLargeError,
-    as_size,
     bounded_size,
     is_image_file,
     load_image,
@@ -174,14 +173,6 @@ def test_to_tensor_rejects_wrong_dtype() -> None:
     with pytest.raises(ValueError, match="uint8"):
         to_tensor(np.zeros((4, 4, 3), np.float32))
 
-
-def test_as_size() -> None:
-    assert as_size(8) == (8, 8)
-    assert as_size((3, 5)) == (3, 5)
-    with pytest.raises(ValueError):
-        as_size((0, 4))
-    with pytest.raises(ValueError):
-        as_size("big")
 
 
 # ---------------------------------------------------------------------------------------------- masks

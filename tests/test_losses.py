@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from memseg.losses import MemSegLoss, focal_loss, l1_loss
+from memseg.models.memseg.loss import MemSegLoss, focal_loss, l1_loss
 
 
 def _two_pixel_case() -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""memseg.metrics against hand-computed cases, a brute-force PRO reference and scikit-learn."""
+"""memseg.engine.metrics against hand-computed cases, a brute-force PRO reference and scikit-learn."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from memseg.metrics import aupro, compute_metrics, f1_max, image_auroc, pixel_auroc, pro_curve
+from memseg.engine.metrics import aupro, compute_metrics, f1_max, image_auroc, pixel_auroc, pro_curve
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn is a core dependency of memseg")
 

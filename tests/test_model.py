@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from memseg.models import MODEL_CONFIGS, build_model, config_from_dict
-from memseg.models.attention import CoordinateAttention, spatial_attention_maps
-from memseg.models.encoder import FROZEN_MODULES
-from memseg.models.memory import MemoryBank
-from memseg.models.memseg import MemSeg, MemSegConfig
+from memseg.models.memseg.attention import CoordinateAttention, spatial_attention_maps
+from memseg.models.memseg.encoder import FROZEN_MODULES
+from memseg.models.memseg.memory import MemoryBank
+from memseg.models.memseg.model import MemSeg, MemSegConfig
 
 H, W = 64, 96
 
@@ -378,7 +378,7 @@ def test_build_model_registry(model: MemSeg) -> None:
     assert build_model("memseg", None).config.input_size == (256, 256)
     with pytest.raises(ValueError, match="unknown model 'unet'"):
         build_model("unet", {})
-    with pytest.raises(ValueError, match="unknown MemSegConfig keys"):
+    with pytest.raises(ValueError, match=r"unknown MemSegConfig key\(s\)"):
         config_from_dict("memseg", {"input_size": 64, "bogus": 1})
     # init_weights=False keeps the recorded source without loading (or downloading) it
     lazy = build_model("memseg", {"input_size": (H, W), "memory_size": 1, "weights": "imagenet"}, init_weights=False)
@@ -411,7 +411,7 @@ def test_autocast_bf16_forward_and_backward(model: MemSeg) -> None:
 def test_random_encoder_residual_branches_are_alive() -> None:
     """timm zero-initialises the last BN of each residual block; frozen, blocks 1-3 would be the
     max-pooled stem plus 1x1 projections. Every residual branch of the random encoder must add signal."""
-    from memseg.models.encoder import ResNet18Encoder
+    from memseg.models.memseg.encoder import ResNet18Encoder
 
     torch.manual_seed(0)
     enc = ResNet18Encoder("random").eval()
@@ -496,7 +496,7 @@ def test_memory_bank_reference_scale_round_trips_and_is_rebuilt_for_old_checkpoi
 def test_head_ceiling(head: str) -> None:
     """The learned state of the paper head (every channel of the final conv votes 'normal') caps p at
     softmax(bias)[1] for every input; without the last ReLU the same weights can exceed it."""
-    from memseg.models.decoder import SegmentationHead
+    from memseg.models.memseg.decoder import SegmentationHead
 
     torch.manual_seed(0)
     h = SegmentationHead(8, head).eval()

@@ -82,7 +82,7 @@ def test_notebook_cells_are_short(name: str):
         if cell["cell_type"] != "code":
             continue
         src = "".join(cell["source"])
-        assert "\ndef " not in "\n" + src and "\nclass " not in "\n" + src, f"{name} cell {i} defines logic; move it to memseg.teaching"
+        assert "\ndef " not in "\n" + src and "\nclass " not in "\n" + src, f"{name} cell {i} defines logic; move it to memseg.notebook.teaching"
         assert src.count("\n") < 25, f"{name} cell {i} has {src.count(chr(10)) + 1} lines"
 
 

@@ -236,7 +236,7 @@ def test_dockerfile_default_command_serves_demo_notebook_with_voila():
     listens_everywhere = "--Voila.ip=0.0.0.0" in code or (
         '--Voila.ip="$host"' in code and 'host="${MEMSEG_HOST:-0.0.0.0}"' in code)
     assert listens_everywhere, "Voila must listen on all interfaces inside a container"
-    assert "memseg.demo prepare" in code, "the demo is not prepared (data + model) before serving"
+    assert "memseg.apps.demo prepare" in code, "the demo is not prepared (data + model) before serving"
 
 
 def test_dockerignore_excludes_local_state():

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from memseg import demo, teaching
+from memseg.apps import demo
+from memseg.notebook import teaching
 from memseg.paths import locate_dtd, project_root
 
 

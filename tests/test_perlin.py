@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from memseg.perlin import perlin_mask, perlin_noise, sample_scale_exp
+from memseg.simulation.perlin import perlin_mask, perlin_noise, sample_scale_exp
 
 
 def gen(seed: int) -> torch.Generator:

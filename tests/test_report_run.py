@@ -7,8 +7,8 @@ import json
 import pytest
 from tiny_data import make_tiny_dataset
 
-from memseg.evaluation import evaluate
-from memseg.training import TrainConfig, train
+from memseg.engine.evaluation import evaluate
+from memseg.engine.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from memseg.cli import main as cli_main
-from memseg.foreground import (
+from memseg.apps.cli import main as cli_main
+from memseg.simulation.foreground import (
     FOREGROUND_PRESETS,
     ForegroundConfig,
     dilate,
@@ -22,7 +22,7 @@ from memseg.foreground import (
     foreground_preset,
     otsu_threshold,
 )
-from memseg.simulation import (
+from memseg.simulation.simulator import (
     AnomalySimulator,
     SimulationConfig,
     colour_jitter_matrix,

@@ -174,7 +174,7 @@ def test_ensure_synthetic_reuses_matching_and_refuses_mismatching(tmp_path: Path
 
 
 def test_cli_synth(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from memseg.cli import main
+    from memseg.apps.cli import main
 
     args = ["synth", "--out", str(tmp_path / "d"), "--categories", "washer", "--size", "40", "--n-train", "2", "--n-test", "1"]
     assert main(args) == 0
@@ -189,8 +189,8 @@ def test_cli_synth(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 def test_washer_preset_of_the_simulation_room_finds_the_washer() -> None:
-    """Cross-room check: ``FOREGROUND_PRESETS["washer"]`` (memseg.foreground) recovers the rendered ring."""
-    fg_mod = pytest.importorskip("memseg.foreground")
+    """Cross-room check: ``FOREGROUND_PRESETS["washer"]`` (memseg.simulation.foreground) recovers the rendered ring."""
+    fg_mod = pytest.importorskip("memseg.simulation.foreground")
     torch = pytest.importorskip("torch")
     renders = [S.render_normal("washer", 96, np.random.default_rng(i)) for i in range(4)]
     x = torch.from_numpy(np.stack([im for im, _ in renders])).permute(0, 3, 1, 2).float() / 255  # (B, 3, H, W)

@@ -1,4 +1,4 @@
-"""memseg.teaching and memseg.analysis: the helpers behind the teaching notebooks.
+"""memseg.notebook.teaching and memseg.notebook.analysis: the helpers behind the teaching notebooks.
 
 Tiny fake data (MVTec AD layout, 64×64 PNGs in tmp_path) and tiny models; no downloads.
 """
@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from memseg import analysis, teaching
+from memseg.notebook import analysis, teaching
 from memseg.utils import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def _settings(root: Path, tmp_path: Path, steps: int = 2, size=(64, 64)) -> teac
 
 @pytest.fixture
 def tiny_memseg():
-    from memseg.models.memseg import MemSeg, MemSegConfig
+    from memseg.models.memseg.model import MemSeg, MemSegConfig
 
     torch.manual_seed(0)
     model = MemSeg(MemSegConfig(input_size=(64, 64), memory_size=3))
@@ -252,8 +252,8 @@ def test_neighbour_mix_separated_and_mixed():
 
 @pytest.fixture
 def simulator():
-    from memseg.foreground import ForegroundConfig
-    from memseg.simulation import AnomalySimulator, SimulationConfig
+    from memseg.simulation.foreground import ForegroundConfig
+    from memseg.simulation.simulator import AnomalySimulator, SimulationConfig
 
     cfg = SimulationConfig(texture_prob=0.0, foreground=ForegroundConfig(threshold="otsu"))
     return AnomalySimulator(cfg, dtd_root=None, size=(64, 64))
@@ -359,7 +359,7 @@ def test_quick_model_trains_once_then_loads_the_cache(fake_dataset, tmp_path):
 
 
 def test_predictions_and_metrics_table(fake_dataset, tmp_path):
-    from memseg.evaluation import evaluate
+    from memseg.engine.evaluation import evaluate
 
     s = _settings(fake_dataset, tmp_path, steps=1)
     model, info = teaching.quick_model(s, progress=False)

@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 from tiny_data import make_tiny_dataset
 
-from memseg import training
-from memseg.checkpoint import is_slim, load_checkpoint, read_checkpoint
-from memseg.cli import main as cli_main
-from memseg.training import (
+from memseg.engine import training
+from memseg.engine.checkpoint import is_slim, load_checkpoint, read_checkpoint
+from memseg.apps.cli import main as cli_main
+from memseg.engine.training import (
     TrainConfig,
     load_config,
     lr_factor,
@@ -53,7 +53,7 @@ def test_yaml_load_override_and_coercion(tmp_path):
 def test_unknown_key_is_a_clear_error(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("steps: 10\nlearning_rate: 0.1\n")
-    with pytest.raises(ValueError, match=r"bad\.yaml: unknown config key\(s\) \['learning_rate'\]"):
+    with pytest.raises(ValueError, match=r"bad\.yaml: unknown TrainConfig key\(s\) \['learning_rate'\]"):
         TrainConfig.from_yaml(p)
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         TrainConfig.from_yaml(tmp_path / "missing.yaml")
@@ -149,7 +149,7 @@ def tiny_setup(tmp_path):
 
 _KILL_SCRIPT = """
 import json, os, sys
-from memseg.training import TrainConfig, train
+from memseg.engine.training import TrainConfig, train
 cfg = TrainConfig.from_dict(json.loads(sys.argv[1]))
 def die(step, logs):
     if step == int(sys.argv[2]):
@@ -409,7 +409,7 @@ def test_final_checkpoint_is_slim_and_predicts_like_the_resumable_one(tiny_setup
 def test_demo_prepare_resumes_an_interrupted_run_and_keeps_only_final_pt(tiny_setup):
     """`prepare` continues a demo model whose training was interrupted (last.pt, no final.pt) and ends with
     the slim final.pt as the cached model."""
-    from memseg import demo
+    from memseg.apps import demo
 
     settings = demo.DemoSettings(data=tiny_setup / "data", category="tiny", runs=tiny_setup / "runs", device="cpu",
                                  dtd=tiny_setup / "dtd", size=64, steps=4, batch_size=4, memory_size=2, weights="random",
@@ -445,7 +445,7 @@ def test_resume_checks(tiny_setup):
 ])
 def test_baseline_models_train_and_reload(tiny_setup, name, options):
     """DRAEM and MMR go through the same loop, checkpoint and predictor."""
-    from memseg.inference import Predictor
+    from memseg.engine.inference import Predictor
 
     tmp_path = tiny_setup
     cfg = _cfg(tmp_path, name, model=name, model_options=options, steps=2, optimizer="adamw", lr=1e-3)
@@ -506,7 +506,7 @@ def test_short_memseg_training_beats_chance_on_real_test_defects(tmp_path):
     (pixel AUROC ~0.40), which is why the procedural textures are part of the setting.
     """
     from memseg.data.synthetic import generate
-    from memseg.evaluation import evaluate
+    from memseg.engine.evaluation import evaluate
 
     root = generate(tmp_path / "data", categories=["weave"], size=SLOW_SIZE, n_train=40, n_test=6, progress=False)
     cfg = TrainConfig(data=str(root), category="weave", size=SLOW_SIZE, steps=SLOW_STEPS, checkpoint_every=10**6,
@@ -528,9 +528,9 @@ def _validation_split_through_predictor(cfg: TrainConfig, result):
     """Rebuild the validation split a run picked its threshold on and score it through Predictor:
     the scores must equal the ones training stored (same precision, same score definition)."""
     from memseg.data import load_split
-    from memseg.inference import Predictor
-    from memseg.simulation import AnomalySimulator, SimulationConfig
-    from memseg.training import validation_batches
+    from memseg.engine.inference import Predictor
+    from memseg.simulation.simulator import AnomalySimulator, SimulationConfig
+    from memseg.engine.training import validation_batches
 
     predictor = Predictor.from_checkpoint(result.checkpoint, device="cpu")
     assert predictor.threshold_source == "validation split" and predictor.threshold == result.threshold
@@ -566,9 +566,9 @@ def _stored_threshold_separates_the_validation_split(cfg: TrainConfig, result) -
 def _no_probability_ceiling(checkpoint: Path, root: Path, category: str) -> None:
     """No learned hard ceiling: almost no anomalous pixel sits exactly at the largest probability
     (the paper head's last ReLU made 28 % of them tie there after 2700 steps on a GPU)."""
-    from memseg.checkpoint import load_checkpoint
+    from memseg.engine.checkpoint import load_checkpoint
     from memseg.data import load_split
-    from memseg.evaluation import collect_predictions
+    from memseg.engine.evaluation import collect_predictions
 
     model, _ = load_checkpoint(checkpoint, device="cpu")
     preds = collect_predictions(model, load_split(root, category, split="test", size=SLOW_SIZE), device="cpu", progress=False)

@@ -57,7 +57,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from memseg.data.io import IMAGE_SUFFIXES, SizeLike, as_size, is_image_file, load_image, load_mask, resize_mask, to_tensor
+from memseg.config import SizeLike, as_size
+from memseg.data.io import IMAGE_SUFFIXES, is_image_file, load_image, load_mask, resize_mask, to_tensor
 
 LAYOUTS: tuple[str, ...] = ("mvtec", "btad", "folder")
 NORMAL_FOLDER_NAMES: tuple[str, ...] = ("good", "ok", "normal")

@@ -42,10 +42,12 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from memseg.config import SizeLike, as_size
 
 # torch is imported inside the functions that make tensors, so `memseg --help` (which reads the
 # pixel limits below) stays fast.
@@ -70,7 +72,6 @@ DECODE_MAX_PIXELS = 4_000_000
 AD (up to 1024 x 1024) and BTAD (up to 1600 x 1600) images; a 48 Mpx 8000 x 6000 photo comes
 back at 2309 x 1732, and its anomaly map and overlay at that size."""
 
-SizeLike = int | Sequence[int]
 
 
 class ImageLoadError(ValueError):
@@ -84,20 +85,6 @@ class ImageTooLargeError(ImageLoadError):
 def is_image_file(path: str | Path) -> bool:
     """True when ``path`` has one of :data:`IMAGE_SUFFIXES` (case-insensitive); content is not checked."""
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
-
-
-def as_size(size: SizeLike) -> tuple[int, int]:
-    """Normalise ``size`` to ``(H, W)``: an int gives a square, a pair is taken as (height, width)."""
-    if isinstance(size, (int, np.integer)):
-        h = w = int(size)
-    else:
-        try:
-            h, w = (int(s) for s in size)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"size must be an int or a (height, width) pair, got {size!r}") from err
-    if h <= 0 or w <= 0:
-        raise ValueError(f"size must be positive, got {(h, w)}")
-    return h, w
 
 
 def bounded_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:

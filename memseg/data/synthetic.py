@@ -9,7 +9,7 @@ Three categories, drawn with numpy and Pillow only (no torch, no downloads):
   ``stain`` (a brownish smudge).
 - ``washer`` (object): a metal washer centred on a plain dark background (grey ~18-30, the
   washer ~85-230, so a grey-level or Otsu threshold separates them; see
-  ``memseg.foreground.FOREGROUND_PRESETS["washer"]``), with position jitter of a few pixels,
+  ``memseg.simulation.foreground.FOREGROUND_PRESETS["washer"]``), with position jitter of a few pixels,
   size, rotation (a stamped groove arc and brushed streaks turn with it) and lighting direction.
   Defects: ``color`` (paint spot), ``extra_part`` (a burr on the rim), ``hole`` (a drilled hole
   through the ring), ``missing_part`` (a chip out of the rim), ``scratch``, ``stain``.
@@ -36,7 +36,6 @@ interrupted run never leaves a half-written category behind.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -49,6 +48,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
+
+from memseg.config import SizeLike, as_size
 
 VERSION = 1
 CATEGORIES: tuple[str, ...] = ("weave", "washer", "toys")
@@ -66,7 +67,6 @@ DEFAULT_N_TEST_DEFECT = 8
 _CATEGORY_IDS = {"weave": 1, "washer": 2, "toys": 3}  # stable stream ids (never hash())
 _SPLIT_IDS = {"train": 0, "test": 1}
 _MAX_TRIES = 25
-_Size = int | Sequence[int]
 
 
 class OutputExistsError(FileExistsError, ValueError):
@@ -77,14 +77,8 @@ class OutputExistsError(FileExistsError, ValueError):
 # small helpers
 
 
-def _hw(size: _Size) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)):
-        h = w = int(size)
-    else:
-        h, w = (int(v) for v in size)
-    if min(h, w) < 32:
-        raise ValueError(f"synthetic image size must be at least 32 px per side, got {(h, w)}")
-    return h, w
+def _hw(size: SizeLike) -> tuple[int, int]:
+    return as_size(size, "synthetic image size", min_side=32)
 
 
 def _rng(seed: int, category: str, split: str, defect_id: int, index: int) -> np.random.Generator:
@@ -243,7 +237,7 @@ _SCENES: dict[str, Callable[[np.random.Generator, int, int], _Scene]] = {
 }
 
 
-def render_normal(category: str, size: _Size, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def render_normal(category: str, size: SizeLike, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A normal image ``uint8 (H, W, 3)`` and its foreground ``bool (H, W)`` (all True for textures)."""
     _check_categories([category])
     h, w = _hw(size)
@@ -409,7 +403,7 @@ _DEFECT_RENDERERS: dict[str, Callable] = {
 }
 
 
-def render_defect(category: str, defect: str, size: _Size, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_defect(category: str, defect: str, size: SizeLike, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(clean uint8 (H, W, 3), defective uint8 (H, W, 3), mask bool (H, W))``.
 
     The mask is exactly the pixels that differ between ``clean`` and ``defective``; draws whose
@@ -501,7 +495,7 @@ def generate(
     out: str | Path,
     categories: Sequence[str] | None = None,
     seed: int = 0,
-    size: _Size = DEFAULT_SIZE,
+    size: SizeLike = DEFAULT_SIZE,
     n_train: int | None = None,
     n_test: int | None = None,
     overwrite: bool = False,
@@ -560,7 +554,7 @@ def _matches(folder: Path, plan: dict) -> bool:
 def ensure_synthetic(
     root: str | Path = "data/synthetic",
     categories: Sequence[str] | None = None,
-    size: _Size = DEFAULT_SIZE,
+    size: SizeLike = DEFAULT_SIZE,
     seed: int = 0,
     **kw,
 ) -> Path:
@@ -581,14 +575,3 @@ def ensure_synthetic(
             raise OutputExistsError(f"{err} (its dataset.json does not match seed={seed}, size={hw}, "
                                   f"n_train={kw.get('n_train')}, n_test={kw.get('n_test')})") from err
     return root
-
-
-def cli_synth(args: argparse.Namespace) -> int:
-    """``memseg synth``: generate the dataset and print one line per category."""
-    out = generate(args.out, categories=args.categories, seed=args.seed, size=args.size, n_train=args.n_train,
-                   n_test=args.n_test, overwrite=args.overwrite, progress=True)
-    for c in args.categories or CATEGORIES:
-        meta = json.loads((out / c / "dataset.json").read_text())
-        n_test = sum(v for k, v in meta["counts"].items() if k.startswith("test/"))
-        print(f"{out / c}: {meta['n_train']} train, {n_test} test ({meta['n_masks']} masks), size {meta['size']}, seed {meta['seed']}")
-    return 0

@@ -1,63 +1,28 @@
 """Model room: MemSeg (paper §3.2-3.3) and the DRAEM / MMR baselines behind one registry.
 
 ``build_model(name, config)`` builds any of them from a config dataclass or a plain dict (as stored
-in checkpoints). Model classes are imported lazily, so ``import memseg.models`` stays cheap and a
-baseline module that fails to import does not break MemSeg.
+in checkpoints). One folder per model: ``memseg/`` (start at ``model.py``), ``draem/``, ``mmr/``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
-
-class _LazyRegistry(Mapping):
-    """name -> class, resolved from ``"module:attribute"`` strings on first access."""
-
-    def __init__(self, targets: dict[str, str], what: str) -> None:
-        self._targets = dict(targets)
-        self._what = what
-
-    def __getitem__(self, name: str) -> type:
-        if name not in self._targets:
-            raise KeyError(f"unknown {self._what} {name!r}; known: {sorted(self._targets)}")
-        module, _, attr = self._targets[name].partition(":")
-        return getattr(importlib.import_module(module), attr)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._targets)
-
-    def __len__(self) -> int:
-        return len(self._targets)
-
-    def target(self, name: str) -> str:
-        return self._targets[name]
+from memseg.models.draem import DRAEM, DRAEMConfig
+from memseg.models.memseg import MemSeg, MemSegConfig
+from memseg.models.mmr import MMR, MMRConfig
 
 
-MODEL_REGISTRY = _LazyRegistry(
-    {
-        "memseg": "memseg.models.memseg:MemSeg",
-        "draem": "memseg.models.draem:DRAEM",
-        "mmr": "memseg.models.mmr:MMR",
-    },
-    "model",
-)
-"""Model name -> nn.Module class (lazy)."""
+MODEL_REGISTRY: dict[str, type[nn.Module]] = {"memseg": MemSeg, "draem": DRAEM, "mmr": MMR}
+"""Model name -> nn.Module class."""
 
-MODEL_CONFIGS = _LazyRegistry(
-    {
-        "memseg": "memseg.models.memseg:MemSegConfig",
-        "draem": "memseg.models.draem:DRAEMConfig",
-        "mmr": "memseg.models.mmr:MMRConfig",
-    },
-    "model",
-)
-"""Model name -> config dataclass (lazy); see :func:`config_from_dict`."""
+MODEL_CONFIGS: dict[str, type] = {"memseg": MemSegConfig, "draem": DRAEMConfig, "mmr": MMRConfig}
+"""Model name -> config dataclass; see :func:`config_from_dict`."""
 
 
 def config_from_dict(name: str, config: Mapping[str, Any] | None = None) -> Any:

@@ -1,6 +1,6 @@
 """Settings and preparation for the Voila demo (`make demo`).
 
-`python -m memseg.demo prepare` makes sure the dashboard has something to show:
+`python -m memseg.apps.demo prepare` makes sure the dashboard has something to show:
 
 1. the dataset exists: the procedural synthetic dataset is generated when missing
    (`memseg.data.synthetic.ensure_synthetic`);
@@ -224,7 +224,7 @@ def _ensure_data(settings: DemoSettings, log: Callable[[str], None]) -> None:
 
 def _train_config(settings: DemoSettings, out: Path):
     """The TrainConfig of the quick demo model (half normal, half simulated images per batch)."""
-    from memseg import training
+    from memseg.engine import training
 
     values: dict[str, Any] = {
         "data": str(settings.data),
@@ -278,7 +278,7 @@ def prepare(
         if ckpt.is_file():
             log(f"model: reusing the cached demo model {ckpt} (delete it to retrain)")
         else:
-            from memseg import training
+            from memseg.engine import training
 
             out = ckpt.parent  # the run folder: training writes its slim final.pt right there
             cfg = _train_config(settings, out)
@@ -304,8 +304,8 @@ def prepare(
 
     # Read it once (torch.load, weights_only): a corrupt or foreign file fails here with a clear message,
     # not in the page. The model itself is built by the dashboard.
-    from memseg.checkpoint import read_checkpoint
-    from memseg.export import is_onnx, load_onnx
+    from memseg.engine.checkpoint import read_checkpoint
+    from memseg.engine.export import is_onnx, load_onnx
 
     if is_onnx(ckpt):
         load_onnx(ckpt)  # an exported model: its metadata and the onnxruntime session
@@ -316,7 +316,7 @@ def prepare(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m memseg.demo", description="prepare data and a model for the Voila demo")
+    parser = argparse.ArgumentParser(prog="python -m memseg.apps.demo", description="prepare data and a model for the Voila demo")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="generate the synthetic data and train a quick model if none is cached")
     p.add_argument("--config", default=None, help="demo YAML (default: env MEMSEG_DEMO_CONFIG, else configs/demo.yaml)")

@@ -9,7 +9,7 @@ A checkpoint is a plain dict of tensors and Python primitives, so it loads with
 - ``optimizer_state`` / ``scheduler_state`` (or None), ``step``, ``config`` (the TrainConfig as a dict);
 - ``weights_source``: what the encoder was initialised from ("random", "imagenet", a path);
 - ``threshold``: image-level decision threshold picked on the validation split (or None);
-- ``extra``: anything else, e.g. RNG states in weights_only-safe form (see :mod:`memseg.training`).
+- ``extra``: anything else, e.g. RNG states in weights_only-safe form (see :mod:`memseg.engine.training`).
 
 Two kinds are written by ``memseg train``:
 
@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from memseg.config import as_size
 from memseg.utils import select_device, unreadable_reason
 
 FORMAT_VERSION = 2  # the newest format this code reads; 2 = the memory bank may be stored as its source images
@@ -204,14 +205,6 @@ def is_slim(ckpt: dict) -> bool:
     return ckpt.get(MEMORY_IMAGES) is not None
 
 
-def _as_size(value: Any) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if isinstance(value, int):
-        return (value, value)
-    return tuple(int(v) for v in value)  # type: ignore[return-value]
-
-
 def check_expected(ckpt: dict, path: str | Path, model: str | None = None, input_size: Any = None, memory_size: int | None = None) -> None:
     """Raise ``ValueError`` naming stored and expected values when the checkpoint does not match."""
     stored_name = ckpt.get("model_name")
@@ -219,9 +212,9 @@ def check_expected(ckpt: dict, path: str | Path, model: str | None = None, input
         raise ValueError(f"{path} holds a {stored_name!r} model, but a {model!r} model was expected")
     mcfg = ckpt.get("model_config") or {}
     if input_size is not None:
-        stored = _as_size(mcfg.get("input_size"))
-        if stored != _as_size(input_size):
-            raise ValueError(f"{path} was trained at input size {stored} (H, W), but input size {_as_size(input_size)} was expected")
+        stored = as_size(mcfg["input_size"], "input_size") if mcfg.get("input_size") is not None else None
+        if stored != as_size(input_size, "input_size"):
+            raise ValueError(f"{path} was trained at input size {stored} (H, W), but input size {as_size(input_size)} was expected")
     if memory_size is not None:
         stored_n = mcfg.get("memory_size")
         if stored_n != memory_size:

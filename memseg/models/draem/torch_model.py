@@ -21,13 +21,14 @@ loop applies by merging :meth:`DRAEM.simulation_overrides` into its ``Simulation
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from memseg.config import ConfigBase
 from memseg.models.ssim import ssim_loss
 from memseg.utils import IMAGENET_MEAN, IMAGENET_STD, denormalize
 
@@ -35,7 +36,7 @@ SIMULATION_SOURCES = ("memseg", "texture", "structure")
 
 
 @dataclass
-class DRAEMConfig:
+class DRAEMConfig(ConfigBase):
     """DRAEM hyper-parameters. Defaults follow the paper (GPU); :meth:`small` trains in minutes on CPU.
 
     - ``input_size``: (H, W), both multiples of 32 (the discriminative U-Net pools 5 times).
@@ -81,7 +82,7 @@ class DRAEMConfig:
 
     @staticmethod
     def train_overrides(quick: bool = False) -> dict[str, Any]:
-        """Suggested :class:`memseg.training.TrainConfig` fields: DRAEM trains with Adam, lr 1e-4
+        """Suggested :class:`memseg.engine.training.TrainConfig` fields: DRAEM trains with Adam, lr 1e-4
         (paper); the quick configuration learns faster with lr 1e-3 over its few steps."""
         return {"optimizer": "adamw", "lr": 1e-3 if quick else 1e-4, "weight_decay": 0.0}
 
@@ -90,15 +91,6 @@ class DRAEMConfig:
         """Quick-mode configuration (:meth:`quick_options`) that trains in minutes on CPU."""
         return cls(**{**cls.quick_options(), **overrides})
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "DRAEMConfig":
-        """Build from a (checkpoint / YAML) dict, naming unknown keys in the error."""
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DRAEMConfig keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ positions; no pretrained MAE weights are needed (none can be downloaded here).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
@@ -30,9 +30,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from memseg.config import ConfigBase
+
 
 @dataclass
-class MMRConfig:
+class MMRConfig(ConfigBase):
     """MMR hyper-parameters. Defaults: ViT-B-like student for GPU; :meth:`small` trains in minutes on CPU.
 
     - ``input_size``: (H, W), multiples of ``patch_size`` and of 16 (teacher block 3 stride).
@@ -82,7 +84,7 @@ class MMRConfig:
 
     @staticmethod
     def train_overrides(quick: bool = False) -> dict[str, Any]:
-        """Suggested :class:`memseg.training.TrainConfig` fields: AdamW with weight decay 0.05 as in MMR;
+        """Suggested :class:`memseg.engine.training.TrainConfig` fields: AdamW with weight decay 0.05 as in MMR;
         lr 1e-4 for the ViT-B-like default, 1e-3 for the tiny quick student."""
         return {"optimizer": "adamw", "lr": 1e-3 if quick else 1e-4, "weight_decay": 0.05}
 
@@ -91,15 +93,6 @@ class MMRConfig:
         """Quick-mode configuration (:meth:`quick_options`) that trains in minutes on CPU."""
         return cls(**{**cls.quick_options(), **overrides})
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "MMRConfig":
-        """Build from a (checkpoint / YAML) dict, naming unknown keys in the error."""
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown MMRConfig keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,7 +110,7 @@ class ResNetTeacher(nn.Module):
 
     def __init__(self, weights: str = "random") -> None:
         super().__init__()
-        from memseg.models.encoder import create_backbone
+        from memseg.models.memseg.encoder import create_backbone
 
         backbone, self.weights_source = create_backbone(weights)  # "random" | "imagenet" | local file
         for name in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3"):

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memseg.models.attention import CoordinateAttention
-from memseg.models.decoder import ConvBlock
+from memseg.models.memseg.attention import CoordinateAttention
+from memseg.models.memseg.decoder import ConvBlock
 
 
 class MSFFBlock(nn.Module):

@@ -1,7 +1,7 @@
 """Honest evaluation on the test split: one checkpoint (the final one), no model selection on test.
 
 Image score = mean of the top-k (100, paper §4.1) pixel probabilities of the anomaly map; metrics
-come from :func:`memseg.metrics.compute_metrics` (image AUROC, pixel AUROC, AUPRO@0.3, F1-max).
+come from :func:`memseg.engine.metrics.compute_metrics` (image AUROC, pixel AUROC, AUPRO@0.3, F1-max).
 The decision threshold reported with accuracy/precision/recall is the one picked on the
 *validation* split during training, never one tuned on the test set (F1-max's threshold is shown
 only as what it is: an oracle).
@@ -153,13 +153,13 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _pct(v: Any) -> str:
+def pct(v: Any) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{100 * v:.1f}"
 
 
-def _f1_baseline(block: dict) -> float:
+def f1_baseline(block: dict) -> float:
     """F1 of calling every image anomalous for a metrics block (also for metrics.json files that predate the key)."""
-    from memseg.metrics import f1_all_anomalous
+    from memseg.engine.metrics import f1_all_anomalous
 
     if block.get("f1_all_anomalous") is not None:
         return block["f1_all_anomalous"]
@@ -180,11 +180,11 @@ def metrics_markdown(result: dict) -> str:
         "",
         head,
         "|---|---|---|---|---|---|",
-        (f"| {result.get('category')} | {_pct(o['image_auroc'])} | {_pct(o['pixel_auroc'])} | {_pct(o['aupro'])} | "
-         f"{_pct(o['f1_max'])} | {_pct(_f1_baseline(o))} |"),
+        (f"| {result.get('category')} | {pct(o['image_auroc'])} | {pct(o['pixel_auroc'])} | {pct(o['aupro'])} | "
+         f"{pct(o['f1_max'])} | {pct(f1_baseline(o))} |"),
         "",
         (f"F1-max is never below the F1 of calling every image anomalous, 2p/(1+p) with p = {o['n_anomalous']}/"
-         f"{o['n_images']} anomalous test images: {_pct(_f1_baseline(o))} here. Read F1-max against that "
+         f"{o['n_images']} anomalous test images: {pct(f1_baseline(o))} here. Read F1-max against that "
          "baseline, not against 0; image AUROC is 50 for a chance ranking."),
         "",
     ]
@@ -193,13 +193,13 @@ def metrics_markdown(result: dict) -> str:
                   "| defect | images | image AUROC | pixel AUROC | AUPRO@0.3 | image F1-max | F1 calling all anomalous |",
                   "|---|---|---|---|---|---|---|"]
         for name, b in result["per_defect"].items():
-            lines.append(f"| {name} | {b['n_anomalous']} | {_pct(b['image_auroc'])} | {_pct(b['pixel_auroc'])} | "
-                         f"{_pct(b['aupro'])} | {_pct(b['f1_max'])} | {_pct(_f1_baseline(b))} |")
+            lines.append(f"| {name} | {b['n_anomalous']} | {pct(b['image_auroc'])} | {pct(b['pixel_auroc'])} | "
+                         f"{pct(b['aupro'])} | {pct(b['f1_max'])} | {pct(f1_baseline(b))} |")
         lines.append("")
     d = result.get("decision")
     if d:
-        lines += [f"Decision threshold {d['threshold']:.4f} ({d['source']}): accuracy {_pct(d['accuracy'])} %, "
-                  f"precision {_pct(d['precision'])} %, recall {_pct(d['recall'])} %.", ""]
+        lines += [f"Decision threshold {d['threshold']:.4f} ({d['source']}): accuracy {pct(d['accuracy'])} %, "
+                  f"precision {pct(d['precision'])} %, recall {pct(d['recall'])} %.", ""]
     lines += ["All numbers in %. Final checkpoint only; no model selection on the test set.", ""]
     return "\n".join(lines)
 
@@ -207,7 +207,7 @@ def metrics_markdown(result: dict) -> str:
 def _resolve_model(checkpoint_or_model: Any, device: str | torch.device, backend: str = "auto") -> tuple[nn.Module, dict]:
     if isinstance(checkpoint_or_model, nn.Module):
         return checkpoint_or_model, {"checkpoint": None}
-    from memseg.export import load_model
+    from memseg.engine.export import load_model
 
     model, info = load_model(checkpoint_or_model, device=device, backend=backend)
     cfg = info.get("config") or {}
@@ -237,7 +237,7 @@ def evaluate(
 
     Args:
         checkpoint_or_model: a checkpoint path (the run's final one), a ``.onnx`` file written by
-            ``memseg export`` (run by onnxruntime; ``backend`` as in :func:`memseg.export.load_model`)
+            ``memseg export`` (run by onnxruntime; ``backend`` as in :func:`memseg.engine.export.load_model`)
             or a model with ``anomaly_map``.
         out: folder for ``metrics.json`` + ``metrics.md`` (None: write nothing). Existing metrics
             files there are an error unless ``overwrite``.
@@ -251,7 +251,7 @@ def evaluate(
         run information (category, model, checkpoint, step, weights_source, input_size, top_k).
     """
     from memseg.data import load_split
-    from memseg.metrics import compute_metrics
+    from memseg.engine.metrics import compute_metrics
 
     _check_batch_size(batch_size)
     if out is not None:
@@ -303,32 +303,3 @@ def evaluate(
         (out / METRICS_MD).write_text(metrics_markdown(result))
         result["out"] = str(out)
     return result
-
-
-def _default_out(checkpoint: Path, category: str) -> Path:
-    """``<run>/eval-<category>`` next to the run's checkpoints folder; a fresh ``-2``, ``-3`` ... if taken."""
-    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    base = run / f"eval-{category}"
-    candidate, n = base, 1
-    while (candidate / METRICS_JSON).exists() or (candidate / METRICS_MD).exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
-
-
-def cli_evaluate(args) -> int:
-    """`memseg evaluate`: metrics of a checkpoint on the test split; writes metrics.json/.md.
-
-    The output folder is checked before the model or the data are loaded.
-    """
-    ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else _default_out(ckpt, args.category)
-    check_output_dir(out, "--out")
-    result = evaluate(ckpt, args.data, args.category, layout=args.layout, out=out,
-                      batch_size=args.batch_size, device=args.device, backend=getattr(args, "backend", "auto"))
-    o = result["overall"]
-    print(f"{result['category']}: image AUROC {_pct(o['image_auroc'])}  pixel AUROC {_pct(o['pixel_auroc'])}  "
-          f"AUPRO@0.3 {_pct(o['aupro'])}  image F1-max {_pct(o['f1_max'])} (calling every image anomalous: "
-          f"{_pct(_f1_baseline(o))})  ({o['n_images']} images, {o['n_anomalous']} anomalous, step {result['step']})")
-    print(f"metrics: {out / METRICS_JSON}, {out / METRICS_MD}")
-    return 0

@@ -16,35 +16,27 @@ Ablation switches (paper Table 5): ``use_memory`` (off: CI = II, no DI, no spati
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from memseg.losses import MemSegLoss
-from memseg.models.attention import ATTENTION_MODES, spatial_attention_maps
-from memseg.models.decoder import HEADS, Decoder
-from memseg.models.encoder import FEATURE_CHANNELS, FEATURE_STRIDES, ResNet18Encoder
-from memseg.models.memory import DISTANCES, MemoryBank
-from memseg.models.msff import MSFF
+from memseg.config import ConfigBase, as_size
+from memseg.models.memseg.loss import MemSegLoss
+from memseg.models.memseg.attention import ATTENTION_MODES, spatial_attention_maps
+from memseg.models.memseg.decoder import HEADS, Decoder
+from memseg.models.memseg.encoder import FEATURE_CHANNELS, FEATURE_STRIDES, ResNet18Encoder
+from memseg.models.memseg.memory import DISTANCES, MemoryBank
+from memseg.models.memseg.msff import MSFF
 from memseg.utils import no_autocast
 
 
-def _as_size(value: Any) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    try:
-        h, w = (int(v) for v in value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"input_size must be an int or (H, W), got {value!r}") from err
-    return (h, w)
 
 
 @dataclass
-class MemSegConfig:
+class MemSegConfig(ConfigBase):
     """MemSeg options; ``asdict(config)`` is stored in checkpoints.
 
     Attributes:
@@ -58,9 +50,9 @@ class MemSegConfig:
         attention: how eq. (5)-(7) read DI*: ``"calibrated"`` (default: each channel mean relative
             to the memory's own normal-vs-normal difference, so M is ~1 on normal regions) or
             ``"literal"`` (raw products; ~0 everywhere unless the features are large).
-            See :func:`memseg.models.attention.spatial_attention_maps`.
+            See :func:`memseg.models.memseg.attention.spatial_attention_maps`.
         head: last decoder layer, ``"no_relu"`` (default) or ``"paper"`` (conv-BN-ReLU + conv,
-            which learns a hard probability ceiling). See :class:`memseg.models.decoder.SegmentationHead`.
+            which learns a hard probability ceiling). See :class:`memseg.models.memseg.decoder.SegmentationHead`.
         decoder_channels: widths of the five decoder stages, coarsest first.
         memory_chunk_size: memory samples compared per pass when searching DI*.
         channels_last: run the convolutions in channels_last memory format (default; ~20% faster
@@ -87,7 +79,7 @@ class MemSegConfig:
     focal_alpha: float | None = None
 
     def __post_init__(self) -> None:
-        self.input_size = _as_size(self.input_size)
+        self.input_size = as_size(self.input_size, "input_size")
         h, w = self.input_size
         if h <= 0 or w <= 0 or h % 32 or w % 32:
             raise ValueError(
@@ -108,18 +100,7 @@ class MemSegConfig:
         if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
             raise ValueError(f"decoder_channels must be 5 positive widths (coarsest first), got {self.decoder_channels}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "MemSegConfig":
-        """Build from a plain dict (checkpoints, YAML); unknown keys are an error."""
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown MemSegConfig keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class MemSeg(nn.Module):

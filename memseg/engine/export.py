@@ -8,13 +8,13 @@ split, top-k of the image score, category, encoder weights) is stored in the fil
 the key ``memseg``, as JSON.
 
 :func:`load_onnx` returns an :class:`OnnxRuntimeModel` that scores exactly like the torch model in
-:func:`memseg.evaluation.score_images`, so ``memseg predict``, ``memseg evaluate`` and the dashboard
+:func:`memseg.engine.evaluation.score_images`, so ``memseg predict``, ``memseg evaluate`` and the dashboard
 accept a ``.onnx`` file wherever they accept a checkpoint.
 
 Examples:
-    >>> from memseg.export import export_onnx
+    >>> from memseg.engine.export import export_onnx
     >>> export_onnx("runs/bottle/final.pt", "bottle.onnx")      # doctest: +SKIP
-    >>> from memseg.inference import Predictor
+    >>> from memseg.engine.inference import Predictor
     >>> Predictor.from_checkpoint("bottle.onnx").predict("img.png").score  # doctest: +SKIP
 """
 
@@ -96,7 +96,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, overwr
         ValueError: not a MemSeg checkpoint, or the exported graph disagrees with PyTorch.
         ImportError: ``onnx``/``onnxscript`` are not installed (``pip install memseg-kit[deploy]``).
     """
-    from memseg.checkpoint import load_checkpoint
+    from memseg.engine.checkpoint import load_checkpoint
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -208,7 +208,7 @@ class OnnxRuntimeModel:
 
 
 def load_onnx(path: str | os.PathLike, threads: int | None = None) -> tuple[OnnxRuntimeModel, dict]:
-    """Open an exported model: ``(model, info)`` shaped like :func:`memseg.checkpoint.load_checkpoint`'s.
+    """Open an exported model: ``(model, info)`` shaped like :func:`memseg.engine.checkpoint.load_checkpoint`'s.
 
     Raises:
         FileNotFoundError: no such file.
@@ -249,7 +249,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "auto", bac
     ``backend`` "auto" picks by the file's suffix; "torch" or "onnxruntime" insist, and a file of the
     other kind is an error that says what to do.
     """
-    from memseg.checkpoint import load_checkpoint
+    from memseg.engine.checkpoint import load_checkpoint
 
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
@@ -262,13 +262,3 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "auto", bac
     if onnx_file:
         return load_onnx(path)
     return load_checkpoint(path, device=device)
-
-
-def cli_export(args) -> int:
-    """`memseg export`: write the ONNX file, checked against PyTorch, and say how to use it."""
-    out = export_onnx(args.checkpoint, args.out, overwrite=args.overwrite)
-    size_mb = out.stat().st_size / 2**20
-    print(f"exported {args.checkpoint} -> {out} ({size_mb:.1f} MB, opset {OPSET}, dynamic batch; maps match PyTorch "
-          "within 1e-4)")
-    print(f"run it: memseg predict --checkpoint {out} IMAGES  (or evaluate; onnxruntime, no torch model code needed)")
-    return 0

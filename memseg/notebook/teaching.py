@@ -393,12 +393,12 @@ def first_anomalous(dataset, defect: str | None = None) -> int:
 
 
 def make_simulator(settings: NotebookSettings, size: tuple[int, int] | None = None, **config):
-    """An :class:`memseg.simulation.AnomalySimulator` for the notebook's category and size.
+    """An :class:`memseg.simulation.simulator.AnomalySimulator` for the notebook's category and size.
 
     Uses the DTD textures when present (``settings.dtd_root``); without them the simulator warns
     once and simulates structural anomalies only. ``config`` overrides :class:`SimulationConfig` fields.
     """
-    from memseg.simulation import AnomalySimulator, SimulationConfig
+    from memseg.simulation.simulator import AnomalySimulator, SimulationConfig
 
     cfg = SimulationConfig(**config) if config else None
     with warnings.catch_warnings():
@@ -425,11 +425,11 @@ def describe_texture_source(settings: NotebookSettings) -> str:
 
 def train_config(settings: NotebookSettings, name: str, steps: int | None = None, size: tuple[int, int] | None = None,
                  model_options: dict | None = None, memory_size: int | None = None):
-    """The :class:`memseg.training.TrainConfig` of a notebook run (paper recipe; QUICK: small and short).
+    """The :class:`memseg.engine.training.TrainConfig` of a notebook run (paper recipe; QUICK: small and short).
 
     The run folder is ``<runs>/<name>-<category>``.
     """
-    from memseg.training import TrainConfig
+    from memseg.engine.training import TrainConfig
 
     opts = {"memory_size": memory_size or settings.memory_size, "weights": settings.weights, **(model_options or {})}
     steps = int(steps or settings.train_steps)
@@ -451,11 +451,11 @@ def quick_model(settings: NotebookSettings, callback: Callable | None = None, re
     ``callback(step, logs)`` gets every training step; with a cached model the stored per-step log
     is replayed into it, so a loss plot looks the same either way.
 
-    Returns ``(model, info)`` from :func:`memseg.checkpoint.load_checkpoint` (model in eval mode on
+    Returns ``(model, info)`` from :func:`memseg.engine.checkpoint.load_checkpoint` (model in eval mode on
     ``settings.device``); ``info["cached"]`` says whether it was loaded from the cache.
     """
-    from memseg.checkpoint import load_checkpoint, read_checkpoint
-    from memseg.training import LAST_CHECKPOINT, LOG_JSONL, train
+    from memseg.engine.checkpoint import load_checkpoint, read_checkpoint
+    from memseg.engine.training import LAST_CHECKPOINT, LOG_JSONL, train
 
     cfg = train_config(settings, name="model")
     ckpt = Path(cfg.out) / "checkpoints" / LAST_CHECKPOINT
@@ -507,7 +507,7 @@ def memory_images(settings: NotebookSettings, info: dict) -> torch.Tensor:
         idx = [int(i) for i in info["extra"]["splits"]["memory"]]
     except (KeyError, TypeError):
         raise KeyError("this checkpoint does not record which training images form its memory bank "
-                       "(expected info['extra']['splits']['memory'], written by memseg.training.train)") from None
+                       "(expected info['extra']['splits']['memory'], written by memseg.engine.training.train)") from None
     size = tuple(info.get("model_config", {}).get("input_size") or settings.size)
     return load_images(load_split(settings, "train", size=size), indices=idx)
 
@@ -539,9 +539,9 @@ def predictions(checkpoint, settings: NotebookSettings, n_anomalous: int = 3, n_
 
     Returns dict(images (N,3,H,W), masks (N,1,H,W), maps (N,H,W) np, scores (N,) np, defects, paths).
     """
-    from memseg.checkpoint import load_checkpoint
+    from memseg.engine.checkpoint import load_checkpoint
     from memseg.data.datasets import AnomalyDataset
-    from memseg.evaluation import collect_predictions
+    from memseg.engine.evaluation import collect_predictions
 
     model, info = load_checkpoint(checkpoint, device=settings.device)
     size = tuple(info["model_config"]["input_size"])
@@ -575,8 +575,8 @@ def run_ablations(settings: NotebookSettings, variants: dict[str, dict], steps: 
     """
     import time
 
-    from memseg.evaluation import evaluate
-    from memseg.training import train
+    from memseg.engine.evaluation import evaluate
+    from memseg.engine.training import train
 
     results = []
     for name, options in variants.items():
@@ -613,7 +613,7 @@ def show_perlin_scales(size: tuple[int, int] = (256, 256), threshold: float = 0.
     """Perlin noise P at several scales (top) and its thresholded masks M_P = [P > T] (bottom)."""
     import matplotlib.pyplot as plt
 
-    from memseg.perlin import perlin_mask, perlin_noise
+    from memseg.simulation.perlin import perlin_mask, perlin_noise
 
     fig, axes = plt.subplots(2, len(exps), figsize=(4.4 * len(exps), 9), layout="constrained")
     for c, k in enumerate(exps):
@@ -631,7 +631,7 @@ def show_foreground(images: torch.Tensor, preset, title: str | None = None):
     """Images (top) and their foreground masks M_I (bottom) for a :class:`ForegroundConfig` (None: all ones)."""
     import matplotlib.pyplot as plt
 
-    from memseg.foreground import foreground_mask
+    from memseg.simulation.foreground import foreground_mask
 
     m = foreground_mask(images, preset)
     n = len(images)
@@ -650,7 +650,7 @@ def show_foreground(images: torch.Tensor, preset, title: str | None = None):
 def show_simulation_steps(image: torch.Tensor, result, index: int = 0, title: str | None = None, fig=None):
     """Paper Fig. 3 as a 2×4 panel: I, P, M_P, M_I / M, I_n, I'_n, I_A for sample ``index``.
 
-    ``result`` is a :class:`memseg.simulation.SimulationResult` made with ``return_intermediates=True``.
+    ``result`` is a :class:`memseg.simulation.simulator.SimulationResult` made with ``return_intermediates=True``.
     """
     import matplotlib.pyplot as plt
 
@@ -733,7 +733,7 @@ class SimulationPanel:
     def render(self, threshold=0.5, delta=0.8, scale_exp=3, use_foreground=True, otsu=True, fg_threshold=0.5,
                source="structure", seed=0, image=0, fig=None):
         """Simulate one image with these values; returns (figure, SimulationResult)."""
-        from memseg.foreground import ForegroundConfig
+        from memseg.simulation.foreground import ForegroundConfig
 
         fg = False
         if use_foreground:
@@ -801,8 +801,8 @@ def simulation_gallery(simulator, images: torch.Tensor, n: int = 16, seed: int =
 
 
 def show_stage_table(rows, flops=None, title: str = "MemSeg stages"):
-    """HTML table of :func:`memseg.analysis.stage_table` rows (+ GFLOPs per stage when given)."""
-    from memseg.analysis import stage_flops
+    """HTML table of :func:`memseg.notebook.analysis.stage_table` rows (+ GFLOPs per stage when given)."""
+    from memseg.notebook.analysis import stage_flops
 
     table = []
     for r in rows:
@@ -820,7 +820,7 @@ def plot_stage_costs(rows, flops=None, title: str = "Where the parameters are"):
     """Horizontal bars: frozen vs trainable parameters per stage, and FLOPs per stage when given."""
     import matplotlib.pyplot as plt
 
-    from memseg.analysis import stage_flops
+    from memseg.notebook.analysis import stage_flops
 
     names = [r.name for r in rows]
     y = np.arange(len(rows))
@@ -1066,7 +1066,7 @@ def measured_ablations(results: str | Path | None = None, repo: Path | None = No
     Reads ``<results>/results.json`` written by ``benchmarks/ablation.py`` (default
     :data:`ABLATION_RESULTS` under the repository).
     """
-    from memseg.analysis import summarise_runs
+    from memseg.notebook.analysis import summarise_runs
 
     path = Path(results) if results is not None else repo_root(repo) / ABLATION_RESULTS
     path = path / "results.json" if path.is_dir() else path
@@ -1146,7 +1146,7 @@ def tsne_figure(emb: EmbeddingSet, title: str = "t-SNE of bottleneck features (p
     import plotly.graph_objects as go
 
     if emb.embedding is None:
-        raise ValueError("tsne_figure: compute emb.embedding first (memseg.analysis.tsne_embed)")
+        raise ValueError("tsne_figure: compute emb.embedding first (memseg.notebook.analysis.tsne_embed)")
     thumbs = [thumbnail_base64(im, thumb_px) for im in emb.images]
     fig = go.Figure()
     for group, color in GROUP_COLORS.items():
@@ -1212,10 +1212,10 @@ def show_plotly_with_thumbnails(fig, preview_px: int = 240):
 
 
 def plot_neighbour_mix(emb: EmbeddingSet, k: int = 5, title: str | None = None):
-    """Heat map of :func:`memseg.analysis.neighbour_mix` on the embedding: row group → share of neighbours per group."""
+    """Heat map of :func:`memseg.notebook.analysis.neighbour_mix` on the embedding: row group → share of neighbours per group."""
     import matplotlib.pyplot as plt
 
-    from memseg.analysis import neighbour_mix
+    from memseg.notebook.analysis import neighbour_mix
 
     names, share = neighbour_mix(emb.embedding, emb.groups, k=k, order=[g for g in GROUP_COLORS if g in emb.groups])
     fig, ax = plt.subplots(figsize=(8.5, 6.5), layout="constrained")
@@ -1274,7 +1274,7 @@ def attention_maps(model, image: torch.Tensor, attention: str | None = None) -> 
     ``attention`` recomputes M1..M3 from the same DI* in the other form (the prediction stays the
     model's own), e.g. to see what the literal eq. (5)-(7) would give for this model.
     """
-    from memseg.models.attention import spatial_attention_maps
+    from memseg.models.memseg.attention import spatial_attention_maps
 
     inter = forward_intermediates(model, image[None] if image.dim() == 3 else image)
     mode = attention or getattr(model.config, "attention", "literal")

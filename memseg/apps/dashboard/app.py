@@ -2,7 +2,7 @@
 
 Everything the page does is a plain method of :class:`DashboardApp`, so it is tested without a
 browser (`tests/test_dashboard.py`); the widgets only call those methods. The notebook
-`notebooks/[demo] model inference.ipynb` builds the app from :func:`memseg.demo.load_settings`.
+`notebooks/[demo] model inference.ipynb` builds the app from :func:`memseg.apps.demo.load_settings`.
 
 Responsiveness: sliders use ``continuous_update=False`` and every change goes through
 :meth:`DashboardApp.request_update`, which restarts a short timer on the kernel's event loop; only the
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from memseg.demo import DemoSettings, find_checkpoints, load_settings, resolve_checkpoint
+from memseg.apps.demo import DemoSettings, find_checkpoints, load_settings, resolve_checkpoint
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
@@ -290,7 +290,7 @@ class DashboardApp:
     """The dashboard: widgets plus plain-Python callbacks (testable without a browser).
 
     Args:
-        settings: demo settings (default :func:`memseg.demo.load_settings`).
+        settings: demo settings (default :func:`memseg.apps.demo.load_settings`).
         debounce_s: coalescing delay for updates when an event loop is running (0: update at once).
         max_upload_bytes, max_upload_pixels: upload limits.
         display_side: longest side of the panels in pixels.
@@ -554,7 +554,7 @@ class DashboardApp:
             self._silent = False
         if not ckpts:
             self.show_error(f"no checkpoint found: {configured} does not exist and {s.runs} holds no *.pt; "
-                            "run `python -m memseg.demo prepare` first")
+                            "run `python -m memseg.apps.demo prepare` first")
         else:
             target = str(configured.resolve()) if configured.is_file() else str(ckpts[0])
             self._silent = True
@@ -603,7 +603,7 @@ class DashboardApp:
 
     def select_checkpoint(self, path: str | Path, refresh: bool = True) -> None:
         """Load the model from `path`; on failure the error is shown and the previous model stays."""
-        from memseg.inference import Predictor
+        from memseg.engine.inference import Predictor
 
         path = Path(path)
         try:
@@ -819,7 +819,7 @@ class DashboardApp:
         self._guard(self.update)
 
     def _simulator(self) -> Any:
-        from memseg.simulation import AnomalySimulator
+        from memseg.simulation.simulator import AnomalySimulator
 
         key = (self.input_size, self.category_dd.value, str(self.settings.dtd))
         if key not in self._simulators:
@@ -919,5 +919,5 @@ class DashboardApp:
 
 
 def build_app(settings: DemoSettings | None = None, **kwargs: Any) -> DashboardApp:
-    """Build the dashboard from the demo settings (env/config, see :func:`memseg.demo.load_settings`)."""
+    """Build the dashboard from the demo settings (env/config, see :func:`memseg.apps.demo.load_settings`)."""
     return DashboardApp(settings or load_settings(), **kwargs)

@@ -20,9 +20,6 @@ original one (e.g. 2309 x 1732 for an 8000 x 6000 photo). Memory then stays boun
 
 from __future__ import annotations
 
-import csv
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,17 +32,14 @@ from PIL import Image
 
 from memseg.data.io import (
     DECODE_MAX_PIXELS,
-    IMAGE_SUFFIXES,
     MAX_IMAGE_PIXELS,
-    ImageTooLargeError,
     bounded_size,
-    is_image_file,
     load_image,
     pil_to_rgb_array,
     shrink_image,
 )
-from memseg.evaluation import score_images
-from memseg.utils import check_output_dir, select_device
+from memseg.engine.evaluation import score_images
+from memseg.utils import select_device
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -116,9 +110,9 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", backend: str = "auto",
                         **kwargs: Any) -> "Predictor":
-        """Load a checkpoint written by :func:`memseg.training.train`, or a model written by ``memseg export``
-        (``.onnx``, run by onnxruntime; see :func:`memseg.export.load_model` for ``backend``)."""
-        from memseg.export import load_model
+        """Load a checkpoint written by :func:`memseg.engine.training.train`, or a model written by ``memseg export``
+        (``.onnx``, run by onnxruntime; see :func:`memseg.engine.export.load_model` for ``backend``)."""
+        from memseg.engine.export import load_model
 
         model, info = load_model(path, device=device, backend=backend)
         return cls(model, info, device=device, **kwargs)
@@ -195,143 +189,3 @@ class Predictor:
         ms = 1000.0 * (time.perf_counter() - t0)
         score = float(scores[0])
         return Prediction(score=score, anomaly_map=maps[0], time_ms=ms, is_anomalous=score >= self.threshold)
-
-
-# ---------------------------------------------------------------------------------------- CLI
-def _free_path(path: Path) -> Path:
-    """``path`` if free, else ``name-2.png``, ``name-3.png``, ... (never overwrite silently)."""
-    if not path.exists():
-        return path
-    n = 2
-    while True:
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        if not candidate.exists():
-            return candidate
-        n += 1
-
-
-def _expand(paths: list[str]) -> tuple[list[Path], list[str]]:
-    """Paths as given; a folder expands to the image files directly inside it (sorted).
-
-    Returns ``(files, problems)``: a folder without image files is a problem (a message naming it).
-    """
-    out: list[Path] = []
-    problems: list[str] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and is_image_file(q))
-            if not found:
-                problems.append(f"{p}: folder holds no image files (expected files ending in {', '.join(IMAGE_SUFFIXES)})")
-            out += found
-        else:
-            out.append(p)
-    return out, problems
-
-
-def _mirror_root(paths: list[Path]) -> Path:
-    """The deepest folder holding every input: overlays mirror the inputs' paths relative to it."""
-    parents = [os.path.abspath(p.parent) for p in paths]
-    try:
-        return Path(os.path.commonpath(parents)) if parents else Path.cwd()
-    except ValueError:  # e.g. different drives on Windows: no common folder
-        return Path(os.path.abspath(os.sep))
-
-
-def overlay_path(path: Path, root: Path, out: Path) -> Path:
-    """``<out>/<path relative to root, folders kept>/<stem>_overlay.png``, a fresh ``-2`` ... name if taken.
-
-    So ``bottle/test/crack/000.png`` and ``screw/test/crack/000.png`` give two overlays that map back
-    to their inputs, instead of ``000_overlay.png`` and ``000_overlay-2.png``.
-    """
-    rel = Path(os.path.abspath(path)).relative_to(root)
-    return _free_path(out / rel.parent / f"{rel.stem}{OVERLAY_SUFFIX}")
-
-
-class _PredictionTable:
-    """``predictions.csv`` (path, score, verdict, overlay) in the output folder, one flushed row per image.
-
-    Created at the first row, so a run where every input failed writes no table; an existing table is
-    never overwritten: the new one gets a fresh name (``predictions-2.csv`` ...).
-    """
-
-    def __init__(self, out: Path):
-        self.out = out
-        self.path: Path | None = None
-        self._file = None
-        self._writer = None
-
-    def add(self, row: tuple) -> None:
-        if self._writer is None:
-            self.path = _free_path(self.out / PREDICTIONS_CSV)
-            self._file = open(self.path, "x", newline="")  # "x": fail rather than overwrite
-            self._writer = csv.writer(self._file)
-            self._writer.writerow(CSV_COLUMNS)
-        self._writer.writerow(row)
-        self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
-def _write_overlay(image: np.ndarray, pred: Prediction, target: Path) -> None:
-    from memseg.viz import overlay
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(image, pred.anomaly_map)).save(target)
-
-
-def _failure_message(path: Path, err: Exception) -> str:
-    """One line naming the input file (and the flag that lifts a size limit)."""
-    if isinstance(err, OSError) and err.strerror:  # e.g. PermissionError: "<path>: Permission denied"
-        msg = f"{path}: {err.strerror}"
-    else:
-        msg = str(err) if str(path) in str(err) else f"{path}: {err}"
-    if isinstance(err, ImageTooLargeError):
-        msg += " (raise the limit with --max-pixels)"
-    return f"memseg predict: error: {msg}"
-
-
-def cli_predict(args) -> int:
-    """`memseg predict`: score images; print ``path<TAB>score<TAB>verdict<TAB>overlay`` per image.
-
-    Overlays mirror the inputs' paths (relative to their common folder) under ``--out``, next to
-    ``predictions.csv`` (path, score, verdict, overlay; a fresh name if one exists). ``--out`` is
-    checked before the model loads. Unreadable or unsupported images are reported on stderr (naming
-    the file) and give exit code 2; the others are still scored. Where everything went is printed on
-    stderr last, and only when something was written.
-    """
-    out = Path(args.out)
-    check_output_dir(out, "--out")
-    paths, problems = _expand(args.images)
-    for msg in problems:
-        print(f"memseg predict: error: {msg}", file=sys.stderr)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, backend=getattr(args, "backend", "auto"),
-                                          max_pixels=getattr(args, "max_pixels", MAX_IMAGE_PIXELS))
-    root = _mirror_root(paths)
-    table = _PredictionTable(out)
-    failed, written = len(problems), 0
-    try:
-        for path in paths:
-            try:  # a bad input is reported and skipped; a failing write (disk full, ...) stops the run
-                image = predictor.load(path)
-                pred = predictor.predict(image)
-            except (FileNotFoundError, PermissionError, ValueError) as err:
-                print(_failure_message(path, err), file=sys.stderr)
-                failed += 1
-                continue
-            target = overlay_path(path, root, out)
-            _write_overlay(image, pred, target)
-            verdict = "anomalous" if pred.is_anomalous else "normal"
-            table.add((str(path), f"{pred.score:.6f}", verdict, str(target)))
-            written += 1
-            print(f"{path}\t{pred.score:.4f}\t{verdict}\t{target}", flush=True)
-    finally:
-        table.close()
-    if not written:
-        print(f"memseg predict: error: none of the {failed} input(s) could be scored; nothing was written", file=sys.stderr)
-        return 2
-    print(f"memseg predict: {written} overlay(s) under {out.absolute()}, table {table.path.absolute()} "
-          f"(threshold {predictor.threshold:.4f}, {predictor.threshold_source})"
-          + (f"; {failed} input(s) failed" if failed else ""), file=sys.stderr)
-    return 2 if failed else 0

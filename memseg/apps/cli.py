@@ -1,28 +1,15 @@
 """Console script `memseg`: synth, simulate, train, evaluate, predict, export.
 
-Each sub-command is a thin wrapper: argument parsing lives here, the work lives in the
-package module named in `_HANDLERS` (a plain Python function the notebooks can call too).
+Argument parsing lives here; what each sub-command does is a ``run_<command>`` handler in
+:mod:`memseg.apps.commands`, imported after parsing so that ``memseg --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from memseg.data.io import DECODE_MAX_PIXELS, MAX_IMAGE_PIXELS
-
-# sub-command -> "module:function"; the function takes the parsed argparse.Namespace and
-# returns an exit code. Modules are imported lazily so `memseg --help` stays fast.
-_HANDLERS = {
-    "synth": "memseg.data.synthetic:cli_synth",
-    "simulate": "memseg.simulation:cli_simulate",
-    "train": "memseg.training:cli_train",
-    "evaluate": "memseg.evaluation:cli_evaluate",
-    "predict": "memseg.inference:cli_predict",
-    "export": "memseg.export:cli_export",
-}
-
 
 _LAYOUT_HELP = "dataset layout: auto picks mvtec when <category>/train/good exists, btad for train/ok, else folder"
 _DTD_HELP = ("DTD root (folder holding images/<category>/*.jpg) for texture anomalies (default: $MEMSEG_DTD, "
@@ -173,8 +160,16 @@ def _error_text(err: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    module_name, func_name = _HANDLERS[args.command].split(":")
-    handler = getattr(importlib.import_module(module_name), func_name)
+    from memseg.apps import commands
+
+    handler = {
+        "synth": commands.run_synth,
+        "simulate": commands.run_simulate,
+        "train": commands.run_train,
+        "evaluate": commands.run_evaluate,
+        "predict": commands.run_predict,
+        "export": commands.run_export,
+    }[args.command]
     try:
         return int(handler(args) or 0)
     except (OSError, ValueError, RuntimeError, ImportError) as err:

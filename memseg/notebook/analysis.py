@@ -1,7 +1,7 @@
 """Model analysis for the teaching notebooks: stage tables, parameter and FLOP counts, features, t-SNE.
 
 Everything here returns plain data (lists of dicts, numpy arrays); the plots live in
-:mod:`memseg.teaching`. Works for any ``nn.Module``; the MemSeg-specific parts read the
+:mod:`memseg.notebook.teaching`. Works for any ``nn.Module``; the MemSeg-specific parts read the
 ``forward(x, return_intermediates=True)`` dict documented in docs/ARCHITECTURE.md.
 """
 
@@ -178,7 +178,7 @@ def stage_table(
 
 
 def memseg_stages(model: nn.Module) -> list[Stage]:
-    """The stages of Fig. 2 for a :class:`memseg.models.memseg.MemSeg` (module names of this kit)."""
+    """The stages of Fig. 2 for a :class:`memseg.models.memseg.model.MemSeg` (module names of this kit)."""
     enc = "encoder.backbone"
     names = dict(model.named_modules())
     stages = [

@@ -15,7 +15,7 @@ Design (PITFALLS "Speed", "Training and evaluation"):
   least every ``checkpoint_minutes`` minutes, on Ctrl-C and at the end: a hard kill loses at most
   ``checkpoint_minutes`` (default 2) of training, Ctrl-C nothing;
 - the finished model is also written as the slim inference checkpoint ``final.pt`` (no optimizer
-  state; the memory bank as its N uint8 source images, see :mod:`memseg.checkpoint`);
+  state; the memory bank as its N uint8 source images, see :mod:`memseg.engine.checkpoint`);
 - a run folder that is not empty is refused unless the run resumes it or ``overwrite`` says so
   (then the previous run's files are removed, each one named): nothing is replaced silently.
 """
@@ -42,7 +42,8 @@ import numpy as np
 import torch
 import yaml
 
-from memseg.checkpoint import read_checkpoint, save_checkpoint
+from memseg.config import ConfigBase, as_size, read_yaml_mapping
+from memseg.engine.checkpoint import read_checkpoint, save_checkpoint
 from memseg.utils import nearest_existing, normalize, seed_everything, select_device
 
 MODEL_NAMES = ("memseg", "draem", "mmr")
@@ -69,7 +70,7 @@ def _now() -> float:
 class ConfigValueError(ValueError):
     """A TrainConfig value is invalid: ``key`` is the field, ``problem`` the message without a source.
 
-    ``str(err)`` is ``"<source>: <problem>"``; :func:`config_from_args` re-words it to name the flag
+    ``str(err)`` is ``"<source>: <problem>"``; `memseg.apps.commands.config_from_args` re-words it to name the flag
     (``--steps must be >= 1, got 0``) or the file a value came from.
     """
 
@@ -79,7 +80,7 @@ class ConfigValueError(ValueError):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
     """Everything a training run needs; loadable from YAML (:meth:`from_yaml`).
 
     Defaults follow the paper (§4.1): 2700 steps, 256x256, batch 4 normal + 4 simulated, SGD lr 0.04.
@@ -117,34 +118,9 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ construction / validation
     @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
-        """Build from a dict; unknown keys raise ``ValueError`` naming them and ``source``."""
-        if not isinstance(values, dict):
-            raise ValueError(f"{source}: expected a mapping of TrainConfig fields, got {type(values).__name__}")
-        unknown = sorted(set(values) - set(cls.field_names()))
-        if unknown:
-            raise ValueError(f"{source}: unknown config key(s) {unknown}; valid keys: {', '.join(cls.field_names())}")
-        cfg = cls(**values)
-        cfg.validate(source)
-        return cfg
-
-    @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
         """Load a YAML file; keyword ``overrides`` that are not None replace file values."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path} (expected a YAML file of TrainConfig keys)")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of TrainConfig keys at the top level, got {type(values).__name__}")
-        values = merge_overrides(values, overrides)
+        values = merge_overrides(read_yaml_mapping(path, "TrainConfig keys"), overrides)
         return cls.from_dict(values, source=str(path))
 
     def validate(self, source: str = "config") -> None:
@@ -201,16 +177,7 @@ class TrainConfig:
     @property
     def input_size(self) -> tuple[int, int]:
         """(H, W) of the network input."""
-        s = self.size
-        if isinstance(s, int) and not isinstance(s, bool):
-            hw = (s, s)
-        elif isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(v, int) for v in s):
-            hw = (int(s[0]), int(s[1]))
-        else:
-            raise ValueError(f"size must be an int or [H, W], got {s!r}")
-        if min(hw) < 32:
-            raise ValueError(f"size must be at least 32 pixels per side, got {hw}")
-        return hw
+        return as_size(self.size, "size", min_side=32)
 
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / f"{self.category}-{self.model}"
@@ -531,11 +498,11 @@ def validate(model, images_u8: torch.Tensor, simulator, cfg: TrainConfig, device
     """Image scores on held-back normal images and their simulated-anomaly versions -> threshold.
 
     The decision threshold is the F1-max threshold on this validation split (never the test set),
-    scored by :func:`memseg.evaluation.score_images` like ``evaluate`` and ``predict`` (float32).
+    scored by :func:`memseg.engine.evaluation.score_images` like ``evaluate`` and ``predict`` (float32).
     The per-image ``scores`` and ``labels`` are returned too (normal batch, then its simulated twin).
     """
-    from memseg.evaluation import score_images
-    from memseg.metrics import f1_max, image_auroc, pixel_auroc
+    from memseg.engine.evaluation import score_images
+    from memseg.engine.metrics import f1_max, image_auroc, pixel_auroc
 
     was_training = model.training
     model.eval()
@@ -599,7 +566,7 @@ def train(
     from memseg.data import load_split
     from memseg.models import build_model
     from memseg.paths import locate_dtd
-    from memseg.simulation import NO_DTD_WARNING, AnomalySimulator, SimulationConfig
+    from memseg.simulation.simulator import NO_DTD_WARNING, AnomalySimulator, SimulationConfig
 
     cfg = config
     cfg.validate()
@@ -615,7 +582,7 @@ def train(
     if cfg.dtd_root is None and stored is not None:
         cfg.dtd_root = stored.get("config", {}).get("dtd_root")  # same textures as before the interruption
     else:  # --dtd / dtd_root > $MEMSEG_DTD > the project defaults (memseg.paths); recorded in the config
-        cfg.dtd_root = _str_or_none(locate_dtd(cfg.dtd_root, flag="--dtd (dtd_root)").path)
+        cfg.dtd_root = str_or_none(locate_dtd(cfg.dtd_root, flag="--dtd (dtd_root)").path)
 
     device = select_device(cfg.device)
     if cfg.deterministic:
@@ -827,101 +794,5 @@ def _checkpoint_on_interrupt(done: int | None, saved: int, steps: int, ckpt_path
     log(f"interrupted: {note} of {steps}; continue with --resume (resume=True) and the same --out")
 
 
-# ------------------------------------------------------------------------------------------ CLI
-# TrainConfig field -> the `memseg train` flag that sets it
-_FLAGS = {"data": "--data", "category": "--category", "model": "--model", "out": "--out", "steps": "--steps",
-          "dtd_root": "--dtd", "size": "--size", "seed": "--seed", "layout": "--layout", "device": "--device",
-          "model_options": "--weights"}
-
-
-def config_from_args(args) -> TrainConfig:
-    """TrainConfig from `memseg train` flags: stored run config (with --resume) < --config file < flags.
-
-    An invalid value is reported against where it came from: the flag (``--steps must be >= 1, got 0``),
-    the ``--config`` file or the resumed checkpoint.
-    """
-    overrides: dict[str, Any] = {
-        "data": args.data, "category": args.category, "model": args.model, "out": args.out,
-        "steps": args.steps, "dtd_root": args.dtd, "size": args.size, "seed": args.seed,
-    }
-    if getattr(args, "layout", "auto") != "auto":
-        overrides["layout"] = args.layout
-    if getattr(args, "device", "auto") != "auto":
-        overrides["device"] = args.device
-    if args.weights is not None:
-        overrides["model_options"] = {"weights": args.weights}
-    base: dict = {}
-    origin: dict[str, str] = {}  # field -> where its value came from
-    run_dir = Path(args.out) if args.out else Path("runs") / f"{args.category}-{args.model}"
-    check_run_dir_path(run_dir)
-    if args.resume:
-        ckpt = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} (start a fresh run without --resume)")
-        base = dict(read_checkpoint(ckpt).get("config", {}))
-        base.pop("device", None)
-        origin.update(dict.fromkeys(base, str(ckpt)))
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path} (expected a YAML file of TrainConfig keys)")
-        try:
-            file_values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(file_values, dict):
-            raise ValueError(f"{path}: expected a mapping of TrainConfig keys at the top level")
-        unknown = sorted(set(file_values) - set(TrainConfig.field_names()))
-        if unknown:
-            raise ValueError(f"{path}: unknown config key(s) {unknown}; valid keys: {', '.join(TrainConfig.field_names())}")
-        base = merge_overrides(base, file_values)
-        origin.update(dict.fromkeys(file_values, str(path)))
-    origin.update({k: _FLAGS[k] for k, v in overrides.items() if v is not None})
-    try:
-        return TrainConfig.from_dict(merge_overrides(base, overrides), source=args.config or "command line")
-    except ConfigValueError as err:
-        where = origin.get(err.key, args.config or "command line")
-        if where.startswith("--") and err.problem.startswith(err.key):
-            raise ValueError(where + err.problem[len(err.key):]) from None  # "--steps must be >= 1, got 0"
-        raise ValueError(f"{where}: {err.problem}") from None
-
-
-def _str_or_none(path: Path | None) -> str | None:
+def str_or_none(path: Path | None) -> str | None:
     return str(path) if path is not None else None
-
-
-def cli_train(args) -> int:
-    """`memseg train`: build the config, train, print where the run and checkpoint are."""
-    from memseg.paths import locate_dtd
-
-    cfg = config_from_args(args)
-    flag = "--dtd" if args.dtd or not cfg.dtd_root else "dtd_root of the run's config"
-    textures = locate_dtd(cfg.dtd_root, flag=flag)  # resolved once, printed, and recorded in the run's config
-    cfg.dtd_root = _str_or_none(textures.path)
-    print(f"memseg train: {cfg.model} on {cfg.category} ({cfg.data}), {cfg.steps} steps, size {cfg.input_size}, "
-          f"device {select_device(cfg.device)}, run folder {cfg.run_dir()}")
-    weights = str(cfg.model_options.get("weights", "auto" if cfg.model == "memseg" else "random"))
-    if cfg.model == "draem":
-        print("encoder weights: none (DRAEM trains from scratch)")
-    elif weights == "auto":
-        print("encoder weights: auto (ImageNet when timm can get them, else random initialisation with a banner)")
-    elif weights == "random":
-        print("encoder weights: RANDOM initialisation (no pretrained weights; the paper uses ImageNet: "
-              "pass --weights imagenet when online, or --weights path/to/resnet18.pth)")
-    else:
-        print(f"encoder weights: {weights}")
-    print(textures.describe())
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="textures: no DTD found")  # printed just above
-            result = train(cfg, progress=True, resume=args.resume, overwrite=getattr(args, "overwrite", False))
-    except KeyboardInterrupt:
-        return 130  # train() said where the checkpoint is and how to resume
-    print(f"encoder weights used: {result.weights_source}")
-    print(f"run folder: {result.run_dir}")
-    print(f"final model: {result.checkpoint} (slim inference checkpoint: for memseg evaluate / predict and the dashboard)")
-    print(f"resumable checkpoint: {result.last} (with optimizer state: --resume continues from it)")
-    print(f"logs: {result.run_dir / LOG_CSV}, {result.run_dir / LOG_JSONL}")
-    if result.threshold is not None:
-        print(f"decision threshold (validation split, F1-max on simulated anomalies): {result.threshold:.4f}")
-    return 0

@@ -3,7 +3,7 @@
 Three steps, all batched torch ops on the simulator's device:
 
 1. Mask: Perlin noise P binarised with threshold T gives M_P; the foreground mask M_I of the
-   input image restricts it: M = M_P ⊙ M_I (`memseg.perlin`, `memseg.foreground`).
+   input image restricts it: M = M_P ⊙ M_I (`memseg.simulation.perlin`, `memseg.simulation.foreground`).
 2. Noise foreground: the noise image I_n is a DTD texture (textural anomaly) or the input image
    after random mirror/rotation/brightness/saturation/hue with its 4×8 grid of tiles shuffled
    (structural anomaly); I'_n = δ(M ⊙ I_n) + (1 − δ)(M ⊙ I), δ ~ U[0.15, 1]          eq. (1)
@@ -22,11 +22,7 @@ arithmetic, so the full noise image I_n is never built. Both paths give the same
 
 from __future__ import annotations
 
-import json
 import math
-import re
-import sys
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +34,9 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from memseg.foreground import ForegroundConfig, foreground_mask, foreground_preset
-from memseg.perlin import perlin_mask, perlin_noise, random_uniform
+from memseg.config import as_size
+from memseg.simulation.foreground import ForegroundConfig, foreground_mask, foreground_preset
+from memseg.simulation.perlin import perlin_mask, perlin_noise, random_uniform
 from memseg.utils import select_device
 
 __all__ = [
@@ -59,7 +56,6 @@ __all__ = [
     "draw_structure_params",
     "render_structure",
     "default_dtd_root",
-    "cli_simulate",
 ]
 
 SOURCES = ("texture", "structure")
@@ -85,7 +81,7 @@ class SimulationConfig:
     mirror_prob: probability of each horizontal/vertical mirror (structure and texture).
     rot90: random multiples of 90° (180° only for non-square images).
     max_angle: extra small rotation of the structure source, ±degrees (0 = off; costs a resample).
-    samples_per_cell: Perlin coarse-grid density (see `memseg.perlin.perlin_noise`).
+    samples_per_cell: Perlin coarse-grid density (see `memseg.simulation.perlin.perlin_noise`).
     blob_radius: radius of the fallback blob as a fraction of min(H, W).
     sparse_max_fraction: composite only the masked pixels when M covers at most this fraction
         of the batch (same result, much faster); 0 = always build the full noise image.
@@ -449,13 +445,6 @@ def _structure_index_at(
 # --------------------------------------------------------------------------- simulator
 
 
-def _as_size(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    h, w = (int(v) for v in size)
-    return (h, w)
-
-
 class AnomalySimulator:
     """Batched MemSeg anomaly simulation (paper §3.1) with an in-memory texture cache.
 
@@ -465,7 +454,7 @@ class AnomalySimulator:
             empty -> a warning naming the path, then structure-only anomalies.
         size: (H, W) of the cached textures (the training image size).
         device: "auto" | "cpu" | "cuda"; simulation runs there (textures are cached there).
-        category: picks the foreground preset (`memseg.foreground.FOREGROUND_PRESETS`) unless
+        category: picks the foreground preset (`memseg.simulation.foreground.FOREGROUND_PRESETS`) unless
             `config.foreground` is set.
         textures: inject textures directly, uint8 (N, 3, H, W) or float in [0, 1] (tests, demos).
         max_textures: at most this many DTD files are decoded (evenly spaced, deterministic).
@@ -487,7 +476,7 @@ class AnomalySimulator:
         progress: bool = True,
     ) -> None:
         self.config = config if config is not None else SimulationConfig()
-        self.size = _as_size(size)
+        self.size = as_size(size)
         self.device = select_device(device)
         self.category = category
         self.foreground = self.config.foreground if self.config.foreground is not None else foreground_preset(category)
@@ -855,96 +844,3 @@ def default_dtd_root(explicit: str | Path | None = None) -> Path | None:
     from memseg.paths import dtd_root
 
     return dtd_root(explicit)
-
-
-def _save_png(array: np.ndarray, path: Path) -> None:
-    Image.fromarray(array).save(path)
-
-
-def cli_simulate(args: Any) -> int:
-    """`memseg simulate`: simulate `--n` anomalies on the category's train/good images.
-
-    Writes NNNN_image.png, NNNN_mask.png and summary.json to --out (which must be new or empty),
-    or with --no-save writes nothing and prints `throughput: X samples/s` as the last line.
-    """
-    from memseg.data.datasets import load_split  # data room; imported lazily
-    from memseg.paths import locate_dtd
-
-    if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
-    out = None
-    if not args.no_save:
-        if not args.out:
-            raise ValueError("--out is required unless --no-save is given")
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out} is an existing file, not a folder; refusing to overwrite it")
-        if out.exists() and any(out.iterdir()):
-            raise ValueError(f"output folder {out} exists and is not empty; refusing to overwrite (choose a new or empty folder)")
-    device = select_device(args.device)
-    size = (args.size, args.size)
-    dataset = load_split(args.data, args.category, "train", size=size, layout=args.layout)
-    pool = dataset.load_images()  # uint8 (N, 3, H, W), decoded once
-    if pool.shape[0] == 0:
-        raise ValueError(f"no training images for category {args.category!r} under {args.data}")
-    pool = pool.to(device)
-    textures = locate_dtd(args.dtd)
-    print(textures.describe(), file=sys.stderr)  # which textures this run uses, or how to give some
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=re.escape(NO_DTD_WARNING))  # said just above, in CLI terms
-        sim = AnomalySimulator.for_category(args.category, dtd_root=textures.path, size=size, device=device)
-        sim.load()
-    gen = torch.Generator().manual_seed(args.seed)
-    # one untimed warm-up call (own generator: the results do not depend on it)
-    sim.simulate(pool[: min(args.batch_size, pool.shape[0])].float().div_(255), generator=torch.Generator().manual_seed(0))
-
-    results: list[SimulationResult] = []
-    elapsed = 0.0
-    batch = max(1, args.batch_size)
-    for start in tqdm(range(0, args.n, batch), desc=f"simulate {args.category}", leave=False):
-        idx = torch.arange(start, min(start + batch, args.n), device=device) % pool.shape[0]
-        images = pool[idx].float().div_(255)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        res = sim.simulate(images, generator=gen, threshold=args.threshold, delta=args.delta, source=args.source)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        elapsed += time.perf_counter() - t0
-        results.append(SimulationResult(res.images.cpu(), res.masks.cpu(), res.delta.cpu(), res.source))
-    throughput = args.n / max(elapsed, 1e-9)
-
-    if out is None:
-        print(f"simulated {args.n} samples of {args.category} at {args.size}x{args.size} on {device}")
-        print(f"throughput: {throughput:.1f} samples/s")
-        return 0
-    out.mkdir(parents=True, exist_ok=True)
-    images = torch.cat([r.images for r in results])
-    masks = torch.cat([r.masks for r in results])
-    deltas = torch.cat([r.delta for r in results]).tolist()
-    sources = [s for r in results for s in r.source]
-    for i in tqdm(range(args.n), desc="write PNGs", leave=False):
-        img = (images[i].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
-        _save_png(img, out / f"{i:04d}_image.png")
-        _save_png((masks[i, 0].numpy() > 0.5).astype(np.uint8) * 255, out / f"{i:04d}_mask.png")
-    summary = {
-        "category": args.category,
-        "data": str(args.data),
-        "n": args.n,
-        "size": [args.size, args.size],
-        "seed": args.seed,
-        "device": str(device),
-        "dtd_root": str(sim.dtd_root) if sim.dtd_root is not None else None,
-        "n_textures": 0 if sim.textures is None else int(sim.textures.shape[0]),
-        "foreground": None if sim.foreground is None else vars(sim.foreground),
-        "threshold": args.threshold if args.threshold is not None else sim.config.threshold,
-        "counts": {k: sources.count(k) for k in SOURCES},
-        "delta": deltas,
-        "source": sources,
-        "mask_fraction": masks.mean(dim=(1, 2, 3)).tolist(),
-        "throughput_samples_per_s": throughput,
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"wrote {args.n} simulated samples and summary.json to {out}")
-    print(f"throughput: {throughput:.1f} samples/s")
-    return 0

@@ -1,0 +1,411 @@
+"""What each ``memseg`` sub-command does, given its parsed flags (the parser is in :mod:`memseg.apps.cli`).
+
+One handler per sub-command, ``(args: argparse.Namespace) -> exit code``. A handler turns flags into
+plain calls into the package (``generate``, ``AnomalySimulator``, ``train``, ``evaluate``,
+``Predictor``, ``export_onnx``) and prints what happened; the domain modules know no ``argparse``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from memseg.config import read_yaml_mapping
+from memseg.data.datasets import load_split
+from memseg.data.io import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageTooLargeError, is_image_file
+from memseg.data.synthetic import CATEGORIES, generate
+from memseg.engine.checkpoint import read_checkpoint
+from memseg.engine.evaluation import METRICS_JSON, METRICS_MD, evaluate, f1_baseline, pct
+from memseg.engine.export import OPSET, export_onnx
+from memseg.engine.inference import CSV_COLUMNS, OVERLAY_SUFFIX, PREDICTIONS_CSV, Prediction, Predictor
+from memseg.engine.training import (
+    CHECKPOINT_DIR, LAST_CHECKPOINT, LOG_CSV, LOG_JSONL, ConfigValueError, TrainConfig, check_run_dir_path,
+    merge_overrides, str_or_none, train,
+)
+from memseg.paths import locate_dtd
+from memseg.simulation.simulator import NO_DTD_WARNING, SOURCES, AnomalySimulator, SimulationResult
+from memseg.utils import check_output_dir, select_device
+from memseg.viz import overlay
+
+
+# --------------------------------------------------------------------------------- memseg synth
+def run_synth(args: argparse.Namespace) -> int:
+    """``memseg synth``: generate the dataset and print one line per category."""
+    out = generate(args.out, categories=args.categories, seed=args.seed, size=args.size, n_train=args.n_train,
+                   n_test=args.n_test, overwrite=args.overwrite, progress=True)
+    for c in args.categories or CATEGORIES:
+        meta = json.loads((out / c / "dataset.json").read_text())
+        n_test = sum(v for k, v in meta["counts"].items() if k.startswith("test/"))
+        print(f"{out / c}: {meta['n_train']} train, {n_test} test ({meta['n_masks']} masks), size {meta['size']}, seed {meta['seed']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ memseg simulate
+def _save_png(array: np.ndarray, path: Path) -> None:
+    Image.fromarray(array).save(path)
+
+
+def run_simulate(args: Any) -> int:
+    """`memseg simulate`: simulate `--n` anomalies on the category's train/good images.
+
+    Writes NNNN_image.png, NNNN_mask.png and summary.json to --out (which must be new or empty),
+    or with --no-save writes nothing and prints `throughput: X samples/s` as the last line.
+    """
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    out = None
+    if not args.no_save:
+        if not args.out:
+            raise ValueError("--out is required unless --no-save is given")
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is an existing file, not a folder; refusing to overwrite it")
+        if out.exists() and any(out.iterdir()):
+            raise ValueError(f"output folder {out} exists and is not empty; refusing to overwrite (choose a new or empty folder)")
+    device = select_device(args.device)
+    size = (args.size, args.size)
+    dataset = load_split(args.data, args.category, "train", size=size, layout=args.layout)
+    pool = dataset.load_images()  # uint8 (N, 3, H, W), decoded once
+    if pool.shape[0] == 0:
+        raise ValueError(f"no training images for category {args.category!r} under {args.data}")
+    pool = pool.to(device)
+    textures = locate_dtd(args.dtd)
+    print(textures.describe(), file=sys.stderr)  # which textures this run uses, or how to give some
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape(NO_DTD_WARNING))  # said just above, in CLI terms
+        sim = AnomalySimulator.for_category(args.category, dtd_root=textures.path, size=size, device=device)
+        sim.load()
+    gen = torch.Generator().manual_seed(args.seed)
+    # one untimed warm-up call (own generator: the results do not depend on it)
+    sim.simulate(pool[: min(args.batch_size, pool.shape[0])].float().div_(255), generator=torch.Generator().manual_seed(0))
+
+    results: list[SimulationResult] = []
+    elapsed = 0.0
+    batch = max(1, args.batch_size)
+    for start in tqdm(range(0, args.n, batch), desc=f"simulate {args.category}", leave=False):
+        idx = torch.arange(start, min(start + batch, args.n), device=device) % pool.shape[0]
+        images = pool[idx].float().div_(255)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        res = sim.simulate(images, generator=gen, threshold=args.threshold, delta=args.delta, source=args.source)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed += time.perf_counter() - t0
+        results.append(SimulationResult(res.images.cpu(), res.masks.cpu(), res.delta.cpu(), res.source))
+    throughput = args.n / max(elapsed, 1e-9)
+
+    if out is None:
+        print(f"simulated {args.n} samples of {args.category} at {args.size}x{args.size} on {device}")
+        print(f"throughput: {throughput:.1f} samples/s")
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    images = torch.cat([r.images for r in results])
+    masks = torch.cat([r.masks for r in results])
+    deltas = torch.cat([r.delta for r in results]).tolist()
+    sources = [s for r in results for s in r.source]
+    for i in tqdm(range(args.n), desc="write PNGs", leave=False):
+        img = (images[i].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+        _save_png(img, out / f"{i:04d}_image.png")
+        _save_png((masks[i, 0].numpy() > 0.5).astype(np.uint8) * 255, out / f"{i:04d}_mask.png")
+    summary = {
+        "category": args.category,
+        "data": str(args.data),
+        "n": args.n,
+        "size": [args.size, args.size],
+        "seed": args.seed,
+        "device": str(device),
+        "dtd_root": str(sim.dtd_root) if sim.dtd_root is not None else None,
+        "n_textures": 0 if sim.textures is None else int(sim.textures.shape[0]),
+        "foreground": None if sim.foreground is None else vars(sim.foreground),
+        "threshold": args.threshold if args.threshold is not None else sim.config.threshold,
+        "counts": {k: sources.count(k) for k in SOURCES},
+        "delta": deltas,
+        "source": sources,
+        "mask_fraction": masks.mean(dim=(1, 2, 3)).tolist(),
+        "throughput_samples_per_s": throughput,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"wrote {args.n} simulated samples and summary.json to {out}")
+    print(f"throughput: {throughput:.1f} samples/s")
+    return 0
+
+
+# --------------------------------------------------------------------------------- memseg train
+# TrainConfig field -> the `memseg train` flag that sets it
+_FLAGS = {"data": "--data", "category": "--category", "model": "--model", "out": "--out", "steps": "--steps",
+          "dtd_root": "--dtd", "size": "--size", "seed": "--seed", "layout": "--layout", "device": "--device",
+          "model_options": "--weights"}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from `memseg train` flags: stored run config (with --resume) < --config file < flags.
+
+    An invalid value is reported against where it came from: the flag (``--steps must be >= 1, got 0``),
+    the ``--config`` file or the resumed checkpoint.
+    """
+    overrides: dict[str, Any] = {
+        "data": args.data, "category": args.category, "model": args.model, "out": args.out,
+        "steps": args.steps, "dtd_root": args.dtd, "size": args.size, "seed": args.seed,
+    }
+    if getattr(args, "layout", "auto") != "auto":
+        overrides["layout"] = args.layout
+    if getattr(args, "device", "auto") != "auto":
+        overrides["device"] = args.device
+    if args.weights is not None:
+        overrides["model_options"] = {"weights": args.weights}
+    base: dict = {}
+    origin: dict[str, str] = {}  # field -> where its value came from
+    run_dir = Path(args.out) if args.out else Path("runs") / f"{args.category}-{args.model}"
+    check_run_dir_path(run_dir)
+    if args.resume:
+        ckpt = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} (start a fresh run without --resume)")
+        base = dict(read_checkpoint(ckpt).get("config", {}))
+        base.pop("device", None)
+        origin.update(dict.fromkeys(base, str(ckpt)))
+    if args.config:
+        path = Path(args.config)
+        file_values = read_yaml_mapping(path, "TrainConfig keys")
+        TrainConfig.check_keys(file_values, source=str(path))
+        base = merge_overrides(base, file_values)
+        origin.update(dict.fromkeys(file_values, str(path)))
+    origin.update({k: _FLAGS[k] for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig.from_dict(merge_overrides(base, overrides), source=args.config or "command line")
+    except ConfigValueError as err:
+        where = origin.get(err.key, args.config or "command line")
+        if where.startswith("--") and err.problem.startswith(err.key):
+            raise ValueError(where + err.problem[len(err.key):]) from None  # "--steps must be >= 1, got 0"
+        raise ValueError(f"{where}: {err.problem}") from None
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """`memseg train`: build the config, train, print where the run and checkpoint are."""
+
+    cfg = config_from_args(args)
+    flag = "--dtd" if args.dtd or not cfg.dtd_root else "dtd_root of the run's config"
+    textures = locate_dtd(cfg.dtd_root, flag=flag)  # resolved once, printed, and recorded in the run's config
+    cfg.dtd_root = str_or_none(textures.path)
+    print(f"memseg train: {cfg.model} on {cfg.category} ({cfg.data}), {cfg.steps} steps, size {cfg.input_size}, "
+          f"device {select_device(cfg.device)}, run folder {cfg.run_dir()}")
+    weights = str(cfg.model_options.get("weights", "auto" if cfg.model == "memseg" else "random"))
+    if cfg.model == "draem":
+        print("encoder weights: none (DRAEM trains from scratch)")
+    elif weights == "auto":
+        print("encoder weights: auto (ImageNet when timm can get them, else random initialisation with a banner)")
+    elif weights == "random":
+        print("encoder weights: RANDOM initialisation (no pretrained weights; the paper uses ImageNet: "
+              "pass --weights imagenet when online, or --weights path/to/resnet18.pth)")
+    else:
+        print(f"encoder weights: {weights}")
+    print(textures.describe())
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="textures: no DTD found")  # printed just above
+            result = train(cfg, progress=True, resume=args.resume, overwrite=getattr(args, "overwrite", False))
+    except KeyboardInterrupt:
+        return 130  # train() said where the checkpoint is and how to resume
+    print(f"encoder weights used: {result.weights_source}")
+    print(f"run folder: {result.run_dir}")
+    print(f"final model: {result.checkpoint} (slim inference checkpoint: for memseg evaluate / predict and the dashboard)")
+    print(f"resumable checkpoint: {result.last} (with optimizer state: --resume continues from it)")
+    print(f"logs: {result.run_dir / LOG_CSV}, {result.run_dir / LOG_JSONL}")
+    if result.threshold is not None:
+        print(f"decision threshold (validation split, F1-max on simulated anomalies): {result.threshold:.4f}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ memseg evaluate
+def _default_out(checkpoint: Path, category: str) -> Path:
+    """``<run>/eval-<category>`` next to the run's checkpoints folder; a fresh ``-2``, ``-3`` ... if taken."""
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    base = run / f"eval-{category}"
+    candidate, n = base, 1
+    while (candidate / METRICS_JSON).exists() or (candidate / METRICS_MD).exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """`memseg evaluate`: metrics of a checkpoint on the test split; writes metrics.json/.md.
+
+    The output folder is checked before the model or the data are loaded.
+    """
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else _default_out(ckpt, args.category)
+    check_output_dir(out, "--out")
+    result = evaluate(ckpt, args.data, args.category, layout=args.layout, out=out,
+                      batch_size=args.batch_size, device=args.device, backend=getattr(args, "backend", "auto"))
+    o = result["overall"]
+    print(f"{result['category']}: image AUROC {pct(o['image_auroc'])}  pixel AUROC {pct(o['pixel_auroc'])}  "
+          f"AUPRO@0.3 {pct(o['aupro'])}  image F1-max {pct(o['f1_max'])} (calling every image anomalous: "
+          f"{pct(f1_baseline(o))})  ({o['n_images']} images, {o['n_anomalous']} anomalous, step {result['step']})")
+    print(f"metrics: {out / METRICS_JSON}, {out / METRICS_MD}")
+    return 0
+
+
+# ------------------------------------------------------------------------------- memseg predict
+def _free_path(path: Path) -> Path:
+    """``path`` if free, else ``name-2.png``, ``name-3.png``, ... (never overwrite silently)."""
+    if not path.exists():
+        return path
+    n = 2
+    while True:
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+        n += 1
+
+
+def _expand(paths: list[str]) -> tuple[list[Path], list[str]]:
+    """Paths as given; a folder expands to the image files directly inside it (sorted).
+
+    Returns ``(files, problems)``: a folder without image files is a problem (a message naming it).
+    """
+    out: list[Path] = []
+    problems: list[str] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and is_image_file(q))
+            if not found:
+                problems.append(f"{p}: folder holds no image files (expected files ending in {', '.join(IMAGE_SUFFIXES)})")
+            out += found
+        else:
+            out.append(p)
+    return out, problems
+
+
+def _mirror_root(paths: list[Path]) -> Path:
+    """The deepest folder holding every input: overlays mirror the inputs' paths relative to it."""
+    parents = [os.path.abspath(p.parent) for p in paths]
+    try:
+        return Path(os.path.commonpath(parents)) if parents else Path.cwd()
+    except ValueError:  # e.g. different drives on Windows: no common folder
+        return Path(os.path.abspath(os.sep))
+
+
+def overlay_path(path: Path, root: Path, out: Path) -> Path:
+    """``<out>/<path relative to root, folders kept>/<stem>_overlay.png``, a fresh ``-2`` ... name if taken.
+
+    So ``bottle/test/crack/000.png`` and ``screw/test/crack/000.png`` give two overlays that map back
+    to their inputs, instead of ``000_overlay.png`` and ``000_overlay-2.png``.
+    """
+    rel = Path(os.path.abspath(path)).relative_to(root)
+    return _free_path(out / rel.parent / f"{rel.stem}{OVERLAY_SUFFIX}")
+
+
+class _PredictionTable:
+    """``predictions.csv`` (path, score, verdict, overlay) in the output folder, one flushed row per image.
+
+    Created at the first row, so a run where every input failed writes no table; an existing table is
+    never overwritten: the new one gets a fresh name (``predictions-2.csv`` ...).
+    """
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.path: Path | None = None
+        self._file = None
+        self._writer = None
+
+    def add(self, row: tuple) -> None:
+        if self._writer is None:
+            self.path = _free_path(self.out / PREDICTIONS_CSV)
+            self._file = open(self.path, "x", newline="")  # "x": fail rather than overwrite
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(CSV_COLUMNS)
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _write_overlay(image: np.ndarray, pred: Prediction, target: Path) -> None:
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay(image, pred.anomaly_map)).save(target)
+
+
+def _failure_message(path: Path, err: Exception) -> str:
+    """One line naming the input file (and the flag that lifts a size limit)."""
+    if isinstance(err, OSError) and err.strerror:  # e.g. PermissionError: "<path>: Permission denied"
+        msg = f"{path}: {err.strerror}"
+    else:
+        msg = str(err) if str(path) in str(err) else f"{path}: {err}"
+    if isinstance(err, ImageTooLargeError):
+        msg += " (raise the limit with --max-pixels)"
+    return f"memseg predict: error: {msg}"
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """`memseg predict`: score images; print ``path<TAB>score<TAB>verdict<TAB>overlay`` per image.
+
+    Overlays mirror the inputs' paths (relative to their common folder) under ``--out``, next to
+    ``predictions.csv`` (path, score, verdict, overlay; a fresh name if one exists). ``--out`` is
+    checked before the model loads. Unreadable or unsupported images are reported on stderr (naming
+    the file) and give exit code 2; the others are still scored. Where everything went is printed on
+    stderr last, and only when something was written.
+    """
+    out = Path(args.out)
+    check_output_dir(out, "--out")
+    paths, problems = _expand(args.images)
+    for msg in problems:
+        print(f"memseg predict: error: {msg}", file=sys.stderr)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, backend=getattr(args, "backend", "auto"),
+                                          max_pixels=getattr(args, "max_pixels", MAX_IMAGE_PIXELS))
+    root = _mirror_root(paths)
+    table = _PredictionTable(out)
+    failed, written = len(problems), 0
+    try:
+        for path in paths:
+            try:  # a bad input is reported and skipped; a failing write (disk full, ...) stops the run
+                image = predictor.load(path)
+                pred = predictor.predict(image)
+            except (FileNotFoundError, PermissionError, ValueError) as err:
+                print(_failure_message(path, err), file=sys.stderr)
+                failed += 1
+                continue
+            target = overlay_path(path, root, out)
+            _write_overlay(image, pred, target)
+            verdict = "anomalous" if pred.is_anomalous else "normal"
+            table.add((str(path), f"{pred.score:.6f}", verdict, str(target)))
+            written += 1
+            print(f"{path}\t{pred.score:.4f}\t{verdict}\t{target}", flush=True)
+    finally:
+        table.close()
+    if not written:
+        print(f"memseg predict: error: none of the {failed} input(s) could be scored; nothing was written", file=sys.stderr)
+        return 2
+    print(f"memseg predict: {written} overlay(s) under {out.absolute()}, table {table.path.absolute()} "
+          f"(threshold {predictor.threshold:.4f}, {predictor.threshold_source})"
+          + (f"; {failed} input(s) failed" if failed else ""), file=sys.stderr)
+    return 2 if failed else 0
+
+
+# -------------------------------------------------------------------------------- memseg export
+def run_export(args: argparse.Namespace) -> int:
+    """`memseg export`: write the ONNX file, checked against PyTorch, and say how to use it."""
+    out = export_onnx(args.checkpoint, args.out, overwrite=args.overwrite)
+    size_mb = out.stat().st_size / 2**20
+    print(f"exported {args.checkpoint} -> {out} ({size_mb:.1f} MB, opset {OPSET}, dynamic batch; maps match PyTorch "
+          "within 1e-4)")
+    print(f"run it: memseg predict --checkpoint {out} IMAGES  (or evaluate; onnxruntime, no torch model code needed)")
+    return 0
