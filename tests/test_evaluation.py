@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from memseg.engine.evaluation import collect_predictions, decision_metrics, evaluate, image_scores
+from memseg.engine.evaluation import decision_metrics, evaluate
+from memseg.engine.scoring import collect_predictions, image_scores
 from memseg.utils import denormalize
 from tiny_data import make_tiny_dataset
 

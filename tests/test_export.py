@@ -11,7 +11,8 @@ import torch
 
 from memseg.engine.checkpoint import load_checkpoint
 from memseg.apps.cli import main as cli_main
-from memseg.engine.evaluation import evaluate, score_images
+from memseg.engine.evaluation import evaluate
+from memseg.engine.scoring import score_images
 from memseg.engine.export import export_onnx, load_onnx
 from memseg.engine.inference import Predictor
 from memseg.engine.training import TrainConfig, train

@@ -9,7 +9,7 @@ from PIL import Image
 
 from memseg.engine.checkpoint import save_checkpoint
 from memseg.data import ImageLoadError, load_split
-from memseg.engine.evaluation import collect_predictions
+from memseg.engine.scoring import collect_predictions
 from memseg.engine.inference import DEFAULT_THRESHOLD, Prediction, Predictor
 from memseg.models import build_model
 from memseg.utils import normalize

@@ -511,7 +511,7 @@ def test_head_ceiling(head: str) -> None:
 
 
 def test_weights_auto_resolves_and_says_so(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    from memseg.models import encoder
+    from memseg.models.memseg import encoder
 
     monkeypatch.setattr(encoder, "imagenet_weights_cached", lambda: False)
     monkeypatch.setattr(encoder, "hub_reachable", lambda timeout=None: pytest.fail("offline mode must not ask the hub"))

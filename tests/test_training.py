@@ -22,9 +22,8 @@ from tiny_data import make_tiny_dataset
 from memseg.engine import training
 from memseg.engine.checkpoint import is_slim, load_checkpoint, read_checkpoint
 from memseg.apps.cli import main as cli_main
+from memseg.engine.train_config import TrainConfig, load_config
 from memseg.engine.training import (
-    TrainConfig,
-    load_config,
     lr_factor,
     rng_state,
     set_rng_state,
@@ -568,7 +567,7 @@ def _no_probability_ceiling(checkpoint: Path, root: Path, category: str) -> None
     (the paper head's last ReLU made 28 % of them tie there after 2700 steps on a GPU)."""
     from memseg.engine.checkpoint import load_checkpoint
     from memseg.data import load_split
-    from memseg.engine.evaluation import collect_predictions
+    from memseg.engine.scoring import collect_predictions
 
     model, _ = load_checkpoint(checkpoint, device="cpu")
     preds = collect_predictions(model, load_split(root, category, split="test", size=SLOW_SIZE), device="cpu", progress=False)

@@ -145,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
     p.add_argument("--out", required=True, help="the .onnx file to write (never replaced unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+    p = add("benchmark", "train + evaluate every category with its preset for several seeds; a table like the "
+                         "paper's Tables 1-2 (resumable: done runs are skipped, interrupted ones resumed)")
+    p.add_argument("--data", required=True, help="dataset root (MVTec AD, BTAD, ...: one folder per category)")
+    p.add_argument("--categories", default="all", help="comma-separated category folders under --data, or all")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (one run per category and seed)")
+    p.add_argument("--out", required=True, help="benchmark folder: <out>/<category>/seed<k>/ (run + eval), "
+                   "<out>/results.json and results.md")
+    p.add_argument("--steps", type=_positive_int, default=None, help="training iterations (default: 2700 as in the paper)")
+    p.add_argument("--size", type=_positive_int, default=None, help="input side in pixels (default: 256 as in the paper)")
+    p.add_argument("--weights", default=None, help="encoder weights: auto (default), imagenet, random, or a local resnet18 file")
+    p.add_argument("--dtd", default=None, help=_DTD_HELP)
+    _add_device(p)
     return parser
 
 
@@ -169,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate": commands.run_evaluate,
         "predict": commands.run_predict,
         "export": commands.run_export,
+        "benchmark": commands.run_benchmark,
     }[args.command]
     try:
         return int(handler(args) or 0)

@@ -31,10 +31,9 @@ from memseg.engine.checkpoint import read_checkpoint
 from memseg.engine.evaluation import METRICS_JSON, METRICS_MD, evaluate, f1_baseline, pct
 from memseg.engine.export import OPSET, export_onnx
 from memseg.engine.inference import CSV_COLUMNS, OVERLAY_SUFFIX, PREDICTIONS_CSV, Prediction, Predictor
-from memseg.engine.training import (
-    CHECKPOINT_DIR, LAST_CHECKPOINT, LOG_CSV, LOG_JSONL, ConfigValueError, TrainConfig, check_run_dir_path,
-    merge_overrides, str_or_none, train,
-)
+from memseg.engine.run_folder import CHECKPOINT_DIR, LAST_CHECKPOINT, LOG_CSV, LOG_JSONL, check_run_dir_path
+from memseg.engine.train_config import ConfigValueError, TrainConfig, merge_overrides
+from memseg.engine.training import str_or_none, train
 from memseg.paths import locate_dtd
 from memseg.simulation.simulator import NO_DTD_WARNING, SOURCES, AnomalySimulator, SimulationResult
 from memseg.utils import check_output_dir, select_device
@@ -408,4 +407,44 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"exported {args.checkpoint} -> {out} ({size_mb:.1f} MB, opset {OPSET}, dynamic batch; maps match PyTorch "
           "within 1e-4)")
     print(f"run it: memseg predict --checkpoint {out} IMAGES  (or evaluate; onnxruntime, no torch model code needed)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- memseg benchmark
+def _comma_list(text: str, flag: str, kind: type = str) -> list:
+    """``"a,b"`` -> ``["a", "b"]`` (``kind`` applied to each); a one-line error naming ``flag`` otherwise."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        values = [kind(t) for t in items]
+    except ValueError:
+        values = []
+    if not values:
+        raise ValueError(f"{flag} expects a comma-separated list of {kind.__name__}s, e.g. "
+                         f"{'0,1,2' if kind is int else 'bottle,cable'}; got {text!r}")
+    return values
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """`memseg benchmark`: train + evaluate categories x seeds, print a line per run, write the table."""
+    from memseg.engine.benchmark import RESULTS_JSON, RESULTS_MD
+    from memseg.engine.benchmark import run_benchmark as benchmark
+
+    seeds = _comma_list(args.seeds, "--seeds", int)
+    categories = _comma_list(args.categories, "--categories")
+    check_output_dir(args.out, "--out")
+    textures = locate_dtd(args.dtd)
+    print(textures.describe())
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="textures: no DTD found")  # printed just above
+            results = benchmark(args.data, args.out, categories, seeds, steps=args.steps, size=args.size,
+                                weights=args.weights, device=args.device, dtd=str_or_none(textures.path))
+    except KeyboardInterrupt:
+        print(f"memseg benchmark: interrupted; run the same command again to resume (finished runs under {args.out} "
+              "are skipped)", file=sys.stderr)
+        return 130
+    out = Path(args.out)
+    print(out.joinpath(RESULTS_MD).read_text())
+    print(f"results: {out / RESULTS_JSON}, {out / RESULTS_MD} ({len(results['categories'])} categories, "
+          f"seeds {', '.join(map(str, seeds))})")
     return 0

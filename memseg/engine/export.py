@@ -8,7 +8,7 @@ split, top-k of the image score, category, encoder weights) is stored in the fil
 the key ``memseg``, as JSON.
 
 :func:`load_onnx` returns an :class:`OnnxRuntimeModel` that scores exactly like the torch model in
-:func:`memseg.engine.evaluation.score_images`, so ``memseg predict``, ``memseg evaluate`` and the dashboard
+:func:`memseg.engine.scoring.score_images`, so ``memseg predict``, ``memseg evaluate`` and the dashboard
 accept a ``.onnx`` file wherever they accept a checkpoint.
 
 Examples:

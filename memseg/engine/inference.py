@@ -38,7 +38,7 @@ from memseg.data.io import (
     pil_to_rgb_array,
     shrink_image,
 )
-from memseg.engine.evaluation import score_images
+from memseg.engine.scoring import score_images
 from memseg.utils import select_device
 
 DEFAULT_THRESHOLD = 0.5

@@ -23,190 +23,34 @@ Design (PITFALLS "Speed", "Training and evaluation"):
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import math
-import os
 import random
 import re
 import signal
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 
-from memseg.config import ConfigBase, as_size, read_yaml_mapping
 from memseg.engine.checkpoint import read_checkpoint, save_checkpoint
-from memseg.utils import nearest_existing, normalize, seed_everything, select_device
-
-MODEL_NAMES = ("memseg", "draem", "mmr")
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.pt"
-FINAL_CHECKPOINT = "final.pt"
-LOG_CSV = "train_log.csv"
-LOG_JSONL = "train_log.jsonl"
-CONFIG_YAML = "config.yaml"
-VALIDATION_JSON = "validation.json"
-# Files a run writes at the top of its folder (``--overwrite`` removes these and checkpoints/*.pt, nothing else).
-RUN_FILES = (CONFIG_YAML, LOG_CSV, LOG_JSONL, VALIDATION_JSON, FINAL_CHECKPOINT)
-
-# Fields that may differ between the stored config and the one given to ``--resume``.
-_RESUME_MUTABLE = {"steps", "device", "out", "data", "dtd_root", "log_every", "checkpoint_every", "checkpoint_minutes",
-                   "amp", "channels_last"}
+from memseg.engine.run_folder import (
+    CHECKPOINT_DIR, CONFIG_YAML, FINAL_CHECKPOINT, LAST_CHECKPOINT, VALIDATION_JSON, StepLog,
+    check_run_dir, remove_previous_run,
+)
+from memseg.engine.train_config import TrainConfig, check_resume_config
+from memseg.utils import normalize, seed_everything, select_device
 
 
 def _now() -> float:
     """Clock for time-based checkpoints (``time.monotonic``; tests replace this function)."""
     return time.monotonic()
-
-
-class ConfigValueError(ValueError):
-    """A TrainConfig value is invalid: ``key`` is the field, ``problem`` the message without a source.
-
-    ``str(err)`` is ``"<source>: <problem>"``; `memseg.apps.commands.config_from_args` re-words it to name the flag
-    (``--steps must be >= 1, got 0``) or the file a value came from.
-    """
-
-    def __init__(self, source: str, key: str, problem: str):
-        super().__init__(f"{source}: {problem}")
-        self.key, self.problem = key, problem
-
-
-@dataclass
-class TrainConfig(ConfigBase):
-    """Everything a training run needs; loadable from YAML (:meth:`from_yaml`).
-
-    Defaults follow the paper (§4.1): 2700 steps, 256x256, batch 4 normal + 4 simulated, SGD lr 0.04.
-    """
-
-    data: str | None = None  # dataset root
-    category: str | None = None
-    layout: str = "auto"  # auto | mvtec | btad | folder
-    model: str = "memseg"  # memseg | draem | mmr
-    model_options: dict = field(default_factory=dict)  # e.g. weights, memory_size, use_memory, ...
-    simulation: dict = field(default_factory=dict)  # SimulationConfig overrides (threshold, grid, ...)
-    size: int | list = 256  # input side, or [H, W]
-    steps: int = 2700
-    batch_normal: int = 4
-    batch_anomalous: int = 4
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.04
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 5e-4
-    scheduler: str = "cosine"  # cosine (with linear warmup) | constant
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.01  # cosine floor, as a fraction of lr
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = False  # force channels_last for any model (MemSeg already defaults to it: model_options.channels_last)
-    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
-    dtd_root: str | None = None  # DTD root (images/<category>/*.jpg); None -> structure-only simulation
-    out: str | None = None  # run folder; default runs/<category>-<model>
-    log_every: int = 10  # progress-bar refresh / log flush interval (every step is logged)
-    checkpoint_every: int = 500  # write checkpoints/last.pt every this many steps ...
-    checkpoint_minutes: float = 2.0  # ... and at least this often (a hard kill loses at most this much training)
-    val_fraction: float = 0.1  # held-back train/good images for the validation split
-    top_k: int = 100  # image score = mean of the top-k pixel scores
-
-    # ------------------------------------------------------------------ construction / validation
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        """Load a YAML file; keyword ``overrides`` that are not None replace file values."""
-        values = merge_overrides(read_yaml_mapping(path, "TrainConfig keys"), overrides)
-        return cls.from_dict(values, source=str(path))
-
-    def validate(self, source: str = "config") -> None:
-        """Coerce numeric strings (YAML reads ``4e-2`` as a string) and check value ranges.
-
-        Raises:
-            ConfigValueError: naming ``source`` and the field (``err.key``).
-        """
-        def bad(key: str, problem: str) -> ConfigValueError:
-            return ConfigValueError(source, key, problem)
-
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.type in ("float",) and isinstance(v, (str, int)) and not isinstance(v, bool):
-                try:
-                    setattr(self, f.name, float(v))
-                except ValueError:
-                    raise bad(f.name, f"{f.name} must be a number, got {v!r}") from None
-            elif f.type in ("int",) and not isinstance(v, int):
-                if isinstance(v, float) and v.is_integer():
-                    setattr(self, f.name, int(v))
-                else:
-                    raise bad(f.name, f"{f.name} must be an integer, got {v!r}")
-            elif f.type in ("bool",) and not isinstance(v, bool):
-                raise bad(f.name, f"{f.name} must be true or false, got {v!r}")
-            elif f.type == "dict" and not isinstance(v, dict):
-                raise bad(f.name, f"{f.name} must be a mapping, got {v!r}")
-        if self.model not in MODEL_NAMES:
-            raise bad("model", f"model must be one of {MODEL_NAMES}, got {self.model!r}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise bad("optimizer", f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.scheduler not in ("cosine", "constant"):
-            raise bad("scheduler", f"scheduler must be 'cosine' or 'constant', got {self.scheduler!r}")
-        if self.layout not in ("auto", "mvtec", "btad", "folder"):
-            raise bad("layout", f"layout must be auto, mvtec, btad or folder, got {self.layout!r}")
-        for name in ("steps", "checkpoint_every", "log_every", "top_k"):
-            if getattr(self, name) < 1:
-                raise bad(name, f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.checkpoint_minutes > 0:
-            raise bad("checkpoint_minutes", f"checkpoint_minutes must be > 0, got {self.checkpoint_minutes}")
-        if self.batch_normal < 0 or self.batch_anomalous < 0 or self.batch_normal + self.batch_anomalous < 1:
-            raise bad("batch_normal", f"batch_normal + batch_anomalous must be >= 1 (got {self.batch_normal} + {self.batch_anomalous})")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise bad("val_fraction", f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.lr <= 0:
-            raise bad("lr", f"lr must be > 0, got {self.lr}")
-        if "input_size" in self.model_options:
-            raise bad("model_options", "set the input size with `size`, not model_options.input_size")
-        try:
-            self.input_size  # noqa: B018  (validates size)
-        except ValueError as err:
-            raise bad("size", str(err)) from None
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """(H, W) of the network input."""
-        return as_size(self.size, "size", min_side=32)
-
-    def run_dir(self) -> Path:
-        return Path(self.out) if self.out else Path("runs") / f"{self.category}-{self.model}"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-
-def merge_overrides(values: dict, overrides: dict) -> dict:
-    """``values`` with every non-None override applied; ``model_options`` dicts are merged key by key."""
-    out = dict(values)
-    for key, val in overrides.items():
-        if val is None:
-            continue
-        if key in ("model_options", "simulation") and isinstance(val, dict):
-            out[key] = {**(out.get(key) or {}), **val}
-        else:
-            out[key] = val
-    return out
-
-
-def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """TrainConfig from an optional YAML file plus overrides (None values are ignored)."""
-    if path is not None:
-        return TrainConfig.from_yaml(path, **overrides)
-    return TrainConfig.from_dict(merge_overrides({}, overrides), source="overrides")
 
 
 @dataclass
@@ -317,166 +161,6 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, enabled=False)
 
 
-class _StepLog:
-    """Appends one CSV row and one JSON line per step; on resume, drops lines past the checkpoint (said via ``log``).
-
-    A fresh run starts with no logs (:func:`check_run_dir` refuses a folder that has some unless
-    ``overwrite``, which removes them by name), so nothing is deleted here.
-    """
-
-    def __init__(self, run_dir: Path, resume_step: int | None, log: Callable[[str], None] = print):
-        self.csv_path = run_dir / LOG_CSV
-        self.jsonl_path = run_dir / LOG_JSONL
-        self.fields: list[str] | None = None
-        if resume_step is not None:
-            dropped = self._truncate(resume_step)
-            if dropped:
-                log(f"resume: dropped the log lines of steps {dropped[0]}-{dropped[-1]} from {self.jsonl_path.name} and "
-                    f"{self.csv_path.name} (logged after the checkpoint at step {resume_step}; they are trained again)")
-        self.csv_fh = open(self.csv_path, "a", newline="")
-        self.jsonl_fh = open(self.jsonl_path, "a")
-
-    def _truncate(self, step: int) -> list[int]:
-        """Keep only log lines of steps <= ``step`` (a killed run may have logged steps past its last checkpoint);
-        returns the steps dropped."""
-        dropped: list[int] = []
-        if self.jsonl_path.exists():
-            rows = [ln for ln in self.jsonl_path.read_text().splitlines() if ln.strip()]
-            lines = [ln for ln in rows if json.loads(ln)["step"] <= step]
-            dropped = sorted(json.loads(ln)["step"] for ln in rows if json.loads(ln)["step"] > step)
-            self.jsonl_path.write_text("".join(ln + "\n" for ln in lines))
-        if self.csv_path.exists():
-            with open(self.csv_path, newline="") as fh:
-                rows = list(csv.DictReader(fh))
-                self.fields = list(rows[0].keys()) if rows else None
-            rows = [r for r in rows if int(r["step"]) <= step]
-            if self.fields:
-                with open(self.csv_path, "w", newline="") as fh:
-                    w = csv.DictWriter(fh, fieldnames=self.fields)
-                    w.writeheader()
-                    w.writerows(rows)
-            else:
-                self.csv_path.unlink()  # a log without rows: write() starts it again with its header
-        return dropped
-
-    def write(self, row: dict) -> None:
-        if self.fields is None:
-            self.fields = list(row.keys())
-            csv.DictWriter(self.csv_fh, fieldnames=self.fields).writeheader()
-        csv.DictWriter(self.csv_fh, fieldnames=self.fields, extrasaction="ignore").writerow(row)
-        self.jsonl_fh.write(json.dumps(row) + "\n")
-
-    def flush(self) -> None:
-        self.csv_fh.flush()
-        self.jsonl_fh.flush()
-
-    def close(self) -> None:
-        self.csv_fh.close()
-        self.jsonl_fh.close()
-
-
-def existing_checkpoints(run_dir: Path) -> list[Path]:
-    d = Path(run_dir) / CHECKPOINT_DIR
-    return sorted(d.glob("*.pt")) if d.is_dir() else []
-
-
-# ------------------------------------------------------------------------------------ run folder
-def check_run_dir_path(run_dir: Path) -> None:
-    """The run folder must be a folder, or not exist yet under a writable folder: checked before any work.
-
-    Raises:
-        ValueError: one line naming the path (it, or a folder above it, is a file; or it cannot be written).
-    """
-    run_dir = Path(run_dir)
-    p = nearest_existing(run_dir)
-    if not p.is_dir():
-        where = "is a file" if p == run_dir else f"lies inside {p}, which is a file"
-        raise ValueError(f"run folder {run_dir} {where}, not a folder; choose another --out (a folder, created when missing)")
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise ValueError(f"run folder {run_dir}: cannot write in {p} (permission denied); choose another --out")
-
-
-def _rel(paths: list[Path], root: Path) -> str:
-    return ", ".join(str(p.relative_to(root)) for p in paths)
-
-
-def previous_run_files(run_dir: Path) -> list[Path]:
-    """The files an earlier run wrote in ``run_dir`` (config, logs, validation, checkpoints, atomic-save leftovers)."""
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / CHECKPOINT_DIR
-    found = [run_dir / name for name in RUN_FILES if (run_dir / name).is_file()]
-    found += sorted(run_dir.glob(".*.tmp"))
-    if ckpt_dir.is_dir():
-        found += sorted(ckpt_dir.glob("*.pt")) + sorted(ckpt_dir.glob(".*.tmp"))
-    return found
-
-
-def check_run_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) -> list[Path]:
-    """Decide, before any work, whether a run may write in ``run_dir``; returns the files ``overwrite`` will remove.
-
-    A fresh run needs a missing or empty folder; ``resume`` needs ``checkpoints/last.pt``; ``overwrite``
-    accepts a non-empty folder and removes the previous run's files (:func:`previous_run_files`),
-    by name, when the run starts writing (:func:`remove_previous_run`); other files are kept.
-
-    Raises:
-        ValueError: the path is a file, or the folder is not empty (without ``resume``/``overwrite``).
-        FileNotFoundError: ``resume`` without ``checkpoints/last.pt``.
-    """
-    run_dir = Path(run_dir)
-    check_run_dir_path(run_dir)
-    if resume and overwrite:
-        raise ValueError("--resume continues a run and --overwrite starts it over: pass one of them")
-    if resume:
-        ckpt = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} (start a fresh run without --resume)")
-        return []
-    entries = sorted(run_dir.iterdir()) if run_dir.is_dir() else []
-    if not entries:
-        return []
-    if overwrite:
-        return previous_run_files(run_dir)
-    found = existing_checkpoints(run_dir)
-    if found:
-        raise ValueError(
-            f"run folder {run_dir} already has checkpoints ({_rel(found, run_dir)}); pass --resume (resume=True) to "
-            "continue it, --overwrite (overwrite=True) to start over, or choose another --out")
-    shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in entries[:6]) + (
-        f" and {len(entries) - 6} more" if len(entries) > 6 else "")
-    raise ValueError(
-        f"run folder {run_dir} is not empty ({shown}) and has no checkpoint to resume; pass --overwrite (overwrite=True) "
-        "to start over in it (the previous run's files are removed, each one named), or choose another --out")
-
-
-def remove_previous_run(run_dir: Path, files: list[Path], log: Callable[[str], None] = print) -> None:
-    """``overwrite``: remove ``files`` (from :func:`check_run_dir`), saying which, and which other entries stay."""
-    run_dir = Path(run_dir)
-    if files:
-        log(f"overwrite: removing the previous run's files in {run_dir}: {_rel(files, run_dir)}")
-    for p in files:
-        p.unlink(missing_ok=True)
-    ckpt_dir = run_dir / CHECKPOINT_DIR
-    if ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
-        ckpt_dir.rmdir()
-    kept = sorted(run_dir.iterdir()) if run_dir.is_dir() else []
-    if kept:
-        log(f"overwrite: kept {len(kept)} other entr{'y' if len(kept) == 1 else 'ies'} in {run_dir} "
-            f"(not written by memseg train): {', '.join(p.name for p in kept[:6])}{' ...' if len(kept) > 6 else ''}")
-
-
-def _check_resume_config(stored: dict, cfg: TrainConfig, path: Path) -> None:
-    diffs = []
-    current = cfg.to_dict()
-    for key, val in stored.items():
-        if key in _RESUME_MUTABLE or key not in current:
-            continue
-        a, b = json.dumps(val, sort_keys=True), json.dumps(current[key], sort_keys=True)
-        if a != b:
-            diffs.append(f"{key}: stored {val!r}, given {current[key]!r}")
-    if diffs:
-        raise ValueError(f"--resume: the config differs from the one stored in {path}: " + "; ".join(diffs))
-
-
 # ------------------------------------------------------------------------------------ validation
 @torch.no_grad()
 def validation_batches(images_u8: torch.Tensor, simulator, cfg: TrainConfig, device: torch.device):
@@ -498,10 +182,10 @@ def validate(model, images_u8: torch.Tensor, simulator, cfg: TrainConfig, device
     """Image scores on held-back normal images and their simulated-anomaly versions -> threshold.
 
     The decision threshold is the F1-max threshold on this validation split (never the test set),
-    scored by :func:`memseg.engine.evaluation.score_images` like ``evaluate`` and ``predict`` (float32).
+    scored by :func:`memseg.engine.scoring.score_images` like ``evaluate`` and ``predict`` (float32).
     The per-image ``scores`` and ``labels`` are returned too (normal batch, then its simulated twin).
     """
-    from memseg.engine.evaluation import score_images
+    from memseg.engine.scoring import score_images
     from memseg.engine.metrics import f1_max, image_auroc, pixel_auroc
 
     was_training = model.training
@@ -576,7 +260,7 @@ def train(
     stored = None
     if resume:
         stored = read_checkpoint(ckpt_path)
-        _check_resume_config(stored.get("config", {}), cfg, ckpt_path)
+        check_resume_config(stored.get("config", {}), cfg, ckpt_path)
     if not cfg.data or not cfg.category:
         raise ValueError("TrainConfig needs data (dataset root) and category")
     if cfg.dtd_root is None and stored is not None:
@@ -654,7 +338,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     if stored is None:
         cfg.to_yaml(run_dir / CONFIG_YAML)
-    steplog = _StepLog(run_dir, resume_step=start if stored is not None else None, log=log)
+    steplog = StepLog(run_dir, resume_step=start if stored is not None else None, log=log)
     weights_source = str(getattr(model, "weights_source", None) or getattr(model.config, "weights", None)
                          or cfg.model_options.get("weights", "unknown"))
     if stored is not None:
