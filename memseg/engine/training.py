@@ -109,10 +109,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     """Optimizer over the trainable parameters + a LambdaLR scheduler (stepped once per iteration)."""
-    if callable(getattr(model, "trainable_parameters", None)):
-        params = list(model.trainable_parameters())
-    else:
-        params = [p for p in model.parameters() if p.requires_grad]
+    params = model.trainable_parameters()
     if not params:
         raise ValueError(f"model {cfg.model!r} has no trainable parameters")
     if cfg.optimizer == "sgd":
@@ -213,6 +210,61 @@ def validate(model, images_u8: torch.Tensor, simulator, cfg: TrainConfig, device
 
 
 # ------------------------------------------------------------------------------------- training
+def _build_model(cfg: TrainConfig, stored: dict | None, cache: torch.Tensor, device: torch.device):
+    """The model on ``device`` (its memory bank filled) and the run's image split; from ``stored`` on resume."""
+    from memseg.models import build_model
+
+    if stored is None:
+        model = build_model(cfg.model, model_config_for(cfg))
+    else:  # the stored model config; weights come from the checkpoint (no download, no file)
+        model = build_model(stored["model_name"], stored["model_config"], init_weights=False)
+    splits = split_indices(cache.shape[0], cfg, model.memory_size) if stored is None else stored["extra"]["splits"]
+    model.to(device)
+    if cfg.channels_last:
+        model.set_channels_last(True)
+    if model.memory_size:
+        # Memory bank from N train images, no simulation (paper §3.2). On resume the stored bank
+        # replaces it; building it anyway keeps lazily registered buffers loadable.
+        mem = cache[torch.as_tensor(splits["memory"], device=device)].float().div_(255.0)
+        model.prepare(normalize(mem))
+    model.train()
+    return model, splits
+
+
+def _build_simulator(model, cfg: TrainConfig, device: torch.device, progress: bool):
+    """The anomaly simulator of the run (paper §3.1) with the model's own recipe applied."""
+    from memseg.paths import locate_dtd
+    from memseg.simulation.simulator import NO_DTD_WARNING, AnomalySimulator, SimulationConfig
+
+    # the model's own recipe (e.g. DRAEM's texture-only simulation); explicit `simulation` keys still win
+    overrides = {k: v for k, v in model.simulation_overrides().items() if k not in cfg.simulation}
+    sim_cfg = dataclasses.replace(SimulationConfig(**cfg.simulation), **overrides)
+    if cfg.dtd_root is None and model.needs_simulation:
+        warnings.warn(locate_dtd(None).describe(), stacklevel=3)  # where it looked, and how to give textures
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape(NO_DTD_WARNING))  # said above, in CLI terms
+        return AnomalySimulator(sim_cfg, dtd_root=cfg.dtd_root, size=cfg.input_size, device=device,
+                                category=cfg.category, progress=progress)
+
+
+def _step_batch(images_u8: torch.Tensor, n_normal: int, simulator, gen: torch.Generator, channels_last: bool):
+    """One step's batch: the first ``n_normal`` images as they are, the rest with simulated anomalies.
+
+    Returns normalised ``(inputs, masks, clean)``: (B, 3, H, W), (B, 1, H, W) in {0, 1}, (B, 3, H, W).
+    """
+    clean = images_u8.float().div_(255.0)  # (B, 3, H, W) in [0, 1]
+    masks = clean.new_zeros(clean.shape[0], 1, *clean.shape[-2:])
+    inputs = clean
+    if clean.shape[0] > n_normal:
+        sim = simulator.simulate(clean[n_normal:], generator=gen)  # eq. (1)-(2), unnormalised images
+        inputs = torch.cat([clean[:n_normal], sim.images], dim=0)
+        masks[n_normal:] = sim.masks
+    x, c = normalize(inputs), normalize(clean)  # normalise AFTER compositing (PITFALLS)
+    if channels_last:
+        x, c = x.contiguous(memory_format=torch.channels_last), c.contiguous(memory_format=torch.channels_last)
+    return x, masks, c
+
+
 def train(
     config: TrainConfig,
     progress: bool = True,
@@ -248,9 +300,7 @@ def train(
     from tqdm.auto import tqdm
 
     from memseg.data import load_split
-    from memseg.models import build_model
     from memseg.paths import locate_dtd
-    from memseg.simulation.simulator import NO_DTD_WARNING, AnomalySimulator, SimulationConfig
 
     cfg = config
     cfg.validate()
@@ -286,28 +336,8 @@ def train(
         raise ValueError(f"{cfg.data}: category {cfg.category!r} has no train/good images")
     cache = dataset.load_images(progress=progress).to(device)  # (N, 3, H, W) uint8
 
-    # --- model
-    if stored is None:
-        model = build_model(cfg.model, model_config_for(cfg))
-    else:  # the stored model config; weights come from the checkpoint (no download, no file)
-        model = build_model(stored["model_name"], stored["model_config"], init_weights=False)
-    memory_size = int(getattr(model.config, "memory_size", 0) or 0) if hasattr(model, "config") else 0
-    if getattr(model.config, "use_memory", True) is False:
-        memory_size = 0
-    splits = split_indices(n_images, cfg, memory_size) if stored is None else stored["extra"]["splits"]
-    model.to(device)
-    if cfg.channels_last:
-        if callable(getattr(model, "set_channels_last", None)):
-            model.set_channels_last(True)  # MemSeg converts its inputs itself
-        else:
-            model.to(memory_format=torch.channels_last)
-    if memory_size:
-        # Memory bank from N train images, no simulation (paper §3.2). On resume the stored bank
-        # replaces it below; building it anyway keeps lazily registered buffers loadable.
-        mem = cache[torch.as_tensor(splits["memory"], device=device)].float().div_(255.0)
-        model.prepare(normalize(mem))
-        del mem
-    model.train()
+    # --- model (+ its memory bank from N train images, paper §3.2), optimizer, simulator
+    model, splits = _build_model(cfg, stored, cache, device)
     optimizer, scheduler = build_optimizer(model, cfg)
     start = 0
     if stored is not None:
@@ -315,20 +345,7 @@ def train(
         optimizer.load_state_dict(stored["optimizer_state"])
         scheduler.load_state_dict(stored["scheduler_state"])
         start = int(stored["step"])
-
-    simulator = None
-    if getattr(model, "needs_simulation", True) or splits["val"]:
-        sim_cfg = SimulationConfig(**cfg.simulation)
-        if callable(getattr(model, "simulation_overrides", None)) and model.simulation_overrides():
-            # e.g. DRAEM's own texture-only simulation; explicit `simulation` keys still win
-            overrides = {k: v for k, v in model.simulation_overrides().items() if k not in cfg.simulation}
-            sim_cfg = dataclasses.replace(sim_cfg, **overrides)
-        if cfg.dtd_root is None and getattr(model, "needs_simulation", True):
-            warnings.warn(locate_dtd(None).describe(), stacklevel=2)  # where it looked, and how to give textures
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=re.escape(NO_DTD_WARNING))  # said above, in CLI terms
-            simulator = AnomalySimulator(sim_cfg, dtd_root=cfg.dtd_root, size=size, device=device,
-                                         category=cfg.category, progress=progress)
+    simulator = _build_simulator(model, cfg, device, progress) if model.needs_simulation or splits["val"] else None
     train_idx = torch.as_tensor(splits["train"], device=device)
     if stored is not None:
         set_rng_state(stored["extra"]["rng"], gen)  # after all set-up that may draw random numbers
@@ -339,8 +356,7 @@ def train(
     if stored is None:
         cfg.to_yaml(run_dir / CONFIG_YAML)
     steplog = StepLog(run_dir, resume_step=start if stored is not None else None, log=log)
-    weights_source = str(getattr(model, "weights_source", None) or getattr(model.config, "weights", None)
-                         or cfg.model_options.get("weights", "unknown"))
+    weights_source = model.weights_source
     if stored is not None:
         weights_source = stored.get("weights_source", weights_source)
     base_extra = {"splits": splits, "n_train_images": n_images}
@@ -359,7 +375,7 @@ def train(
 
     history: list[dict] = []
     bn, ba = cfg.batch_normal, cfg.batch_anomalous
-    if not getattr(model, "needs_simulation", True):
+    if not model.needs_simulation:
         bn, ba = bn + ba, 0  # e.g. MMR trains on normal images only
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {cfg.model}/{cfg.category}", dynamic_ncols=True)
     done: int | None = start  # the last step whose update is complete; None while a step is under way
@@ -370,18 +386,9 @@ def train(
                 done = None  # from here until the step's log line is written, the state is half a step
                 t0 = time.perf_counter()
                 idx = train_idx[torch.randint(len(train_idx), (bn + ba,), generator=gen, device=device)]
-                clean = cache[idx].float().div_(255.0)  # (B, 3, H, W) in [0, 1]
-                masks = torch.zeros(bn + ba, 1, *size, device=device)
-                inputs = clean
-                if ba:
-                    sim = simulator.simulate(clean[bn:], generator=gen)  # eq. (1)-(2), unnormalised images
-                    inputs = torch.cat([clean[:bn], sim.images], dim=0)
-                    masks[bn:] = sim.masks
-                x, c = normalize(inputs), normalize(clean)  # normalise AFTER compositing
-                if cfg.channels_last:
-                    x, c = x.contiguous(memory_format=torch.channels_last), c.contiguous(memory_format=torch.channels_last)
+                x, masks, c = _step_batch(cache[idx], bn, simulator, gen, cfg.channels_last)
                 with _autocast(device, cfg.amp):
-                    loss, parts = model.compute_loss(x, masks, c)
+                    loss, parts = model.compute_loss(x, masks, c)  # eq. (8)-(10) for MemSeg
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -412,7 +419,7 @@ def train(
             threshold = validation["threshold"]
             (run_dir / VALIDATION_JSON).write_text(json.dumps(validation, indent=2))
         last = checkpoint(cfg.steps, threshold, validation)
-        memory_images = cache[torch.as_tensor(splits["memory"], device=device)].cpu() if memory_size else None
+        memory_images = cache[torch.as_tensor(splits["memory"], device=device)].cpu() if model.memory_size else None
         final = save_checkpoint(run_dir / FINAL_CHECKPOINT, model, config=cfg.to_dict(), step=cfg.steps,
                                 extra={**base_extra, **({"validation": validation} if validation else {})},
                                 threshold=threshold, weights_source=weights_source, memory_images=memory_images)

@@ -21,7 +21,7 @@ loop applies by merging :meth:`DRAEM.simulation_overrides` into its ``Simulation
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from memseg.config import ConfigBase
+from memseg.models.base import AnomalyModel
 from memseg.models.ssim import ssim_loss
 from memseg.utils import IMAGENET_MEAN, IMAGENET_STD, denormalize
 
@@ -186,7 +187,7 @@ def _normalize_unclamped(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
-class DRAEM(nn.Module):
+class DRAEM(AnomalyModel):
     """DRAEM in the kit's model interface (see ARCHITECTURE.md "memseg.models").
 
     ``forward(x)`` -> discriminative logits (B, 2, H, W); ``anomaly_map(x)`` -> softmax anomaly
@@ -207,9 +208,6 @@ class DRAEM(nn.Module):
         self.discriminative = DiscriminativeSubNetwork(config.disc_base_width)
 
     # -- interface ------------------------------------------------------------------------------
-    def prepare(self, train_images_normalized: torch.Tensor) -> None:
-        """No-op: DRAEM has no memory bank."""
-
     def simulation_overrides(self) -> dict[str, Any]:
         """Fields to merge into the training loop's ``SimulationConfig`` (``dataclasses.replace(cfg, **overrides)``).
 
@@ -278,6 +276,3 @@ class DRAEM(nn.Module):
         pooled = F.avg_pool2d(amap, k, stride=1, padding=k // 2, count_include_pad=False)
         return pooled.flatten(1).amax(1)
 
-    def config_dict(self) -> dict[str, Any]:
-        """``asdict(config)`` for checkpoints."""
-        return asdict(self.config)

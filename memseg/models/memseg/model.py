@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from memseg.config import ConfigBase, as_size
+from memseg.models.base import AnomalyModel
 from memseg.models.memseg.loss import MemSegLoss
 from memseg.models.memseg.attention import ATTENTION_MODES, spatial_attention_maps
 from memseg.models.memseg.decoder import HEADS, Decoder
@@ -103,7 +103,7 @@ class MemSegConfig(ConfigBase):
 
 
 
-class MemSeg(nn.Module):
+class MemSeg(AnomalyModel):
     """MemSeg network with its memory bank and loss.
 
     Args:
@@ -146,6 +146,11 @@ class MemSeg(nn.Module):
     @property
     def input_size(self) -> tuple[int, int]:
         return self.config.input_size
+
+    @property
+    def memory_size(self) -> int:
+        """N, the normal images the memory bank holds (paper §3.2); 0 without memory (ablation)."""
+        return self.config.memory_size if self.memory is not None else 0
 
     @property
     def memory_ready(self) -> bool:

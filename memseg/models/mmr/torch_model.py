@@ -22,7 +22,7 @@ positions; no pretrained MAE weights are needed (none can be downloaded here).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from memseg.config import ConfigBase
+from memseg.models.base import AnomalyModel
 
 
 @dataclass
@@ -243,7 +244,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return x
 
 
-class MMR(nn.Module):
+class MMR(AnomalyModel):
     """MMR in the kit's model interface (see ARCHITECTURE.md "memseg.models").
 
     ``needs_simulation = False``: it trains on normal images only (``compute_loss`` uses ``clean``).
@@ -273,13 +274,6 @@ class MMR(nn.Module):
         super().train(mode)
         self.teacher.eval()  # ResNetTeacher.train() keeps it in eval mode anyway
         return self
-
-    def prepare(self, train_images_normalized: torch.Tensor) -> None:
-        """No-op: MMR has no memory bank."""
-
-    def simulation_overrides(self) -> dict[str, Any]:
-        """MMR uses no simulated anomalies (``needs_simulation=False``): nothing to override."""
-        return {}
 
     def _check_inputs(self, x: torch.Tensor, what: str = "inputs") -> None:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -340,10 +334,4 @@ class MMR(nn.Module):
             amap = gaussian_blur(amap, self.config.smoothing_sigma)  # (B, 1, H, W) in [0, 2]
         return (amap / 2.0).clamp(0.0, 1.0)  # fixed, image-independent scaling to [0, 1]
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """The student's parameters (the teacher is frozen)."""
-        return [p for p in self.parameters() if p.requires_grad]
 
-    def config_dict(self) -> dict[str, Any]:
-        """``asdict(config)`` for checkpoints."""
-        return asdict(self.config)
