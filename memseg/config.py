@@ -36,11 +36,12 @@ SizeLike = Union[int, Sequence[int]]
 C = TypeVar("C", bound="ConfigBase")
 
 
-def as_size(size: SizeLike, what: str = "size", min_side: int = 1) -> tuple[int, int]:
+def as_size(size: SizeLike, what: str = "size", min_side: int = 1, multiple_of: int = 1, why: str = "") -> tuple[int, int]:
     """Normalise ``size`` to ``(H, W)``: an int gives a square, a pair is taken as (height, width).
 
     Raises:
-        ValueError: naming ``what`` when ``size`` is neither, or a side is below ``min_side``.
+        ValueError: naming ``what`` when ``size`` is neither, a side is below ``min_side``, or a side
+            is not a multiple of ``multiple_of`` (``why`` says what needs it).
     """
     def is_int(v: Any) -> bool:
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
@@ -54,6 +55,9 @@ def as_size(size: SizeLike, what: str = "size", min_side: int = 1) -> tuple[int,
     if min(h, w) < max(min_side, 1):
         bound = "positive" if min_side <= 1 else f"at least {min_side} pixels per side"
         raise ValueError(f"{what} must be {bound}, got {(h, w)}")
+    if h % multiple_of or w % multiple_of:
+        reason = f" ({why})" if why else ""
+        raise ValueError(f"{what} must be (H, W) with both sides multiples of {multiple_of}{reason}, got {(h, w)}")
     return h, w
 
 

@@ -78,6 +78,18 @@ def nearest_existing(path: str | os.PathLike):
     return existing
 
 
+def unwritable_folder(path: str | os.PathLike):
+    """Why ``path`` cannot become a folder to write into: ``("file", p)`` when ``p``, the nearest
+    existing part of it, is a file; ``("permission", p)`` when ``p`` is a folder it may not write in;
+    ``None`` when it can. Nothing is created."""
+    existing = nearest_existing(path)
+    if not existing.is_dir():
+        return "file", existing
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return "permission", existing
+    return None
+
+
 def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
     """Fail at once, before any work, when ``path`` cannot become a folder to write into.
 
@@ -88,11 +100,11 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
     from pathlib import Path
 
     target = Path(path)
-    existing = nearest_existing(target)
-    if not existing.is_dir():
+    problem, existing = unwritable_folder(target) or (None, None)
+    if problem == "file":
         what = "is a file" if existing == target else f"is a file, so {target} cannot be created"
         raise NotADirectoryError(f"{existing} {what}; {flag} must be a folder (new or existing)")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if problem == "permission":
         raise PermissionError(f"{existing}: no permission to write there; choose another folder for {flag}")
 
 

@@ -1,4 +1,4 @@
-"""Console script `memseg`: synth, simulate, train, evaluate, predict, export.
+"""Console script `memseg`: synth, simulate, train, evaluate, predict, export, benchmark.
 
 Argument parsing lives here; what each sub-command does is a ``run_<command>`` handler in
 :mod:`memseg.apps.commands`, imported after parsing so that ``memseg --help`` stays fast.

@@ -183,6 +183,14 @@ def _find_mask(folder: Path, stems: Iterable[str]) -> Path | None:
     return None
 
 
+def _require_mask(img: Path, folder: Path, stems: Iterable[str], expected: str) -> Path:
+    """The mask of anomalous test image ``img`` (:func:`_find_mask`); missing -> one line naming what was expected."""
+    mask = _find_mask(folder, stems)
+    if mask is None:
+        raise FileNotFoundError(f"{img}: anomalous test image has no mask; expected {expected}")
+    return mask
+
+
 def _test_folders(test_dir: Path, layout: str) -> list[Path]:
     if not test_dir.is_dir():
         raise FileNotFoundError(f"{test_dir}: test folder not found (expected {_LAYOUT_HELP[layout]})")
@@ -209,12 +217,8 @@ def _mvtec_records(cat: Path, split: str) -> list[Record]:
                 records.append(Record(img, None, 0, "good"))
                 continue
             gt_dir = cat / "ground_truth" / defect
-            mask = _find_mask(gt_dir, (f"{img.stem}_mask",))
-            if mask is None:
-                raise FileNotFoundError(
-                    f"{img}: anomalous test image has no mask; expected {gt_dir / (img.stem + '_mask.png')} "
-                    f"({_LAYOUT_HELP['mvtec']})"
-                )
+            mask = _require_mask(img, gt_dir, (f"{img.stem}_mask",),
+                                 f"{gt_dir / (img.stem + '_mask.png')} ({_LAYOUT_HELP['mvtec']})")
             records.append(Record(img, mask, 1, defect))
     return records
 
@@ -235,12 +239,7 @@ def _btad_records(cat: Path, split: str) -> list[Record]:
                 records.append(Record(img, None, 0, "good"))
                 continue
             gt_dir = cat / "ground_truth" / "ko"
-            mask = _find_mask(gt_dir, (img.stem,))
-            if mask is None:
-                raise FileNotFoundError(
-                    f"{img}: anomalous test image has no mask; expected {gt_dir / (img.stem + '.png')} "
-                    f"(or .bmp) ({_LAYOUT_HELP['btad']})"
-                )
+            mask = _require_mask(img, gt_dir, (img.stem,), f"{gt_dir / (img.stem + '.png')} (or .bmp) ({_LAYOUT_HELP['btad']})")
             records.append(Record(img, mask, 1, "ko"))
     if not records:
         raise ValueError(f"{test_dir}: no test/ok or test/ko folder (expected {_LAYOUT_HELP['btad']})")
@@ -264,12 +263,9 @@ def _folder_records(cat: Path, split: str) -> list[Record]:
                 continue
             mask = None
             if mask_root is not None:
-                mask = _find_mask(mask_root / folder.name, (img.stem, f"{img.stem}_mask"))
-                if mask is None:
-                    raise FileNotFoundError(
-                        f"{img}: anomalous test image has no mask; expected {mask_root / folder.name / (img.stem + '.png')} "
-                        f"(or {img.stem}_mask.png) since {mask_root} exists ({_LAYOUT_HELP['folder']})"
-                    )
+                mask = _require_mask(img, mask_root / folder.name, (img.stem, f"{img.stem}_mask"),
+                                     f"{mask_root / folder.name / (img.stem + '.png')} (or {img.stem}_mask.png) "
+                                     f"since {mask_root} exists ({_LAYOUT_HELP['folder']})")
             records.append(Record(img, mask, 1, defect))
     return records
 

@@ -41,9 +41,9 @@ import torch
 from memseg.config import as_size, read_yaml_mapping
 from memseg.data.datasets import find_records, list_categories
 from memseg.engine.evaluation import METRICS_JSON, evaluate, pct
-from memseg.engine.training import (
-    CHECKPOINT_DIR, CONFIG_YAML, FINAL_CHECKPOINT, LAST_CHECKPOINT, TrainConfig, split_indices, train,
-)
+from memseg.engine.run_folder import CHECKPOINT_DIR, CONFIG_YAML, FINAL_CHECKPOINT, LAST_CHECKPOINT
+from memseg.engine.train_config import TrainConfig
+from memseg.engine.training import split_indices, train
 from memseg.simulation.foreground import FOREGROUND_PRESETS
 
 RESULTS_JSON = "results.json"

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
-from memseg.utils import nearest_existing
+from memseg.utils import unwritable_folder
 
 
 CHECKPOINT_DIR = "checkpoints"
@@ -115,12 +114,14 @@ def check_run_dir_path(run_dir: Path) -> None:
         ValueError: one line naming the path (it, or a folder above it, is a file; or it cannot be written).
     """
     run_dir = Path(run_dir)
-    p = nearest_existing(run_dir)
-    if not p.is_dir():
-        where = "is a file" if p == run_dir else f"lies inside {p}, which is a file"
-        raise ValueError(f"run folder {run_dir} {where}, not a folder; choose another --out (a folder, created when missing)")
-    if not os.access(p, os.W_OK | os.X_OK):
+    found = unwritable_folder(run_dir)
+    if found is None:
+        return
+    problem, p = found
+    if problem == "permission":
         raise ValueError(f"run folder {run_dir}: cannot write in {p} (permission denied); choose another --out")
+    where = "is a file" if p == run_dir else f"lies inside {p}, which is a file"
+    raise ValueError(f"run folder {run_dir} {where}, not a folder; choose another --out (a folder, created when missing)")
 
 
 def _rel(paths: list[Path], root: Path) -> str:

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from memseg.config import ConfigBase
+from memseg.config import ConfigBase, as_size
 from memseg.models.base import AnomalyModel
 from memseg.models.ssim import ssim_loss
 from memseg.utils import IMAGENET_MEAN, IMAGENET_STD, denormalize
@@ -62,13 +62,8 @@ class DRAEMConfig(ConfigBase):
     score_pool: int = 21
 
     def __post_init__(self) -> None:
-        size = tuple(int(s) for s in self.input_size)
-        if len(size) != 2 or any(s <= 0 or s % 32 for s in size):
-            raise ValueError(
-                f"DRAEMConfig.input_size must be (H, W) with both sides positive multiples of 32 "
-                f"(the discriminative U-Net pools 5 times), got {self.input_size!r}"
-            )
-        self.input_size = size  # YAML/JSON give lists
+        self.input_size = as_size(self.input_size, "DRAEMConfig.input_size", multiple_of=32,
+                                  why="the discriminative U-Net pools 5 times")
         if self.simulation_source not in SIMULATION_SOURCES:
             raise ValueError(f"DRAEMConfig.simulation_source must be one of {SIMULATION_SOURCES}, got {self.simulation_source!r}")
         if self.base_width < 1 or self.disc_base_width < 1:

@@ -24,15 +24,13 @@ import torch
 
 from memseg.config import ConfigBase, as_size
 from memseg.models.base import AnomalyModel
-from memseg.models.memseg.loss import MemSegLoss
 from memseg.models.memseg.attention import ATTENTION_MODES, spatial_attention_maps
 from memseg.models.memseg.decoder import HEADS, Decoder
 from memseg.models.memseg.encoder import FEATURE_CHANNELS, FEATURE_STRIDES, ResNet18Encoder
+from memseg.models.memseg.loss import MemSegLoss
 from memseg.models.memseg.memory import DISTANCES, MemoryBank
 from memseg.models.memseg.msff import MSFF
 from memseg.utils import no_autocast
-
-
 
 
 @dataclass

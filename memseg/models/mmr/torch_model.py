@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from memseg.config import ConfigBase
+from memseg.config import ConfigBase, as_size
 from memseg.models.base import AnomalyModel
 
 
@@ -58,17 +58,11 @@ class MMRConfig(ConfigBase):
     smoothing_sigma: float = 4.0
 
     def __post_init__(self) -> None:
-        size = tuple(int(s) for s in self.input_size)
-        self.input_size = size  # YAML/JSON give lists
         self.weights = str(self.weights)
         if self.patch_size < 1 or self.patch_size & (self.patch_size - 1):
             raise ValueError(f"MMRConfig.patch_size must be a power of two, got {self.patch_size}")
-        mult = max(self.patch_size, 16)
-        if len(size) != 2 or any(s <= 0 or s % mult for s in size):
-            raise ValueError(
-                f"MMRConfig.input_size must be (H, W) with both sides positive multiples of {mult} "
-                f"(ViT patch {self.patch_size}, teacher stride 16), got {self.input_size!r}"
-            )
+        self.input_size = as_size(self.input_size, "MMRConfig.input_size", multiple_of=max(self.patch_size, 16),
+                                  why=f"ViT patch {self.patch_size}, teacher stride 16")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"MMRConfig.embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
         if self.embed_dim % 4:
