@@ -1,4 +1,5 @@
-"""Visualisation helpers: heat maps, overlays and mask outlines as uint8 RGB arrays.
+"""Visualisation helpers: heat maps, overlays and mask outlines as uint8 RGB arrays, and the one place that
+resizes images, anomaly maps and masks for display (:func:`resize_rgb`, :func:`resize_map`, :func:`resize_mask`).
 
 Dependency-light: numpy + PIL (+ scipy for the outline); matplotlib is used only for colormaps
 other than the built-in ``"jet"`` and never touches pyplot state, so these helpers are safe in
@@ -14,7 +15,17 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-__all__ = ["to_uint8", "normalise_map", "heatmap", "overlay", "mask_outline", "colormap_lut"]
+__all__ = [
+    "colormap_lut",
+    "heatmap",
+    "mask_outline",
+    "normalise_map",
+    "overlay",
+    "resize_map",
+    "resize_mask",
+    "resize_rgb",
+    "to_uint8",
+]
 
 # matplotlib's "jet" segment data (x, value) per channel; reproduced here so the default
 # colormap needs no matplotlib (it is only an optional "notebooks" dependency).
@@ -98,13 +109,38 @@ def _as_map(amap: Any) -> np.ndarray:
     return np.clip(a, 0.0, 1.0)
 
 
-def _resize_map(a: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a float (H, W) map to (h, w)."""
+def resize_rgb(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a uint8 (H, W, 3) image to ``size_hw`` = (h, w); the same array when already that size."""
+    if image.shape[:2] == tuple(size_hw):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size_hw[1], size_hw[0]), Image.Resampling.BILINEAR))
+
+
+def resize_map(amap: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float (H, W) anomaly map to ``size_hw`` = (h, w) -> float32 (h, w), clipped to [0, 1].
+
+    Pillow's bilinear filter: the same values as ``F.interpolate(..., align_corners=False)`` when enlarging,
+    antialiased when shrinking.
+
+    Examples:
+        >>> resize_map(np.array([[0.0, 1.0]], np.float32), (1, 4)).round(2).tolist()
+        [[0.0, 0.25, 0.75, 1.0]]
+    """
+    a = np.asarray(amap, dtype=np.float32)
     if a.shape == tuple(size_hw):
         return a
-    img = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32))  # float32 (H, W) -> PIL mode "F"
+    img = Image.fromarray(np.ascontiguousarray(a))  # float32 (H, W) -> PIL mode "F"
     out = np.asarray(img.resize((size_hw[1], size_hw[0]), Image.Resampling.BILINEAR), dtype=np.float32)
     return np.clip(out, 0.0, 1.0)
+
+
+def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a binary (H, W) mask (``> 0`` is inside) to ``size_hw`` = (h, w) -> bool (h, w)."""
+    m = np.asarray(mask) > 0
+    if m.shape == tuple(size_hw):
+        return m
+    resized = Image.fromarray(m.astype(np.uint8) * 255).resize((size_hw[1], size_hw[0]), Image.Resampling.NEAREST)
+    return np.asarray(resized) > 0
 
 
 def normalise_map(amap: Any, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
@@ -151,7 +187,7 @@ def overlay(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     img = _rgb(image)
-    norm = normalise_map(_resize_map(_as_map(amap), img.shape[:2]), vmin, vmax)
+    norm = normalise_map(resize_map(_as_map(amap), img.shape[:2]), vmin, vmax)
     heat = colormap_lut(cmap)[np.round(norm * 255.0).astype(np.uint8)]
     a = (alpha * norm)[..., None] if weighted else np.float32(alpha)
     out = (1.0 - a) * img.astype(np.float32) + a * heat.astype(np.float32)
@@ -174,10 +210,7 @@ def mask_outline(image: Any, mask: Any, color: tuple[int, int, int] = (255, 0, 0
         m = m[0]
     if m.ndim != 2:
         raise ValueError(f"expected a mask shaped (H, W); got shape {m.shape}")
-    m = m > 0
-    if m.shape != img.shape[:2]:
-        resized = Image.fromarray(m.astype(np.uint8) * 255).resize((img.shape[1], img.shape[0]), Image.Resampling.NEAREST)
-        m = np.asarray(resized) > 0
+    m = resize_mask(m, img.shape[:2])
     inner = ndimage.binary_erosion(m, structure=np.ones((3, 3), bool), iterations=thickness, border_value=0)
     img[m & ~inner] = np.asarray(color, dtype=np.uint8)
     return img

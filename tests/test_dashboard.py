@@ -28,8 +28,8 @@ from PIL import Image
 
 pytest.importorskip("ipywidgets")
 
-from memseg.apps import demo# noqa: E402
-from memseg.apps.dashboard.app import (  # noqa: E402
+from memseg.apps import demo  # noqa: E402
+from memseg.apps.dashboard import (  # noqa: E402
     MAX_UPLOAD_BYTES,
     SCALE_CHECK_IMAGES,
     DashboardApp,
@@ -75,103 +75,103 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 
 def _anomalous_index(app: DashboardApp) -> int:
-    return next(i for i, r in enumerate(app.records) if r.label == 1)
+    return next(i for i, r in enumerate(app.state.records) if r.label == 1)
 
 
 def _normal_index(app: DashboardApp) -> int:
-    return next(i for i, r in enumerate(app.records) if r.label == 0)
+    return next(i for i, r in enumerate(app.state.records) if r.label == 0)
 
 
 # ------------------------------------------------------------------------------------ the app
 def test_app_builds_on_the_checkpoint_and_shows_panels(app: DashboardApp, tiny_demo: DemoSettings) -> None:
     ckpt = demo.demo_checkpoint_path(tiny_demo)
-    assert app.error_text == ""
-    assert str(ckpt.resolve()) in [v for _, v in app.checkpoint_dd.options]
-    assert app.category_dd.value == CATEGORY
-    assert app.result is not None and 0.0 <= app.result.score <= 1.0 and app.result.time_ms > 0
-    for key, img in app.panels.items():
+    assert app.state.error_text == ""
+    assert str(ckpt.resolve()) in [v for _, v in app.ui.checkpoint_dd.options]
+    assert app.ui.category_dd.value == CATEGORY
+    assert app.state.result is not None and 0.0 <= app.state.result.score <= 1.0 and app.state.result.time_ms > 0
+    for key, img in app.ui.panels.items():
         assert img.value[:8] == b"\x89PNG\r\n\x1a\n", key
-    assert app.verdict in ("normal", "anomalous")
-    assert "inference" in app.time_html.value and "ms" in app.time_html.value
-    assert "encoder weights" in app.time_html.value and app.predictor.weights_source in app.time_html.value
+    assert app.state.verdict in ("normal", "anomalous")
+    assert "inference" in app.ui.time_html.value and "ms" in app.ui.time_html.value
+    assert "encoder weights" in app.ui.time_html.value and app.state.predictor.weights_source in app.ui.time_html.value
 
 
 def test_selecting_another_image_changes_the_panels(app: DashboardApp) -> None:
-    app.image_dd.value = _normal_index(app)  # through the widget, as a click would
-    before = {k: w.value for k, w in app.panels.items()}
-    assert not app.result.truth.any()  # a normal image has an empty ground truth
+    app.ui.image_dd.value = _normal_index(app)  # through the widget, as a click would
+    before = {k: w.value for k, w in app.ui.panels.items()}
+    assert not app.state.result.truth.any()  # a normal image has an empty ground truth
     j = _anomalous_index(app)
-    app.image_dd.value = j
-    assert app.source.name == Path(app.records[j].image_path).name
-    assert app.result.truth is not None and app.result.truth.any()
-    assert app.panels["input"].value != before["input"]
-    assert app.panels["truth"].value != before["truth"]
-    assert app.panels["heatmap"].value != before["heatmap"]
+    app.ui.image_dd.value = j
+    assert app.state.source.name == Path(app.state.records[j].image_path).name
+    assert app.state.result.truth is not None and app.state.result.truth.any()
+    assert app.ui.panels["input"].value != before["input"]
+    assert app.ui.panels["truth"].value != before["truth"]
+    assert app.ui.panels["heatmap"].value != before["heatmap"]
     # next/previous buttons walk the list
-    app.next_btn.click()
-    assert app.image_dd.value == (j + 1) % len(app.records)
-    app.prev_btn.click()
-    assert app.image_dd.value == j
+    app.ui.next_btn.click()
+    assert app.ui.image_dd.value == (j + 1) % len(app.state.records)
+    app.ui.prev_btn.click()
+    assert app.ui.image_dd.value == j
 
 
 def test_delta_changes_the_simulated_image_and_the_score(app: DashboardApp) -> None:
-    app.image_dd.value = _normal_index(app)
-    real_input = app.panels["input"].value
+    app.ui.image_dd.value = _normal_index(app)
+    real_input = app.ui.panels["input"].value
     app.set_simulation(threshold=0.3, delta=0.2, scale_exp=1, source="structure", seed=3)
-    app.tabs.selected_index = 1  # open "Simulate a defect"
-    assert app.result.simulated and app.result.truth.any()  # the simulated mask M is the ground truth
-    low = (app.panels["input"].value, app.result.score, app.result.image.copy())
+    app.ui.tabs.selected_index = 1  # open "Simulate a defect"
+    assert app.state.result.simulated and app.state.result.truth.any()  # the simulated mask M is the ground truth
+    low = (app.ui.panels["input"].value, app.state.result.score, app.state.result.image.copy())
     assert low[0] != real_input
-    runs = app.updates_run
-    app.delta.value = 1.0
-    assert app.updates_run == runs + 1
-    high = (app.panels["input"].value, app.result.score, app.result.image.copy())
+    runs = app.state.updates_run
+    app.ui.delta.value = 1.0
+    assert app.state.updates_run == runs + 1
+    high = (app.ui.panels["input"].value, app.state.result.score, app.state.result.image.copy())
     assert high[0] != low[0]
     assert high[1] != low[1]
     # the change is inside the simulated mask only (eq. 1-2: outside M the image is untouched)
-    m = app.result.truth
+    m = app.state.result.truth
     diff = np.abs(high[2].astype(int) - low[2].astype(int)).max(axis=2)
     assert diff[m].mean() > diff[~m].mean() + 1
     # the same seed gives the same simulation (reproducible), another seed a different one
-    app.delta.value = 0.2
-    assert app.panels["input"].value == low[0]
-    app.seed.value = 4
-    assert app.panels["input"].value != low[0]
+    app.ui.delta.value = 0.2
+    assert app.ui.panels["input"].value == low[0]
+    app.ui.seed.value = 4
+    assert app.ui.panels["input"].value != low[0]
     # closing the tab goes back to the real image
-    app.tabs.selected_index = 0
-    assert app.panels["input"].value == real_input and not app.result.simulated
+    app.ui.tabs.selected_index = 0
+    assert app.ui.panels["input"].value == real_input and not app.state.result.simulated
 
 
 def test_threshold_changes_the_mask_and_the_verdict_without_rerunning(app: DashboardApp) -> None:
-    app.image_dd.value = _anomalous_index(app)
-    runs, score = app.updates_run, app.result.score
-    amap = app.result.anomaly_map
+    app.ui.image_dd.value = _anomalous_index(app)
+    runs, score = app.state.updates_run, app.state.result.score
+    amap = app.state.result.anomaly_map
     lo, hi = float(amap.min()), float(amap.max())
     assert hi > lo
-    app.decision.value = round(max(0.0, score - 0.005), 3)
-    assert app.verdict == "anomalous" and "ANOMALOUS" in app.verdict_html.value
-    mask_low, png_low = app.binary_mask.copy(), app.panels["mask"].value
-    app.decision.value = round(min(1.0, score + 0.005), 3)
-    assert app.verdict == "normal" and "NORMAL" in app.verdict_html.value
-    mask_high = app.binary_mask.copy()
+    app.ui.decision.value = round(max(0.0, score - 0.005), 3)
+    assert app.state.verdict == "anomalous" and "ANOMALOUS" in app.ui.verdict_html.value
+    mask_low, png_low = app.state.binary_mask.copy(), app.ui.panels["mask"].value
+    app.ui.decision.value = round(min(1.0, score + 0.005), 3)
+    assert app.state.verdict == "normal" and "NORMAL" in app.ui.verdict_html.value
+    mask_high = app.state.binary_mask.copy()
     assert mask_high.sum() <= mask_low.sum()
-    d = app.decision  # spans the model's score range (see test_the_colour_scale_...)
+    d = app.ui.decision  # spans the model's score range (see test_the_colour_scale_...)
     inside = amap[(amap >= d.min) & (amap <= d.max)]
     assert inside.size, "no pixel score inside the slider's range"
     mid = float(np.median(inside))
     app.set_threshold(mid)
     assert d.value == pytest.approx(mid)
-    assert 0 < app.binary_mask.sum() < app.binary_mask.size
-    assert np.array_equal(app.binary_mask, amap >= mid)
+    assert 0 < app.state.binary_mask.sum() < app.state.binary_mask.size
+    assert np.array_equal(app.state.binary_mask, amap >= mid)
     app.set_threshold(d.max + 1.0)  # beyond the range: the slider's end
-    assert d.value == d.max and np.array_equal(app.binary_mask, amap >= d.max)
-    assert app.panels["mask"].value != png_low or mask_low.sum() == app.binary_mask.sum()
-    assert app.updates_run == runs  # the threshold only redraws
+    assert d.value == d.max and np.array_equal(app.state.binary_mask, amap >= d.max)
+    assert app.ui.panels["mask"].value != png_low or mask_low.sum() == app.state.binary_mask.sum()
+    assert app.state.updates_run == runs  # the threshold only redraws
 
 
 def _upload(app: DashboardApp, name: str, data: bytes) -> None:
     """Upload through the widget, in ipywidgets 8's value format."""
-    app.upload_w.value = ({"name": name, "type": "", "size": len(data), "content": memoryview(data),
+    app.ui.upload_w.value = ({"name": name, "type": "", "size": len(data), "content": memoryview(data),
                            "last_modified": datetime.datetime.now(datetime.timezone.utc)},)
 
 
@@ -186,42 +186,42 @@ def _upload(app: DashboardApp, name: str, data: bytes) -> None:
     ids=["not-an-image", "empty", "over-20MB", "over-50Mpx"],
 )
 def test_bad_upload_shows_an_error_and_leaves_the_app_usable(app: DashboardApp, name: str, data: bytes, expect: str) -> None:
-    before = (app.source.name, app.result.score, app.panels["input"].value)
+    before = (app.state.source.name, app.state.result.score, app.ui.panels["input"].value)
     _upload(app, name, data)
-    assert name in app.error_text and expect in app.error_text
-    assert "memseg-error-box" in app.error_html.value and name in app.error_html.value
-    assert (app.source.name, app.result.score, app.panels["input"].value) == before  # nothing else changed
-    app.next_btn.click()  # still usable; a good action clears the error
-    assert app.error_text == "" and app.source.name != before[0]
+    assert name in app.state.error_text and expect in app.state.error_text
+    assert "memseg-error-box" in app.ui.error_html.value and name in app.ui.error_html.value
+    assert (app.state.source.name, app.state.result.score, app.ui.panels["input"].value) == before  # nothing else changed
+    app.ui.next_btn.click()  # still usable; a good action clears the error
+    assert app.state.error_text == "" and app.state.source.name != before[0]
 
 
 def test_truncated_and_wrong_format_uploads_are_rejected(app: DashboardApp) -> None:
     rgb = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
     png = _png_bytes(rgb)
     assert app.upload("cut.png", png[: len(png) // 2]) is False
-    assert "cut.png" in app.error_text and "truncated or corrupt" in app.error_text
+    assert "cut.png" in app.state.error_text and "truncated or corrupt" in app.state.error_text
     gif = io.BytesIO()
     Image.fromarray(rgb).save(gif, format="GIF")
     assert app.upload("anim.gif", gif.getvalue()) is False
-    assert "GIF" in app.error_text and "PNG or JPEG" in app.error_text
+    assert "GIF" in app.state.error_text and "PNG or JPEG" in app.state.error_text
 
 
 def test_good_uploads_are_converted_and_predicted(app: DashboardApp) -> None:
     rgb = (np.random.default_rng(1).random((48, 64, 3)) * 255).astype(np.uint8)
     _upload(app, "mine.png", _png_bytes(rgb))
-    assert app.error_text == ""
-    assert app.source.kind == "upload" and app.source.image.shape == (48, 64, 3)
-    assert np.array_equal(app.source.image, rgb)
-    assert app.result.truth is None and "unknown" in app.panel_titles["truth"].value
-    assert app.result.image.shape[:2] == (225, 300)  # display size keeps the 3:4 aspect
+    assert app.state.error_text == ""
+    assert app.state.source.kind == "upload" and app.state.source.image.shape == (48, 64, 3)
+    assert np.array_equal(app.state.source.image, rgb)
+    assert app.state.result.truth is None and "unknown" in app.ui.panel_titles["truth"].value
+    assert app.state.result.image.shape[:2] == (225, 300)  # display size keeps the 3:4 aspect
     # grey 16-bit PNG and RGBA PNG come out as RGB; JPEG is accepted
     grey16 = (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 1)
-    assert app.upload("grey16.png", _png_bytes(grey16)) is True and app.source.image.shape == (48, 64, 3)
+    assert app.upload("grey16.png", _png_bytes(grey16)) is True and app.state.source.image.shape == (48, 64, 3)
     rgba = np.dstack([rgb, np.full((48, 64), 255, np.uint8)])
-    assert app.upload("alpha.png", _png_bytes(rgba)) is True and np.array_equal(app.source.image, rgb)
+    assert app.upload("alpha.png", _png_bytes(rgba)) is True and np.array_equal(app.state.source.image, rgb)
     jpg = io.BytesIO()
     Image.fromarray(rgb).save(jpg, format="JPEG")
-    assert app.upload("photo.jpg", jpg.getvalue()) is True and app.source.name == "photo.jpg"
+    assert app.upload("photo.jpg", jpg.getvalue()) is True and app.state.source.name == "photo.jpg"
 
 
 def test_decode_upload_limits_are_parameters() -> None:
@@ -237,12 +237,12 @@ def test_decode_upload_limits_are_parameters() -> None:
 def test_a_bad_checkpoint_shows_an_error_and_keeps_the_model(app: DashboardApp, tmp_path: Path) -> None:
     bad = tmp_path / "junk.pt"
     bad.write_bytes(b"not a checkpoint")
-    model, score = app.predictor, app.result.score
+    model = app.state.predictor
     app.select_checkpoint(bad)
-    assert "junk.pt" in app.error_text
-    assert app.predictor is model
-    app.next_btn.click()
-    assert app.error_text == "" and app.result is not None
+    assert "junk.pt" in app.state.error_text
+    assert app.state.predictor is model
+    app.ui.next_btn.click()
+    assert app.state.error_text == "" and app.state.result is not None
 
 
 def test_debounce_coalesces_a_burst_into_one_latest_update(tiny_demo: DemoSettings) -> None:
@@ -251,18 +251,18 @@ def test_debounce_coalesces_a_burst_into_one_latest_update(tiny_demo: DemoSettin
         await asyncio.sleep(0.5)
         app.set_simulation(enabled=True, threshold=0.3, delta=0.2, scale_exp=1, source="structure", seed=3)
         await asyncio.sleep(0.5)
-        start = app.updates_run
+        start = app.state.updates_run
         for d in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0):  # a burst of slider events
-            app.delta.value = d
-        burst_runs = app.updates_run - start  # nothing ran yet: all events are pending on the timer
+            app.ui.delta.value = d
+        burst_runs = app.state.updates_run - start  # nothing ran yet: all events are pending on the timer
         await asyncio.sleep(0.5)
-        latest_score = app.result.score
+        latest_score = app.state.result.score
         app_now = DashboardApp(tiny_demo, debounce_s=0)
-        return burst_runs, app.updates_run - start, latest_score, _score_at(app_now, 1.0)
+        return burst_runs, app.state.updates_run - start, latest_score, _score_at(app_now, 1.0)
 
     def _score_at(fresh: DashboardApp, delta: float) -> float:
         fresh.set_simulation(enabled=True, threshold=0.3, delta=delta, scale_exp=1, source="structure", seed=3)
-        return fresh.result.score
+        return fresh.state.result.score
 
     burst_runs, total_runs, latest, expected = asyncio.run(scenario())
     assert burst_runs == 0
@@ -282,12 +282,12 @@ def test_loading_a_checkpoint_runs_a_warm_up_forward_first(app: DashboardApp, ti
         return original(self, images)
 
     monkeypatch.setattr(Predictor, "predict_batch", counting)
-    app.warmup_ms = None
+    app.state.warmup_ms = None
     app.select_checkpoint(demo.demo_checkpoint_path(tiny_demo), refresh=False)  # same category: no page update
-    assert app.error_text == "" and calls, "loading the checkpoint ran no forward"
+    assert app.state.error_text == "" and calls, "loading the checkpoint ran no forward"
     first = calls[0]  # the warm-up: one dummy image at the model's input size, before anything else
-    assert tuple(first.shape) == (1, 3, *app.input_size) and not first.any()
-    assert app.warmup_ms is not None and app.warmup_ms > 0
+    assert tuple(first.shape) == (1, 3, *app.state.input_size) and not first.any()
+    assert app.state.warmup_ms is not None and app.state.warmup_ms > 0
 
 
 def _checkpoint_with_validation(tiny_demo: DemoSettings, tmp_path: Path, scores: list[float], threshold: float) -> Path:
@@ -304,24 +304,24 @@ def test_the_colour_scale_and_the_decision_slider_follow_the_models_scores(
         app: DashboardApp, tiny_demo: DemoSettings, tmp_path: Path) -> None:
     scores = [0.10, 0.12, 0.15, 0.20, 0.25, 0.30]
     app.select_checkpoint(_checkpoint_with_validation(tiny_demo, tmp_path, scores, 0.16))
-    assert app.error_text == ""
-    d = app.decision
+    assert app.state.error_text == ""
+    d = app.ui.decision
     # lowest score .. 90th percentile (0.275), padded by max(5 % of the span, 0.01), on a 0.001 grid
     assert (d.min, d.max, d.step) == (pytest.approx(0.090), pytest.approx(0.285), pytest.approx(0.001))
     assert d.value == pytest.approx(0.16)  # the stored threshold, not a rounded one
-    legend = app.legend_range_html.value
+    legend = app.ui.legend_range_html.value
     assert "0.090" in legend and "0.285" in legend and "6 validation scores" in legend
-    assert "0.160" in app.score_html.value and "0.160" in app.panel_titles["mask"].value
+    assert "0.160" in app.ui.score_html.value and "0.160" in app.ui.panel_titles["mask"].value
     # one outlier (a simulated anomaly at 1.0) does not squeeze the others into the blue end
     many = [float(v) for v in np.linspace(0.10, 0.30, 15)]
     app.select_checkpoint(_checkpoint_with_validation(tiny_demo, tmp_path, many + [1.0], 0.16))
-    assert app.decision.max < 0.5
+    assert app.ui.decision.max < 0.5
     # without stored validation scores (the fixture trains without a validation split) the range comes from
     # test images of the model's category, and the legend says so
     app.select_checkpoint(demo.demo_checkpoint_path(tiny_demo))
-    assert f"{min(len(app.records), SCALE_CHECK_IMAGES)} {CATEGORY} test images" in app.legend_range_html.value
-    app.image_dd.value = 0  # the first test image is always among those scored
-    assert app.decision.min <= app.result.score and app.decision.max > app.decision.min
+    assert f"{min(len(app.state.records), SCALE_CHECK_IMAGES)} {CATEGORY} test images" in app.ui.legend_range_html.value
+    app.ui.image_dd.value = 0  # the first test image is always among those scored
+    assert app.ui.decision.min <= app.state.result.score and app.ui.decision.max > app.ui.decision.min
 
 
 def _decode(png: bytes) -> np.ndarray:
@@ -331,50 +331,50 @@ def _decode(png: bytes) -> np.ndarray:
 def test_the_overlay_leaves_low_scores_untinted_and_colours_high_ones(app: DashboardApp) -> None:
     from memseg.viz import colormap_lut
 
-    lo, hi = app.colour_scale.lo, app.colour_scale.hi
+    lo, hi = app.state.colour_scale.lo, app.state.colour_scale.hi
     assert hi > lo
-    base = app.result
-    app.result = dataclasses.replace(base, anomaly_map=np.full_like(base.anomaly_map, lo))
+    base = app.state.result
+    app.state.result = dataclasses.replace(base, anomaly_map=np.full_like(base.anomaly_map, lo))
     app.render()
-    assert np.array_equal(_decode(app.panels["overlay"].value), base.image)  # a normal map: no tint at all
-    assert (_decode(app.panels["heatmap"].value) == colormap_lut()[0]).all()  # the scale's blue end
-    app.result = dataclasses.replace(base, anomaly_map=np.full_like(base.anomaly_map, hi))
+    assert np.array_equal(_decode(app.ui.panels["overlay"].value), base.image)  # a normal map: no tint at all
+    assert (_decode(app.ui.panels["heatmap"].value) == colormap_lut()[0]).all()  # the scale's blue end
+    app.state.result = dataclasses.replace(base, anomaly_map=np.full_like(base.anomaly_map, hi))
     app.render()
-    assert (_decode(app.panels["heatmap"].value) == colormap_lut()[255]).all()  # the scale's red end
-    tinted = _decode(app.panels["overlay"].value).astype(int)
+    assert (_decode(app.ui.panels["heatmap"].value) == colormap_lut()[255]).all()  # the scale's red end
+    tinted = _decode(app.ui.panels["overlay"].value).astype(int)
     assert np.abs(tinted - base.image.astype(int)).mean() > 20
 
 
 def test_the_models_category_comes_first_and_another_one_shows_a_warning_banner(app: DashboardApp) -> None:
-    labels = [label for label, _value in app.category_dd.options]
-    assert labels[0] == f"{CATEGORY} (model)" and app.category_dd.value == CATEGORY
-    assert app.warning_html.value == "" and "memseg-warning" in app.warning_html._dom_classes
-    other = next(v for _label, v in app.category_dd.options if v != CATEGORY)
-    app.category_dd.value = other  # as a pick in the page would
-    banner = app.warning_html.value
+    labels = [label for label, _value in app.ui.category_dd.options]
+    assert labels[0] == f"{CATEGORY} (model)" and app.ui.category_dd.value == CATEGORY
+    assert app.ui.warning_html.value == "" and "memseg-warning" in app.ui.warning_html._dom_classes
+    other = next(v for _label, v in app.ui.category_dd.options if v != CATEGORY)
+    app.ui.category_dd.value = other  # as a pick in the page would
+    banner = app.ui.warning_html.value
     assert "memseg-warning-box" in banner and f"trained on <b>{CATEGORY}</b>" in banner and f"not <b>{other}</b>" in banner
-    assert app.source.defect is not None and app.result is not None  # the page still works on the other category
-    app.category_dd.value = CATEGORY
-    assert app.warning_html.value == ""
+    assert app.state.source.defect is not None and app.state.result is not None  # the page still works on the other category
+    app.ui.category_dd.value = CATEGORY
+    assert app.ui.warning_html.value == ""
 
 
 def test_simulating_on_a_defective_image_keeps_its_real_defect_in_the_mask(app: DashboardApp) -> None:
-    app.image_dd.value = _anomalous_index(app)
-    real = app.result.truth.copy()
+    app.ui.image_dd.value = _anomalous_index(app)
+    real = app.state.result.truth.copy()
     assert real.any()
     app.set_simulation(enabled=True, threshold=0.3, delta=0.6, scale_exp=1, source="structure", seed=3)
-    r = app.result
+    r = app.state.result
     assert r.simulated and np.array_equal(r.real_truth, real)
     assert (r.truth & real).sum() == real.sum()  # the real defect stays in the shown mask ...
     assert r.truth.sum() > real.sum()  # ... beside the simulated one
-    shown = _decode(app.panels["truth"].value)
+    shown = _decode(app.ui.panels["truth"].value)
     assert (shown[real] == np.array([255, 140, 0])).all()  # real defect in orange
     assert (shown[r.truth & ~real] == 255).all()  # simulated mask M in white
-    assert "own defect" in app.panel_titles["truth"].value and "orange" in app.caption_html.value
+    assert "own defect" in app.ui.panel_titles["truth"].value and "orange" in app.ui.caption_html.value
     # on a normal image the mask is M alone, in white
-    app.image_dd.value = _normal_index(app)
-    assert not app.result.real_truth.any() and app.panel_titles["truth"].value.count("Simulated mask M") == 1
-    assert "own defect" not in app.panel_titles["truth"].value
+    app.ui.image_dd.value = _normal_index(app)
+    assert not app.state.result.real_truth.any() and app.ui.panel_titles["truth"].value.count("Simulated mask M") == 1
+    assert "own defect" not in app.ui.panel_titles["truth"].value
 
 
 # ------------------------------------------------------------------------------------ server settings and container
@@ -506,7 +506,7 @@ def test_settings_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_prepare_reuses_the_cached_model_without_training(tiny_demo: DemoSettings, monkeypatch) -> None:
-    from memseg.engine import training
+    from memseg.engine import run_folder, training
 
     def no_training(*_a, **_k):
         raise AssertionError("prepare trained again although a model is cached")
@@ -516,7 +516,7 @@ def test_prepare_reuses_the_cached_model_without_training(tiny_demo: DemoSetting
     ckpt = demo.prepare(tiny_demo, progress=False, log=lines.append)
     assert ckpt == demo.demo_checkpoint_path(tiny_demo) and ckpt.is_file()
     assert any("reusing" in line for line in lines)
-    assert not (ckpt.parent / training.CHECKPOINT_DIR / training.LAST_CHECKPOINT).exists()  # moved, not duplicated
+    assert not (ckpt.parent / run_folder.CHECKPOINT_DIR / run_folder.LAST_CHECKPOINT).exists()  # moved, not duplicated
 
 
 def test_prepare_refuses_a_missing_configured_checkpoint(tiny_demo: DemoSettings, tmp_path: Path) -> None:

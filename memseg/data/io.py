@@ -48,6 +48,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from memseg.config import SizeLike, as_size
+from memseg.viz import resize_mask as resize_binary_mask
 
 # torch is imported inside the functions that make tensors, so `memseg --help` (which reads the
 # pixel limits below) stays fast.
@@ -294,11 +295,7 @@ def load_mask(path: str | Path, size: SizeLike | None = None) -> np.ndarray:
 
 def resize_mask(mask: np.ndarray, size: SizeLike) -> np.ndarray:
     """Nearest-neighbour resize of a bool ``(H, W)`` mask to ``size`` = (H, W)."""
-    h, w = as_size(size)
-    if mask.shape == (h, w):
-        return mask.copy()
-    pil = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
-    return np.asarray(pil.resize((w, h), resample=Image.NEAREST)) > 0
+    return resize_binary_mask(mask, as_size(size)).copy()  # the display resize of memseg.viz: one nearest-neighbour rule
 
 
 def to_tensor(image: np.ndarray, size: SizeLike | None = None) -> torch.Tensor:
