@@ -99,9 +99,9 @@ def test_table_rows_show_targets_for_gpu_results(bench):
     rows = bench.table_rows(res)
     text = "\n".join(" | ".join(r) for r in rows)
     assert "cuda bf16 batch 32" in text and "2,500.0 img/s" in text and "0.62x resnet18" in text
-    assert "H200 bf16 >= 2,000 img/s" in text
-    assert "H200 >= 300; paper 3090 31.34" in text
-    assert "2700 steps: 135 s" in text and "2700 steps <= 180 s" in text
+    assert "H100 bf16 >= 8,000 img/s" in text
+    assert "H100 >= 667 (<= 1.5 ms); paper 3090 31.34" in text
+    assert "2700 steps: 135 s" in text and "2700 steps <= 60 s" in text
     assert "N=30 (cuda:0)" in text and "bank 3.0 MiB" in text
     assert not any(r[0] == "simulation" for r in rows)  # nothing measured -> no row
 
