@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-from memseg.simulation.simulator import AnomalySimulator, SimulationConfig
+from memseg.simulation import AnomalySimulator, SimulationConfig
 
 
 def _object_images(batch: int, size: int, generator: torch.Generator) -> torch.Tensor:

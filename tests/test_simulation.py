@@ -13,16 +13,7 @@ import torch
 from PIL import Image
 
 from memseg.apps.cli import main as cli_main
-from memseg.simulation.foreground import (
-    FOREGROUND_PRESETS,
-    ForegroundConfig,
-    dilate,
-    erode,
-    foreground_mask,
-    foreground_preset,
-    otsu_threshold,
-)
-from memseg.simulation.simulator import (
+from memseg.simulation import (
     AnomalySimulator,
     SimulationConfig,
     colour_jitter_matrix,
@@ -33,6 +24,15 @@ from memseg.simulation.simulator import (
     shuffle_tiles,
     structure_index,
     structure_source,
+)
+from memseg.simulation.foreground import (
+    FOREGROUND_PRESETS,
+    ForegroundConfig,
+    dilate,
+    erode,
+    foreground_mask,
+    foreground_preset,
+    otsu_threshold,
 )
 from memseg.utils import normalize
 
@@ -145,7 +145,7 @@ def test_empty_foreground_falls_back_to_whole_image():
 @pytest.mark.parametrize("hw", [(H, W), (30, 45)])
 @pytest.mark.parametrize("category", [None, "washer"])
 def test_sparse_compositing_equals_the_dense_noise_image_path(hw, category):
-    # Fast path (only masked pixels fetched and blended) vs full I_n: same draws, same result.
+    # eq. (1)-(2) evaluated at the pixels inside M only vs on the full I_n: same draws, same result.
     h, w = hw
     tex = random_textures(5, h, w)
     fast = AnomalySimulator(size=hw, textures=tex, category=category)
@@ -161,6 +161,18 @@ def test_sparse_compositing_equals_the_dense_noise_image_path(hw, category):
     c, d = fast.simulate(u8, gen(0)), fast.simulate(u8.float() / 255, gen(0))
     assert (c.images - d.images).abs().max() < 1e-5
     assert torch.equal(u8, (images * 255).round().to(torch.uint8))  # the caller's tensor is untouched
+
+
+def test_inside_mask_compositing_with_small_angle_and_textures_of_another_size():
+    # A rendered structure source (max_angle > 0) and textures resized on the fly take the same two paths.
+    tex = random_textures(5, 40, 40)
+    fast = AnomalySimulator(SimulationConfig(max_angle=10.0), size=(H, W), textures=tex)
+    dense = AnomalySimulator(SimulationConfig(max_angle=10.0, sparse_max_fraction=0.0), size=(H, W), textures=tex)
+    images = disc_images(8)
+    for seed in range(2):
+        a, b = fast.simulate(images, gen(seed)), dense.simulate(images, gen(seed))
+        assert torch.equal(a.masks, b.masks) and (a.images - b.images).abs().max() < 1e-5
+    assert {"texture", "structure"} <= set(a.source)
 
 
 def test_caller_images_are_not_modified_and_layout_does_not_matter(sim):

@@ -35,7 +35,7 @@ from memseg.engine.run_folder import CHECKPOINT_DIR, LAST_CHECKPOINT, LOG_CSV, L
 from memseg.engine.train_config import ConfigValueError, TrainConfig, merge_overrides
 from memseg.engine.training import str_or_none, train
 from memseg.paths import locate_dtd
-from memseg.simulation.simulator import NO_DTD_WARNING, SOURCES, AnomalySimulator, SimulationResult
+from memseg.simulation import NO_DTD_WARNING, SOURCES, AnomalySimulator, SimulationResult
 from memseg.utils import check_output_dir, select_device
 from memseg.viz import overlay
 

@@ -234,7 +234,7 @@ def _build_model(cfg: TrainConfig, stored: dict | None, cache: torch.Tensor, dev
 def _build_simulator(model, cfg: TrainConfig, device: torch.device, progress: bool):
     """The anomaly simulator of the run (paper §3.1) with the model's own recipe applied."""
     from memseg.paths import locate_dtd
-    from memseg.simulation.simulator import NO_DTD_WARNING, AnomalySimulator, SimulationConfig
+    from memseg.simulation import NO_DTD_WARNING, AnomalySimulator, SimulationConfig
 
     # the model's own recipe (e.g. DRAEM's texture-only simulation); explicit `simulation` keys still win
     overrides = {k: v for k, v in model.simulation_overrides().items() if k not in cfg.simulation}

@@ -21,20 +21,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["perlin_noise", "perlin_mask", "sample_scale_exp", "random_uniform"]
+from memseg.simulation.sampling import random_int, random_uniform
 
-
-def random_uniform(
-    shape: tuple[int, ...],
-    generator: torch.Generator | None = None,
-    device: str | torch.device = "cpu",
-    low: float = 0.0,
-    high: float = 1.0,
-) -> torch.Tensor:
-    """U[low, high) float32 of `shape`, drawn on the generator's device, returned on `device`."""
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    u = torch.rand(shape, generator=generator, device=gen_device)
-    return (low + (high - low) * u).to(device)
+__all__ = ["perlin_mask", "perlin_noise", "sample_scale_exp"]
 
 
 def sample_scale_exp(
@@ -53,8 +42,7 @@ def sample_scale_exp(
     if scale_exp is None:
         if lo < 0 or hi < lo:
             raise ValueError(f"scale_exp_range must be 0 <= low <= high, got {scale_exp_range}")
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        return torch.randint(lo, hi + 1, (batch, 2), generator=generator, device=gen_device).cpu()
+        return random_int(lo, hi + 1, (batch, 2), generator)
     exps = torch.as_tensor(scale_exp, dtype=torch.long).detach().cpu()
     if exps.dim() == 0:
         exps = exps.repeat(2)
