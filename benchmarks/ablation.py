@@ -78,9 +78,10 @@ def attention_stats(model, dataset) -> dict:
 
 def run_one(args, label: str, options: dict, seed: int) -> dict:
     from memseg.data import load_split
-    from memseg.engine.evaluation import collect_predictions
+    from memseg.engine.scoring import collect_predictions
     from memseg.engine.metrics import compute_metrics
-    from memseg.engine.training import TrainConfig, train
+    from memseg.engine.train_config import TrainConfig
+    from memseg.engine.training import train
 
     run_dir = Path(args.runs) / args.category / slug(label) / f"seed{seed}"
     done = run_dir / "result.json"
@@ -147,7 +148,7 @@ def collect(runs: Path) -> list[dict]:
 
 
 def table(rows: list[dict], category: str, order: list[str]) -> str:
-    from memseg.notebook.analysis import summarise_runs
+    from memseg.notebook.ablations import summarise_runs
 
     keys = [*METRICS, "ceiling_share", "max_p", "bias_p", "anomalous_channels", "tied_images", "M1_median", "M1_p99"]
     summary = {s["variant"]: s for s in summarise_runs([r for r in rows if r["category"] == category], keys)}

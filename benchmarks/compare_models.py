@@ -13,31 +13,22 @@ Prints a markdown table and writes ``<out>/comparison.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 
 from memseg.engine.evaluation import evaluate
-from memseg.models.draem.torch_model import DRAEMConfig
-from memseg.models.mmr.torch_model import MMRConfig
-from memseg.engine.training import TrainConfig, train
+from memseg.engine.train_config import TrainConfig
+from memseg.engine.training import train
+from memseg.notebook.baselines import comparison_configs
 
 
 def budget_configs(data: str, category: str, size: int, steps: int, out: Path, small: bool, weights: str,
                    dtd: str | None, seed: int, device: str) -> dict[str, TrainConfig]:
+    """The three runs (:func:`memseg.notebook.baselines.comparison_configs`, the recipe notebook 06 uses too)."""
     base = TrainConfig(data=data, category=category, size=size, steps=steps, seed=seed, device=device,
                        dtd_root=dtd, checkpoint_every=max(steps, 1))
-    return {
-        "MemSeg": dataclasses.replace(base, model="memseg", model_options={"weights": weights},
-                                      out=str(out / "memseg")),
-        "DRAEM": dataclasses.replace(base, model="draem", out=str(out / "draem"),
-                                     model_options=DRAEMConfig.quick_options() if small else {},
-                                     **DRAEMConfig.train_overrides(small)),
-        "MMR": dataclasses.replace(base, model="mmr", out=str(out / "mmr"),
-                                   model_options={**(MMRConfig.quick_options() if small else {}), "weights": weights},
-                                   **MMRConfig.train_overrides(small)),
-    }
+    return comparison_configs(base, quick=small, weights=weights, out=out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memseg.engine.training import LOG_JSONL  # noqa: E402
+from memseg.engine.run_folder import LOG_JSONL  # noqa: E402
 
 
 def run_timing(log: Path) -> dict:
@@ -42,9 +42,9 @@ def write_report(run: Path, metrics_json: Path, data: Path, category: str, out: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from memseg.notebook import teaching
     from memseg.engine.evaluation import metrics_markdown
-    from memseg.utils import select_device
+    from memseg.engine.cached_run import replay_log
+    from memseg.notebook.training_views import LiveLossPlot, prediction_grid, predictions
 
     page = out / "README.md"
     if page.exists() and not overwrite:
@@ -55,19 +55,17 @@ def write_report(run: Path, metrics_json: Path, data: Path, category: str, out: 
         raise FileNotFoundError(f"{metrics_json} names the checkpoint {checkpoint}, which does not exist")
     out.mkdir(parents=True, exist_ok=True)
 
-    live = teaching.LiveLossPlot(every=10**9, title=f"training loss, {category} (eq. 10)")
-    teaching.replay_log(run / LOG_JSONL, live)
+    live = LiveLossPlot(every=10**9, title=f"training loss, {category} (eq. 10)")
+    replay_log(run / LOG_JSONL, live)
     fig = live.figure()
     fig.savefig(out / "loss.png", dpi=80)
     plt.close(fig)
 
     if n_predictions:
-        settings = teaching.NotebookSettings(data_root=data, category=category, device=select_device("auto"), quick=False,
-                                             repo=teaching.repo_root(), runs=run, dtd_root=None)
-        preds = teaching.predictions(checkpoint, settings, n_anomalous=n_predictions - 1, n_normal=1)
+        preds = predictions(checkpoint, data, category, n_anomalous=n_predictions - 1, n_normal=1)
         titles = [str(d) for d in preds["defects"]]
-        fig = teaching.prediction_grid(preds["images"], preds["masks"], preds["maps"], preds["scores"], n=len(titles),
-                                       title=f"{category}: final checkpoint on test images ({', '.join(titles)})")
+        fig = prediction_grid(preds["images"], preds["masks"], preds["maps"], preds["scores"], n=len(titles),
+                              title=f"{category}: final checkpoint on test images ({', '.join(titles)})")
         fig.savefig(out / "predictions.png", dpi=50)
         plt.close(fig)
 

@@ -428,7 +428,7 @@ def test_baselines_notebook_form():
         assert "\ndef " not in "\n" + src and "\nclass " not in "\n" + src
         assert src.count("\n") < 25
     body = "\n".join("".join(c["source"]) for c in code)
-    for needle in ("teaching.setup(", '"draem"', '"mmr"', "evaluate(", "image_grid("):
+    for needle in ("= setup(", "comparison_configs(", "evaluate(", "image_grid("):
         assert needle in body
     assert "assert " in "".join(code[-1]["source"])
 

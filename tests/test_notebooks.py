@@ -70,7 +70,8 @@ def test_parameters_cell(name: str):
     for p in PARAMETERS:
         assert f"{p} = " in src, f"{name}: parameters cell does not set {p}"
     body = "\n".join("".join(c["source"]) for c in code)
-    assert "teaching.setup(" in body, f"{name}: never calls teaching.setup (which applies MEMSEG_* overrides)"
+    assert "from memseg.notebook.settings import setup" in body and "= setup(" in body, \
+        f"{name}: never calls memseg.notebook.settings.setup (which applies MEMSEG_* overrides)"
     assert "assert " in "".join(code[-1]["source"]), f"{name}: the last code cell should assert what the notebook showed"
 
 
@@ -82,7 +83,7 @@ def test_notebook_cells_are_short(name: str):
         if cell["cell_type"] != "code":
             continue
         src = "".join(cell["source"])
-        assert "\ndef " not in "\n" + src and "\nclass " not in "\n" + src, f"{name} cell {i} defines logic; move it to memseg.notebook.teaching"
+        assert "\ndef " not in "\n" + src and "\nclass " not in "\n" + src, f"{name} cell {i} defines logic; move it to memseg.notebook"
         assert src.count("\n") < 25, f"{name} cell {i} has {src.count(chr(10)) + 1} lines"
 
 

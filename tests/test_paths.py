@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from memseg.apps import demo
-from memseg.notebook import teaching
+from memseg.notebook import settings as nb_settings
 from memseg.paths import locate_dtd, project_root
 
 
@@ -55,7 +55,9 @@ def test_independent_of_the_current_directory(clean_env, tmp_path):
     assert project_root() == project.resolve()
     assert locate_dtd().path == dtd.resolve()
     # every entry point asks the same resolver
-    assert teaching.find_dtd(project) == dtd.resolve()
+    (project / "data" / "cat" / "train" / "good").mkdir(parents=True)  # a dataset root for the notebooks' setup
+    (project / "data" / "cat" / "test" / "good").mkdir(parents=True)
+    assert nb_settings.setup("data", "cat", "cpu", env_data=False, style=False, verbose=False).dtd_root == dtd.resolve()
     assert demo.load_settings(config=None, env={}, root=project).dtd == dtd.resolve()
 
 

@@ -1,4 +1,4 @@
-"""memseg.notebook.teaching and memseg.notebook.analysis: the helpers behind the teaching notebooks.
+"""memseg.notebook: the helpers behind the teaching notebooks (settings, data, quick model, views per notebook).
 
 Tiny fake data (MVTec AD layout, 64×64 PNGs in tmp_path) and tiny models; no downloads.
 """
@@ -19,7 +19,8 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from memseg.notebook import analysis, teaching
+from memseg.notebook import ablations, attention, data, model_views, quick, simulation_views, stages, training_views, tsne
+from memseg.notebook import settings as nb_settings
 from memseg.utils import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +70,8 @@ def fake_dataset(tmp_path) -> Path:
     return tmp_path / "data"
 
 
-def _settings(root: Path, tmp_path: Path, steps: int = 2, size=(64, 64)) -> teaching.NotebookSettings:
-    return teaching.NotebookSettings(
+def _settings(root: Path, tmp_path: Path, steps: int = 2, size=(64, 64)) -> nb_settings.NotebookSettings:
+    return nb_settings.NotebookSettings(
         data_root=root, category="widget", device=torch.device("cpu"), quick=True, repo=ROOT, runs=tmp_path / "runs",
         dtd_root=None, seed=0, size=size, steps=steps,
     )
@@ -91,14 +92,14 @@ def tiny_memseg():
 
 def test_env_flag(monkeypatch):
     monkeypatch.setenv("MEMSEG_QUICK", "off")
-    assert teaching.env_flag("MEMSEG_QUICK", True) is False
+    assert nb_settings.env_flag("MEMSEG_QUICK", True) is False
     monkeypatch.setenv("MEMSEG_QUICK", "YES")
-    assert teaching.env_flag("MEMSEG_QUICK", False) is True
+    assert nb_settings.env_flag("MEMSEG_QUICK", False) is True
     monkeypatch.setenv("MEMSEG_QUICK", "")
-    assert teaching.env_flag("MEMSEG_QUICK", True) is True
+    assert nb_settings.env_flag("MEMSEG_QUICK", True) is True
     monkeypatch.setenv("MEMSEG_QUICK", "maybe")
     with pytest.raises(ValueError, match="MEMSEG_QUICK"):
-        teaching.env_flag("MEMSEG_QUICK", True)
+        nb_settings.env_flag("MEMSEG_QUICK", True)
 
 
 def test_setup_env_overrides_parameters(fake_dataset, tmp_path, monkeypatch):
@@ -107,7 +108,7 @@ def test_setup_env_overrides_parameters(fake_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("MEMSEG_QUICK", "0")
     monkeypatch.setenv("MEMSEG_STEPS", "7")
     monkeypatch.setenv("MEMSEG_RUNS", str(tmp_path / "cache"))
-    s = teaching.setup("data/does-not-matter", "washer", "auto", True, style=False, verbose=False)
+    s = nb_settings.setup("data/does-not-matter", "washer", "auto", True, style=False, verbose=False)
     assert s.data_root == fake_dataset and s.category == "widget"
     assert s.quick is False and s.size == (256, 256) and s.memory_size == 30
     assert s.train_steps == 7 and s.runs == tmp_path / "cache"
@@ -115,49 +116,50 @@ def test_setup_env_overrides_parameters(fake_dataset, tmp_path, monkeypatch):
 
 
 def test_setup_without_env_uses_arguments_and_quick_sizes(fake_dataset):
-    s = teaching.setup(fake_dataset, "widget", "cpu", True, style=False, verbose=False)
+    s = nb_settings.setup(fake_dataset, "widget", "cpu", True, style=False, verbose=False)
     assert (s.data_root, s.category, s.quick, s.size, s.train_steps) == (fake_dataset, "widget", True, (128, 128), 300)
     assert s.runs == ROOT / "runs" / "notebooks"
 
 
 def test_setup_env_data_false_ignores_data_env(fake_dataset, monkeypatch):
     monkeypatch.setenv("MEMSEG_DATA", "/nonexistent")
-    s = teaching.setup(fake_dataset, "widget", "cpu", True, env_data=False, style=False, verbose=False)
+    s = nb_settings.setup(fake_dataset, "widget", "cpu", True, env_data=False, style=False, verbose=False)
     assert s.data_root == fake_dataset
 
 
 def test_setup_relative_paths_are_repo_relative(fake_dataset, monkeypatch):
     rel = os.path.relpath(fake_dataset, ROOT)
     monkeypatch.chdir(fake_dataset)  # notebooks run with cwd = notebooks/, not the repo root
-    s = teaching.setup(rel, "widget", "cpu", True, style=False, verbose=False)
+    s = nb_settings.setup(rel, "widget", "cpu", True, style=False, verbose=False)
     assert s.data_root.resolve() == fake_dataset.resolve()
 
 
 def test_setup_errors_name_what_was_expected(fake_dataset, tmp_path):
     with pytest.raises(ValueError, match=r"unknown category 'bottle'.*widget"):
-        teaching.setup(fake_dataset, "bottle", "cpu", True, style=False, verbose=False)
+        nb_settings.setup(fake_dataset, "bottle", "cpu", True, style=False, verbose=False)
     with pytest.raises(FileNotFoundError, match="MVTec AD layout"):
-        teaching.setup(tmp_path / "missing", "bottle", "cpu", True, style=False, verbose=False)
+        nb_settings.setup(tmp_path / "missing", "bottle", "cpu", True, style=False, verbose=False)
 
 
 def test_setup_never_generates_into_a_real_dataset(fake_dataset):
     with pytest.raises(ValueError, match=r"unknown category 'washer'.*widget"):
-        teaching.setup(fake_dataset, "washer", "cpu", True, style=False, verbose=False)
+        nb_settings.setup(fake_dataset, "washer", "cpu", True, style=False, verbose=False)
     assert sorted(p.name for p in fake_dataset.iterdir()) == ["widget"]
 
 
-def test_find_dtd_env_must_exist(monkeypatch, tmp_path):
+def test_setup_takes_the_textures_from_locate_dtd(fake_dataset, monkeypatch, tmp_path):
     monkeypatch.setenv("MEMSEG_DTD", str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="MEMSEG_DTD"):
-        teaching.find_dtd(ROOT)
-    (tmp_path / "images" / "banded").mkdir(parents=True)
-    monkeypatch.setenv("MEMSEG_DTD", str(tmp_path))
-    assert teaching.find_dtd(ROOT) == tmp_path.resolve()
+        nb_settings.setup(fake_dataset, "widget", "cpu", True, style=False, verbose=False)
+    dtd = tmp_path / "dtd"
+    (dtd / "images" / "banded").mkdir(parents=True)
+    monkeypatch.setenv("MEMSEG_DTD", str(dtd))
+    assert nb_settings.setup(fake_dataset, "widget", "cpu", True, style=False, verbose=False).dtd_root == dtd.resolve()
 
 
 def test_tire_or_falls_back_or_switches(monkeypatch):
-    assert teaching.tire_or("data/synthetic", "washer", False) == ("data/synthetic", "washer", False)
-    root, category, used = teaching.tire_or("data/synthetic", "washer", True)
+    assert nb_settings.tire_or("data/synthetic", "washer", False) == ("data/synthetic", "washer", False)
+    root, category, used = nb_settings.tire_or("data/synthetic", "washer", True)
     tire = ROOT.parent / "shared" / "data" / "mvtec3d_tire"
     if (tire / "tire").is_dir():
         assert (root, category, used) == (str(tire), "tire", True)
@@ -165,22 +167,22 @@ def test_tire_or_falls_back_or_switches(monkeypatch):
         assert (root, category, used) == ("data/synthetic", "washer", False)
 
 
-# ------------------------------------------------------------------------------ analysis
+# ------------------------------------------------------------------------------ stages and features
 
 
 def test_stage_table_shapes_and_parameters():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2)))
     for p in model[0].parameters():
         p.requires_grad_(False)
-    stages = [analysis.Stage("conv + relu", ["0", "1"]), "2"]
-    rows = analysis.stage_table(model, torch.zeros(2, 3, 8, 8), stages)
+    stage_list = [stages.Stage("conv + relu", ["0", "1"]), "2"]
+    rows = stages.stage_table(model, torch.zeros(2, 3, 8, 8), stage_list)
     assert [r.name for r in rows] == ["conv + relu", "2"]
     assert rows[0].input_shape == "2×3×8×8" and rows[0].output_shape == "2×4×8×8"
     assert rows[1].output_shape == "2×2×8×8" and rows[1].calls == 1
     assert rows[0].frozen == 3 * 4 * 9 + 4 and rows[0].trainable == 0
     assert rows[1].trainable == 4 * 2 + 2 + 2 + 2
     with pytest.raises(KeyError, match="nope"):
-        analysis.stage_table(model, torch.zeros(1, 3, 8, 8), ["nope"])
+        stages.stage_table(model, torch.zeros(1, 3, 8, 8), ["nope"])
 
 
 def test_stage_that_never_runs_is_reported():
@@ -192,20 +194,20 @@ def test_stage_that_never_runs_is_reported():
         def forward(self, x):
             return self.used(x)
 
-    rows = analysis.stage_table(Skip(), torch.zeros(1, 3), ["used", "unused"])
+    rows = stages.stage_table(Skip(), torch.zeros(1, 3), ["used", "unused"])
     assert [r.calls for r in rows] == [1, 0] and rows[1].output_shape == ""
 
 
 def test_count_flops_linear_is_exact():
-    flops = analysis.count_flops(nn.Sequential(nn.Linear(10, 5)), torch.zeros(4, 10))
+    flops = stages.count_flops(nn.Sequential(nn.Linear(10, 5)), torch.zeros(4, 10))
     assert flops.total == 2 * 4 * 10 * 5
     assert flops.by_module["0"] == flops.total and flops.by_module[""] == flops.total
 
 
 def test_memseg_stage_table_covers_the_network(tiny_memseg):
     x = normalize(torch.rand(1, 3, 64, 64))
-    rows = analysis.memseg_stage_table(tiny_memseg, x)
-    total = analysis.count_parameters(tiny_memseg)
+    rows = stages.memseg_stage_table(tiny_memseg, x)
+    total = stages.count_parameters(tiny_memseg)
     assert all(r.calls > 0 and r.output_shape for r in rows), [r.name for r in rows if not r.calls]
     assert sum(r.trainable + r.frozen for r in rows) == total["total"]
     names = [r.name for r in rows]
@@ -217,33 +219,33 @@ def test_memseg_stage_table_covers_the_network(tiny_memseg):
     assert att.output_shape == "1×1×16×16, 1×1×8×8, 1×1×4×4"
     # frozen = stem + blocks 1-3 only (PITFALLS); block 4 trains
     assert all(r.trainable == 0 for r in rows[:4]) and rows[4].frozen == 0 and rows[4].trainable > 0
-    flops = analysis.count_flops(tiny_memseg, x)
-    assert sum(analysis.stage_flops(flops, r) for r in rows) == flops.total > 0
+    flops = stages.count_flops(tiny_memseg, x)
+    assert sum(stages.stage_flops(flops, r) for r in rows) == flops.total > 0
 
 
 def test_bottleneck_features_and_tsne(tiny_memseg):
     x = normalize(torch.rand(6, 3, 64, 64))
-    feats = analysis.bottleneck_features(tiny_memseg, x, batch_size=4, progress=False)
+    feats = tsne.bottleneck_features(tiny_memseg, x, batch_size=4, progress=False)
     assert feats.shape == (6, 512) and np.isfinite(feats).all()
-    feats2 = analysis.bottleneck_features(tiny_memseg, x, batch_size=6, pool="meanmax", progress=False)
+    feats2 = tsne.bottleneck_features(tiny_memseg, x, batch_size=6, pool="meanmax", progress=False)
     assert feats2.shape == (6, 1024) and np.allclose(feats2[:, :512], feats, atol=1e-5)
-    emb = analysis.tsne_embed(feats, seed=1)
+    emb = tsne.tsne_embed(feats, seed=1)
     assert emb.shape == (6, 2) and np.isfinite(emb).all()
-    assert np.allclose(emb, analysis.tsne_embed(feats, seed=1))
+    assert np.allclose(emb, tsne.tsne_embed(feats, seed=1))
     with pytest.raises(ValueError, match="at least 4"):
-        analysis.tsne_embed(feats[:3])
+        tsne.tsne_embed(feats[:3])
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
-        analysis.bottleneck_features(tiny_memseg, x[:, :1], progress=False)
+        tsne.bottleneck_features(tiny_memseg, x[:, :1], progress=False)
 
 
 def test_neighbour_mix_separated_and_mixed():
     rng = np.random.default_rng(0)
     a, b = rng.normal(0, 0.1, (10, 2)), rng.normal(10, 0.1, (10, 2))
-    names, share = analysis.neighbour_mix(np.vstack([a, b]), ["a"] * 10 + ["b"] * 10, k=3)
+    names, share = tsne.neighbour_mix(np.vstack([a, b]), ["a"] * 10 + ["b"] * 10, k=3)
     assert names == ["a", "b"] and np.allclose(share, np.eye(2))
     # interleaved on a line: every point's 2 nearest neighbours belong to the other group
     x = np.arange(12, dtype=float)[:, None] * np.array([[1.0, 0.0]])
-    _, share = analysis.neighbour_mix(x, ["a", "b"] * 6, k=2)
+    _, share = tsne.neighbour_mix(x, ["a", "b"] * 6, k=2)
     assert np.allclose(share.sum(1), 1) and share[0, 1] > 0.9
 
 
@@ -265,7 +267,7 @@ def _disc_batch(n: int = 2) -> torch.Tensor:
 
 
 def test_simulation_panel_render_follows_the_knobs(simulator):
-    panel = teaching.SimulationPanel(simulator, _disc_batch(), foreground_preset=simulator.foreground)
+    panel = simulation_views.SimulationPanel(simulator, _disc_batch(), foreground_preset=simulator.foreground)
     assert panel.controls["source"].options == ("structure",)  # no DTD: structure only
     areas = []
     for t in (0.1, 0.3, 0.5):
@@ -284,7 +286,7 @@ def test_simulation_panel_render_follows_the_knobs(simulator):
 
 def test_simulation_gallery_masks_and_layout(simulator):
     images = _disc_batch(3)
-    fig, res = teaching.simulation_gallery(simulator, images, n=5, seed=0, cols=2)
+    fig, res = simulation_views.simulation_gallery(simulator, images, n=5, seed=0, cols=2)
     assert res.images.shape == (5, 3, 64, 64) and res.masks.flatten(1).sum(1).min() > 0
     outside = 1 - res.masks
     src = images[torch.arange(5) % 3]
@@ -294,7 +296,7 @@ def test_simulation_gallery_masks_and_layout(simulator):
 
 def test_figures_are_saved_for_review(monkeypatch, tmp_path):
     monkeypatch.setenv("MEMSEG_FIGDIR", str(tmp_path / "figs"))
-    teaching.show_perlin_scales(size=(32, 32), exps=(1, 2))
+    simulation_views.show_perlin_scales(size=(32, 32), exps=(1, 2))
     saved = list((tmp_path / "figs").glob("perlin_scales-*.png"))
     assert saved and Image.open(saved[0]).size[0] > 500
 
@@ -303,7 +305,7 @@ def test_figures_are_saved_for_review(monkeypatch, tmp_path):
 
 
 def test_attention_maps_shapes_and_chain(tiny_memseg):
-    maps = teaching.attention_maps(tiny_memseg, torch.rand(3, 64, 64))
+    maps = attention.attention_maps(tiny_memseg, torch.rand(3, 64, 64))
     assert maps["M1"].shape == (16, 16) and maps["M2"].shape == (8, 8) and maps["M3"].shape == (4, 4)
     assert maps["DI1"].shape == (16, 16) and maps["prediction"].shape == (64, 64)
     assert 0 <= maps["prediction"].min() and maps["prediction"].max() <= 1
@@ -311,14 +313,14 @@ def test_attention_maps_shapes_and_chain(tiny_memseg):
     assert maps["attention"] == "calibrated"
     assert np.allclose(maps["M3"], 2 * maps["DI3"] / (maps["DI3"] + s3), atol=1e-6)  # eq. (5), on the memory's scale
     assert 0 <= maps["memory_index"] < 3
-    fig = teaching.plot_spatial_attention(torch.rand(3, 64, 64), torch.zeros(1, 64, 64), maps)
+    fig = attention.plot_spatial_attention(torch.rand(3, 64, 64), torch.zeros(1, 64, 64), maps)
     assert len(fig.axes) == 10
 
 
 def test_show_di_star_picks_the_identical_memory_sample(tiny_memseg):
     memory = torch.rand(3, 3, 64, 64)
     tiny_memseg.prepare(normalize(memory))
-    fig, chosen, inter = teaching.show_di_star(tiny_memseg, memory[2], memory)
+    fig, chosen, inter = model_views.show_di_star(tiny_memseg, memory[2], memory)
     assert chosen == 2  # an input identical to memory slot 2 has zero difference there (eq. 4)
     assert float(inter["DI_star"][0].abs().max()) == pytest.approx(0.0, abs=1e-5)
 
@@ -327,7 +329,7 @@ def test_show_di_star_picks_the_identical_memory_sample(tiny_memseg):
 
 
 def test_live_loss_plot_accepts_both_callback_forms():
-    live = teaching.LiveLossPlot(every=1000)
+    live = training_views.LiveLossPlot(every=1000)
     live(1, {"loss": 1.0, "l1": 0.5, "lr": 0.04, "seconds": 3.0})
     live({"step": 2, "loss": 0.5, "l1": 0.25})
     assert live.steps == [1, 2] and live.history == {"loss": [1.0, 0.5], "l1": [0.5, 0.25]}  # lr/seconds are not losses
@@ -340,21 +342,21 @@ def test_quick_model_trains_once_then_loads_the_cache(fake_dataset, tmp_path):
     s_small = _settings(fake_dataset, tmp_path, steps=2)
     # memory N = 10 in quick mode needs >= 10 train images left after validation: the fake set has 16
     seen: list[int] = []
-    model, info = teaching.quick_model(s_small, callback=lambda step, logs: seen.append(step), progress=False)
+    model, info = quick.quick_model(s_small, callback=lambda step, logs: seen.append(step), progress=False)
     assert info["cached"] is False and seen == [1, 2] and info["step"] == 2
     replay: list[int] = []
-    model2, info2 = teaching.quick_model(s_small, callback=lambda step, logs: replay.append(step), progress=False)
+    model2, info2 = quick.quick_model(s_small, callback=lambda step, logs: replay.append(step), progress=False)
     assert info2["cached"] is True and replay == [1, 2]  # the logged curve is replayed
     x = normalize(torch.rand(1, 3, 64, 64))
     assert torch.allclose(model(x), model2(x))
-    mem = teaching.memory_images(s_small, info2)
+    mem = data.memory_images(s_small, info2)
     assert mem.shape == (10, 3, 64, 64)
     # the memory bank holds exactly the block-1 features of those images
     with torch.no_grad():
         f1 = model2.encoder.forward_frozen(normalize(mem))[1]
     assert torch.allclose(model2.memory.level1, f1, atol=1e-4)
     s_more = _settings(fake_dataset, tmp_path, steps=3)
-    _, info3 = teaching.quick_model(s_more, progress=False)
+    _, info3 = quick.quick_model(s_more, progress=False)
     assert info3["cached"] is False and info3["step"] == 3  # other settings: trained again
 
 
@@ -362,25 +364,25 @@ def test_predictions_and_metrics_table(fake_dataset, tmp_path):
     from memseg.engine.evaluation import evaluate
 
     s = _settings(fake_dataset, tmp_path, steps=1)
-    model, info = teaching.quick_model(s, progress=False)
-    preds = teaching.predictions(info["path"], s, n_anomalous=2, n_normal=1)
+    model, info = quick.quick_model(s, progress=False)
+    preds = training_views.predictions(info["path"], s.data_root, s.category, device="cpu", n_anomalous=2, n_normal=1)
     assert preds["images"].shape == (3, 3, 64, 64) and preds["maps"].shape == (3, 64, 64)
     assert preds["defects"] == ["spot", "spot", "good"] and preds["masks"][:2].sum() > 0 and preds["masks"][2].sum() == 0
     metrics = evaluate(info["path"], s.data_root, s.category, device="cpu", progress=False)
-    html = teaching.metrics_table(metrics).data
+    html = training_views.metrics_table(metrics).data
     assert "all defects" in html and "spot" in html and "3 / 3" in html
-    fig = teaching.prediction_grid(preds["images"], preds["masks"], preds["maps"], preds["scores"], n=3)
+    fig = training_views.prediction_grid(preds["images"], preds["masks"], preds["maps"], preds["scores"], n=3)
     assert len(fig.axes) == 12
 
 
 def test_run_ablations_trains_each_variant(fake_dataset, tmp_path):
     s = _settings(fake_dataset, tmp_path, steps=1)
-    res = teaching.run_ablations(s, {"full": {}, "no memory": {"use_memory": False}}, steps=1, size=(64, 64), progress=False)
+    res = ablations.run_ablations(s, {"full": {}, "no memory": {"use_memory": False}}, steps=1, size=(64, 64), progress=False)
     assert [r["variant"] for r in res] == ["full", "no memory"]
     assert all(0 <= r["pixel_auroc"] <= 1 and r["steps"] == 1 and r["size"] == "64×64" for r in res)
     cfg = yaml.safe_load((s.runs / "ablation-no_memory-widget" / "config.yaml").read_text())
     assert cfg["model_options"]["use_memory"] is False
-    fig = teaching.plot_ablations(res)
+    fig = ablations.plot_ablations(res)
     assert "1 steps at 64×64" in fig.axes[0].get_title()
 
 
@@ -389,47 +391,47 @@ def test_run_ablations_trains_each_variant(fake_dataset, tmp_path):
 
 def test_tsne_groups_figure_and_hover_html(fake_dataset, tmp_path, simulator):
     s = _settings(fake_dataset, tmp_path)
-    train, test = teaching.load_split(s, "train"), teaching.load_split(s, "test")
-    emb = teaching.tsne_groups(train, test, simulator, n_per_group=4, seed=0)
+    train, test = data.settings_split(s, "train"), data.settings_split(s, "test")
+    emb = tsne.tsne_groups(train, test, simulator, n_per_group=4, seed=0)
     n = len(emb.images)
     assert emb.groups.count("real anomaly") == 3 and emb.groups.count("simulated anomaly") == 4
     assert emb.groups.count("normal") == 4  # 3 test/good topped up with 1 train/good
     assert sum(name.startswith("train/good") for name in emb.names) == 1
     assert len(emb.names) == n and emb.images.shape[1:] == (3, 64, 64)
     emb.embedding = np.random.default_rng(0).normal(size=(n, 2))
-    fig = teaching.tsne_figure(emb)
+    fig = tsne.tsne_figure(emb)
     assert [t.name.split(" (")[0] for t in fig.data] == ["normal", "simulated anomaly", "real anomaly"]
     assert sum(len(t.x) for t in fig.data) == n
     cd = fig.data[2].customdata[0]
     assert cd[1].startswith("data:image/png;base64,") and emb.names[int(cd[2])] == cd[0]
-    html = teaching.plotly_with_thumbnails(fig)
+    html = tsne.plotly_with_thumbnails(fig)
     assert "plotly_hover" in html and "{plot_id}" not in html and "-img" in html
-    assert len(teaching.thumbnail_grid(emb, per_group=3).axes) == 9
+    assert len(tsne.thumbnail_grid(emb, per_group=3).axes) == 9
 
 
 def test_attention_browser_follows_the_dropdown(fake_dataset, tmp_path, tiny_memseg):
-    test = teaching.load_split(_settings(fake_dataset, tmp_path), "test")
+    test = data.settings_split(_settings(fake_dataset, tmp_path), "test")
     anomalous = [i for i, y in enumerate(test.labels) if y == 1]
-    browser = teaching.AttentionBrowser(tiny_memseg, test, anomalous + [0])
+    browser = attention.AttentionBrowser(tiny_memseg, test, anomalous + [0])
     assert [v for _, v in browser.dropdown.options] == anomalous + [0]
     assert browser.dropdown.options[0][0].startswith("spot/")
     browser.dropdown.value = anomalous[1]  # choosing an image redraws for it
-    expected = teaching.attention_maps(tiny_memseg, test[anomalous[1]]["image"])
+    expected = attention.attention_maps(tiny_memseg, test[anomalous[1]]["image"])
     assert np.allclose(browser.last["M1"], expected["M1"]) and browser.last["M1"].shape == (16, 16)
 
 
 def test_simulator_without_dtd_is_structure_only_and_says_so(fake_dataset, tmp_path, recwarn):
     s = _settings(fake_dataset, tmp_path)  # dtd_root=None, as on a fresh clone without ../shared/data
-    sim = teaching.make_simulator(s)
-    assert not teaching.has_textures(sim) and not [w for w in recwarn if "DTD" in str(w.message)]
-    assert "NOT FOUND" in teaching.describe_texture_source(s)
+    sim = data.make_simulator(s)
+    assert not data.has_textures(sim) and not [w for w in recwarn if "DTD" in str(w.message)]
+    assert "NOT FOUND" in data.describe_texture_source(s)
     res = sim.simulate(_disc_batch(2), generator=torch.Generator().manual_seed(0))
     assert res.source == ["structure", "structure"]
 
 
 def test_attention_maps_in_both_forms_and_their_contrast(tiny_memseg, synthetic_root):
     image = torch.rand(3, 64, 64)
-    cal, lit = teaching.attention_maps(tiny_memseg, image), teaching.attention_maps(tiny_memseg, image, attention="literal")
+    cal, lit = attention.attention_maps(tiny_memseg, image), attention.attention_maps(tiny_memseg, image, attention="literal")
     assert lit["attention"] == "literal" and np.array_equal(cal["DI1"], lit["DI1"])
     assert np.allclose(lit["M3"], lit["DI3"], atol=1e-6)  # literal eq. (5)
     assert np.median(lit["M1"]) < 0.1 * np.median(cal["M1"])  # random features: the literal products vanish
@@ -437,6 +439,6 @@ def test_attention_maps_in_both_forms_and_their_contrast(tiny_memseg, synthetic_
 
     test = load_split(synthetic_root, "washer", split="test", size=(64, 64))
     anomalous = [i for i, y in enumerate(test.labels) if y == 1]
-    rows = teaching.attention_contrast(tiny_memseg, test, anomalous)
+    rows = attention.attention_contrast(tiny_memseg, test, anomalous)
     assert rows and all(r["M1 elsewhere"] > 0 and np.isfinite(r["M1 ratio"]) for r in rows)
     assert {"image", "DI1 ratio", "M1 ratio"} <= set(rows[0])

@@ -3,10 +3,11 @@
 `python -m memseg.apps.demo prepare` makes sure the dashboard has something to show:
 
 1. the dataset exists: the procedural synthetic dataset is generated when missing
-   (`memseg.data.synthetic.ensure_synthetic`);
+   (:func:`memseg.data.synthetic.generate_synthetic_if_missing`, never into a real dataset);
 2. a trained checkpoint exists: a configured one is used as given; otherwise the cached demo model
-   `runs/demo/<category>/final.pt` is reused, and trained (small, quick, with a progress bar) only
-   when it is not there yet. A second run therefore returns in seconds.
+   `runs/demo/<category>/final.pt` is reused while its stored training config matches the settings, and
+   trained (small, quick, with a progress bar) otherwise, by :func:`memseg.engine.cached_run.cached_training`,
+   the builder the notebooks' model uses too. A second run therefore returns in seconds.
 
 Settings come, lowest priority first, from the defaults below, a YAML file (`configs/demo.yaml`,
 or the file named by env `MEMSEG_DEMO_CONFIG`), environment variables (`MEMSEG_DATA`,
@@ -27,13 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
-
-from memseg.paths import dtd_root, project_root
+from memseg.config import ConfigBase, read_yaml_mapping
+from memseg.paths import locate_dtd, project_root
 
 __all__ = [
     "DemoSettings",
-    "project_root",
     "load_settings",
     "demo_checkpoint_path",
     "resolve_checkpoint",
@@ -57,7 +56,7 @@ DEFAULT_CONFIG = Path("configs") / "demo.yaml"
 
 
 @dataclass
-class DemoSettings:
+class DemoSettings(ConfigBase):
     """Everything the demo needs to know: where the data and the model are, and how to train one.
 
     The `size`, `steps`, `batch_size`, `memory_size`, `lr` and `seed` fields only matter when
@@ -127,19 +126,15 @@ def load_settings(
     """
     env = os.environ if env is None else env
     root = Path(root).resolve() if root is not None else project_root()
-    fields = {f.name for f in dataclasses.fields(DemoSettings)}
+    fields = DemoSettings.field_names()
     values: dict[str, Any] = {}
 
     cfg_path = config if config is not None else env.get("MEMSEG_DEMO_CONFIG")
     explicit = cfg_path is not None
     cfg = _as_path(cfg_path, root) if explicit else root / DEFAULT_CONFIG
     if cfg is not None and cfg.is_file():
-        loaded = yaml.safe_load(cfg.read_text()) or {}
-        if not isinstance(loaded, Mapping):
-            raise ValueError(f"demo config {cfg}: expected a YAML mapping of settings, got {type(loaded).__name__}")
-        unknown = sorted(set(loaded) - fields)
-        if unknown:
-            raise ValueError(f"demo config {cfg}: unknown keys {unknown}; expected some of {sorted(fields)}")
+        loaded = read_yaml_mapping(cfg, "demo settings")
+        DemoSettings.check_keys(loaded, f"demo config {cfg}")
         values.update({k: _coerce(k, v) for k, v in loaded.items()})
     elif explicit:
         raise FileNotFoundError(f"demo config {cfg} (from MEMSEG_DEMO_CONFIG or --config) does not exist")
@@ -167,7 +162,7 @@ def load_settings(
     if not settings.runs.is_absolute():
         settings.runs = root / settings.runs
     if settings.dtd is None:
-        settings.dtd = dtd_root(None, root=root)  # the project defaults (data/dtd, ../shared/data/dtd)
+        settings.dtd = locate_dtd(None, root=root).path  # $MEMSEG_DTD, else the project defaults
     return settings
 
 
@@ -204,27 +199,29 @@ def find_checkpoints(runs: str | os.PathLike, extra: list[str | os.PathLike | No
 
 
 def _ensure_data(settings: DemoSettings, log: Callable[[str], None]) -> None:
-    """Generate the synthetic dataset when the data root lacks the category and it is a synthetic one."""
-    from memseg.data import synthetic
+    """Generate the synthetic dataset (all its categories, for the dashboard's list) when the data root lacks
+    the category and it is a synthetic one; otherwise the category folder must exist."""
+    from memseg.data.synthetic import CATEGORIES
+    from memseg.data.synthetic import generate_synthetic_if_missing
 
-    if (settings.data / settings.category).is_dir():
-        log(f"data: {settings.data / settings.category} (found)")
-        return
-    if settings.category not in synthetic.CATEGORIES:
-        raise FileNotFoundError(
-            f"data: category folder {settings.data / settings.category} does not exist and {settings.category!r} "
-            f"is not a synthetic category ({', '.join(synthetic.CATEGORIES)}); set MEMSEG_DATA / MEMSEG_CATEGORY "
-            "to an MVTec AD style dataset (<root>/<category>/train/good, test/<defect>, ground_truth/<defect>)"
-        )
-    log(f"data: generating the synthetic dataset in {settings.data} (seed {settings.seed}) ...")
+    folder = settings.data / settings.category
     t0 = time.perf_counter()
-    synthetic.ensure_synthetic(settings.data, seed=settings.seed)
-    log(f"data: done in {time.perf_counter() - t0:.1f} s")
+    if generate_synthetic_if_missing(settings.data, settings.category, seed=settings.seed, categories=CATEGORIES,
+                                     log=lambda msg: log(f"data: {msg}")):
+        log(f"data: done in {time.perf_counter() - t0:.1f} s")
+    elif folder.is_dir():
+        log(f"data: {folder} (found)")
+    else:
+        raise FileNotFoundError(
+            f"data: category folder {folder} does not exist (the synthetic categories {', '.join(CATEGORIES)} are "
+            "generated only into a missing or synthetic-only root); set MEMSEG_DATA / MEMSEG_CATEGORY to an MVTec AD "
+            "style dataset (<root>/<category>/train/good, test/<defect>, ground_truth/<defect>)"
+        )
 
 
 def _train_config(settings: DemoSettings, out: Path):
     """The TrainConfig of the quick demo model (half normal, half simulated images per batch)."""
-    from memseg.engine import training
+    from memseg.engine import train_config
 
     values: dict[str, Any] = {
         "data": str(settings.data),
@@ -243,8 +240,8 @@ def _train_config(settings: DemoSettings, out: Path):
     }
     if settings.lr is not None:
         values["lr"] = settings.lr
-    values = training.merge_overrides(values, settings.extra_train)
-    return training.TrainConfig.from_dict(values, source="demo settings")
+    values = train_config.merge_overrides(values, settings.extra_train)
+    return train_config.TrainConfig.from_dict(values, source="demo settings")
 
 
 def prepare(
@@ -255,8 +252,8 @@ def prepare(
     """Make sure the dataset and a checkpoint exist; returns the checkpoint path.
 
     A configured checkpoint (`settings.checkpoint`) must exist (it is never trained over). Without
-    one, the cached demo model `<runs>/demo/<category>/final.pt` is loaded to check it, or trained
-    when missing.
+    one, the cached demo model `<runs>/demo/<category>/final.pt` is reused when its stored training config
+    matches the settings, and trained (or an interrupted run resumed) otherwise.
 
     Raises:
         FileNotFoundError: the configured checkpoint or a non-synthetic dataset is missing.
@@ -274,33 +271,10 @@ def prepare(
         ckpt = settings.checkpoint
         log(f"model: using the configured checkpoint {ckpt}")
     else:
-        ckpt = demo_checkpoint_path(settings)
-        if ckpt.is_file():
-            log(f"model: reusing the cached demo model {ckpt} (delete it to retrain)")
-        else:
-            from memseg.engine import training
+        from memseg.engine.cached_run import cached_training
 
-            out = ckpt.parent  # the run folder: training writes its slim final.pt right there
-            cfg = _train_config(settings, out)
-            # An interrupted earlier run left <out>/checkpoints/last.pt: continue it instead of starting over.
-            # Without one, whatever a run killed before its first checkpoint left is replaced (each file named).
-            last = out / training.CHECKPOINT_DIR / training.LAST_CHECKPOINT
-            resume = last.is_file()
-            log(
-                f"model: no cached model at {ckpt}; {'resuming' if resume else 'training'} a quick demo model "
-                f"({settings.steps} steps, {settings.size}x{settings.size}, batch {settings.batch_size}, "
-                f"weights {settings.weights}, device {settings.device}) ..."
-            )
-            t1 = time.perf_counter()
-            result = training.train(cfg, progress=progress, resume=resume, overwrite=not resume, log=log)
-            # final.pt (the cache marker) exists only once the run finished; its resumable twin is not needed
-            # any more and would only show up as a second model in the dashboard's list.
-            result.last.unlink()
-            if not any(result.last.parent.iterdir()):
-                result.last.parent.rmdir()
-            log(f"model: trained in {time.perf_counter() - t1:.1f} s -> {result.checkpoint} "
-                f"(removed the resumable {result.last.relative_to(out)}: the run is finished)")
-            ckpt = result.checkpoint
+        cfg = _train_config(settings, demo_checkpoint_path(settings).parent)
+        ckpt, _ = cached_training(cfg, name="demo model", progress=progress, log=lambda msg: log(f"model: {msg}"))
 
     # Read it once (torch.load, weights_only): a corrupt or foreign file fails here with a clear message,
     # not in the page. The model itself is built by the dashboard.

@@ -41,7 +41,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -210,3 +210,24 @@ def ensure_synthetic(
             raise OutputExistsError(f"{err} (its dataset.json does not match seed={seed}, size={hw}, "
                                   f"n_train={kw.get('n_train')}, n_test={kw.get('n_test')})") from err
     return root
+
+
+def generate_synthetic_if_missing(root: str | Path, category: str, seed: int = 0,
+                                  categories: Sequence[str] | None = None,
+                                  log: Callable[[str], None] | None = print) -> bool:
+    """Generate the synthetic dataset into ``root`` when it lacks ``category`` and that is a synthetic one.
+
+    Nothing is ever written into a real dataset: ``root`` must be missing or hold synthetic categories
+    only. ``categories`` are the ones generated (default: ``[category]``), with
+    :func:`ensure_synthetic`. Returns True when something was generated.
+    """
+    root = Path(root)
+    if (root / category).is_dir() or category not in CATEGORIES:
+        return False
+    existing = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.is_dir() else []
+    if not all(name in CATEGORIES for name in existing):
+        return False
+    if log is not None:
+        log(f"generating the synthetic dataset ({', '.join(categories or [category])}) into {root} (seed {seed}) ...")
+    ensure_synthetic(root, categories=list(categories or [category]), seed=seed, progress=log is not None)
+    return True

@@ -1,8 +1,16 @@
-"""Model analysis for the teaching notebooks: stage tables, parameter and FLOP counts, features, t-SNE.
+"""Notebook 02's numbers (paper Fig. 2): each stage's input/output shapes, parameters, stored buffers and
+FLOPs, for any ``nn.Module`` and, stage by stage as in the figure, for MemSeg.
 
-Everything here returns plain data (lists of dicts, numpy arrays); the plots live in
-:mod:`memseg.notebook.teaching`. Works for any ``nn.Module``; the MemSeg-specific parts read the
+Everything here returns plain data (lists of :class:`StageRow`, :class:`FlopReport`); the tables and
+plots are in :mod:`memseg.notebook.model_views`. The MemSeg-specific parts read the
 ``forward(x, return_intermediates=True)`` dict documented in docs/ARCHITECTURE.md.
+
+Examples:
+    >>> from torch import nn
+    >>> count_parameters(nn.Linear(3, 2))
+    {'trainable': 8, 'frozen': 0, 'total': 8}
+    >>> count_flops(nn.Sequential(nn.Linear(10, 5)), torch.zeros(4, 10)).total   # 2 FLOPs per multiply-add
+    400
 """
 
 from __future__ import annotations
@@ -10,10 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 
 def _shape_of(obj) -> str:
@@ -261,124 +267,3 @@ def stage_flops(flops: FlopReport, row: StageRow | Stage | str) -> int:
     """FLOPs of a stage (sum over its modules; 0 for functional stages and uncounted modules)."""
     mods = [row] if isinstance(row, str) else list(row.modules)
     return int(sum(flops.by_module.get(m, 0) for m in mods))
-
-
-def pooled_features(features: torch.Tensor, how: str = "mean") -> torch.Tensor:
-    """(B, C, h, w) -> (B, C) by global average (``mean``), max (``max``) or both concatenated (``meanmax``)."""
-    if features.dim() != 4:
-        raise ValueError(f"pooled_features expects (B, C, h, w), got shape {tuple(features.shape)}")
-    if how == "mean":
-        return features.mean(dim=(2, 3))
-    if how == "max":
-        return features.amax(dim=(2, 3))
-    if how == "meanmax":
-        return torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
-    raise ValueError(f"pooled_features: unknown pooling {how!r}; expected mean, max or meanmax")
-
-
-@torch.no_grad()
-def bottleneck_features(
-    model: nn.Module,
-    images: torch.Tensor,
-    batch_size: int = 8,
-    pool: str = "mean",
-    key: str = "bottleneck",
-    progress: bool = True,
-) -> np.ndarray:
-    """Pooled bottleneck features (paper Fig. 6) of normalised images, shape (N, C).
-
-    ``model(x, return_intermediates=True)[key]`` is read for each batch (MemSeg's U-Net
-    bottleneck by default) and globally pooled. The model is put in eval mode.
-    """
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"bottleneck_features expects normalised images (N, 3, H, W), got {tuple(images.shape)}")
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for start in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress, leave=False):
-        batch = images[start : start + batch_size].to(device)
-        inter = model(batch, return_intermediates=True)
-        if key not in inter:
-            raise KeyError(f"model intermediates have no {key!r}; available: {sorted(inter)}")
-        feats = inter[key]
-        if isinstance(feats, (list, tuple)):
-            feats = feats[-1]
-        out.append(pooled_features(feats.float(), pool).cpu())
-    return torch.cat(out).numpy()
-
-
-def tsne_embed(features: np.ndarray, seed: int = 0, perplexity: float | None = None, standardize: bool = True) -> np.ndarray:
-    """2-D t-SNE (scikit-learn) of (N, D) features -> (N, 2).
-
-    Perplexity defaults to ``min(30, (N - 1) / 3)`` so small sets (a quick run) stay valid;
-    features are standardised per dimension first (bottleneck channels have very different scales).
-    """
-    from sklearn.manifold import TSNE
-
-    x = np.asarray(features, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"tsne_embed expects (N, D) features, got shape {x.shape}")
-    n = len(x)
-    if n < 4:
-        raise ValueError(f"tsne_embed needs at least 4 samples, got {n}")
-    if standardize:
-        x = (x - x.mean(0)) / (x.std(0) + 1e-8)
-    if perplexity is None:
-        perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, learning_rate="auto")
-    return tsne.fit_transform(x)
-
-
-def neighbour_mix(embedding: np.ndarray, groups: Sequence[str], k: int = 5, order: Sequence[str] | None = None):
-    """How groups mix in an embedding: ``share[a, b]`` = mean fraction of the k nearest neighbours of a
-    point of group ``a`` that belong to group ``b`` (rows sum to 1; the point itself is excluded).
-
-    Returns ``(names, share)`` with ``share`` a (G, G) array.
-    """
-    x = np.asarray(embedding, dtype=np.float64)
-    g = np.asarray(list(groups))
-    if x.ndim != 2 or len(x) != len(g):
-        raise ValueError(f"neighbour_mix: embedding {x.shape} and {len(g)} group labels do not match")
-    names = list(order) if order is not None else list(dict.fromkeys(g.tolist()))
-    k = int(min(k, len(x) - 1))
-    if k < 1:
-        raise ValueError("neighbour_mix needs at least 2 points")
-    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    np.fill_diagonal(d, np.inf)
-    nn_idx = np.argsort(d, axis=1)[:, :k]
-    share = np.zeros((len(names), len(names)))
-    for a, name_a in enumerate(names):
-        rows = np.nonzero(g == name_a)[0]
-        if len(rows) == 0:
-            share[a] = np.nan
-            continue
-        neigh = g[nn_idx[rows]]  # (n_a, k)
-        for b, name_b in enumerate(names):
-            share[a, b] = float((neigh == name_b).mean())
-    return names, share
-
-
-def summarise_runs(rows: Sequence[dict], metrics: Sequence[str], by: Sequence[str] = ("category", "variant")) -> list[dict]:
-    """Mean and sample std of ``metrics`` over runs grouped by ``by`` (e.g. seeds of one ablation row).
-
-    Returns one dict per group, in first-seen order: the ``by`` keys, ``n`` (runs), and for each metric
-    ``<metric>`` (mean) and ``<metric>_std`` (sample std, nan for a single run). None values are skipped.
-
-    Examples:
-        >>> rows = [{"variant": "full", "auroc": 0.8}, {"variant": "full", "auroc": 0.9}]
-        >>> s = summarise_runs(rows, ["auroc"], by=["variant"])[0]
-        >>> (s["n"], round(s["auroc"], 2), round(s["auroc_std"], 3))
-        (2, 0.85, 0.071)
-    """
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
-    out = []
-    for key, rs in groups.items():
-        summary: dict = {**dict(zip(by, key)), "n": len(rs)}
-        for m in metrics:
-            v = np.asarray([r[m] for r in rs if r.get(m) is not None], dtype=float)
-            summary[m] = float(v.mean()) if v.size else float("nan")
-            summary[f"{m}_std"] = float(v.std(ddof=1)) if v.size > 1 else float("nan")
-        out.append(summary)
-    return out
