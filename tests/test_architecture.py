@@ -79,6 +79,13 @@ def test_the_faces_do_not_import_each_other() -> None:
     assert not crossing, "\n".join(crossing)
 
 
+def test_the_papers_parts_are_independent() -> None:
+    """Simulation (§3.1) and the networks (§3.2-3.4) know nothing of each other: training joins them."""
+    crossing = [f"{path.relative_to(PACKAGE.parent)} imports {name}" for path in _modules() for name in _imports(path)
+                if {_room_of(path), _room(name)} == {"simulation", "models"}]
+    assert not crossing, "\n".join(crossing)
+
+
 def test_only_the_apps_know_argparse() -> None:
     """Domain modules take plain arguments; flags are parsed in memseg/apps (the CLI, the demo's entry point)."""
     users = [str(p.relative_to(PACKAGE.parent)) for p in _modules() if "argparse" in _imports(p)]

@@ -1,4 +1,4 @@
-"""The notebooks' data: the synthetic set when it is missing, the settings' splits, images as tensors,
+"""The notebooks' data: the settings' splits, images as tensors, the memory images of a checkpoint,
 and the anomaly simulator (paper §3.1) for the notebook's category.
 
 Examples:
