@@ -21,6 +21,7 @@ on 2 threads, 4.17 s on 1; inference batch 1 144 ms p50 (6.95 img/s), batch 8 8.
 training 21.8 s per step (this CPU has no AVX-512 BF16, so bf16 is emulated: keep fp32 on such CPUs).
 2026-11-27, idle VM, 2 threads, a trained 256² checkpoint: batch 1 torch 72.7 ms, onnxruntime (the exported
 graph, `memseg export`) 53.5 ms = 1.36x; batch 8 57.5 vs 52.4 ms/image.
+Against the known public kit, in one process: benchmarks/bench_public_kit.py (its docstring has the table).
 """
 
 from __future__ import annotations

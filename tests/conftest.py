@@ -12,14 +12,19 @@
   ``SYNTHETIC_N_TEST`` = 3 test images per defect type plus 3 test/good, seed 0, MVTec AD layout
   (``<root>/<category>/{train/good, test/<defect>, ground_truth/<defect>/NNN_mask.png, dataset.json}``).
   Treat it as read-only (it is shared by the whole session); copy it to ``tmp_path`` to modify.
+- ``MEMSEG_CACHE_DIR`` is a temporary folder for the session (the cached ONNX exports of
+  ``Predictor``'s default CPU route), removed at exit.
 - ``load_benchmark`` (session): ``load_benchmark("run")`` imports ``benchmarks/run.py`` as a module
   (the benchmark scripts are run by path, so the tests load them the same way).
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,6 +32,11 @@ import pytest
 # Tests stay offline and deterministic: weights="auto" (the default) never asks the hub here, so it
 # resolves to random initialisation unless ImageNet weights are already in the local cache.
 os.environ.setdefault("MEMSEG_OFFLINE", "1")
+# Predictor's default CPU route exports each checkpoint's ONNX graph once into a cache: a throw-away one
+# per test session (notebook kernels inherit it), never the user's ~/.cache/memseg.
+if "MEMSEG_CACHE_DIR" not in os.environ:
+    os.environ["MEMSEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="memseg-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["MEMSEG_CACHE_DIR"], ignore_errors=True)
 
 SYNTHETIC_SIZE = 64
 SYNTHETIC_N_TRAIN = 12

@@ -67,7 +67,7 @@ def test_predict_and_evaluate_run_the_exported_model_like_the_checkpoint(trained
     assert by_onnx["decision"]["accuracy"] == by_torch["decision"]["accuracy"]
 
     images = sorted((Path(data) / "tiny" / "test").rglob("*.png"))
-    torch_pred, onnx_pred = Predictor.from_checkpoint(ckpt, device="cpu"), Predictor.from_checkpoint(exported)
+    torch_pred, onnx_pred = Predictor.from_checkpoint(ckpt, device="cpu", backend="torch"), Predictor.from_checkpoint(exported)
     assert onnx_pred.threshold == pytest.approx(torch_pred.threshold)
     t_scores = np.array([torch_pred.predict(p).score for p in images])
     o_scores = np.array([onnx_pred.predict(p).score for p in images])
@@ -80,12 +80,35 @@ def test_cli_export_then_predict_with_onnxruntime(trained, tmp_path, capsys):
     out = tmp_path / "m.onnx"
     assert cli_main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
     assert "maps match PyTorch within 1e-4" in capsys.readouterr().out and out.is_file()
+    assert list(tmp_path.iterdir()) == [out]  # no temporary file (or its weights) is left beside it
     image = next((Path(data) / "tiny" / "test" / "spot").glob("*.png"))
     assert cli_main(["predict", "--checkpoint", str(out), "--backend", "onnxruntime", str(image),
                      "--out", str(tmp_path / "pred")]) == 0
     row = capsys.readouterr().out.strip().split("\t")
     assert row[0] == str(image) and row[2] in ("normal", "anomalous")
-    assert float(row[1]) == pytest.approx(Predictor.from_checkpoint(ckpt, device="cpu").predict(image).score, abs=1e-4)
+    by_torch = Predictor.from_checkpoint(ckpt, device="cpu", backend="torch")
+    assert float(row[1]) == pytest.approx(by_torch.predict(image).score, abs=1e-4)
+
+
+def test_cli_predict_runs_a_checkpoint_through_its_cached_graph(trained, tmp_path, monkeypatch, capsys):
+    """The default route of `memseg predict` on a .pt: exported once into the cache, then reused; a
+    retrained (changed) checkpoint gets a fresh export."""
+    from memseg.engine.checkpoint import save_checkpoint
+    from memseg.engine.export import CACHE_ENV, cached_onnx
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    data, ckpt = trained
+    image = next((Path(data) / "tiny" / "test" / "spot").glob("*.png"))
+    for run, says in ((1, "exporting"), (2, None)):
+        assert cli_main(["predict", "--checkpoint", str(ckpt), str(image), "--out", str(tmp_path / f"p{run}"), "--device", "cpu"]) == 0
+        captured = capsys.readouterr()
+        assert (says in captured.err) if says else ("exporting" not in captured.err)
+        row = captured.out.strip().split("\t")
+        assert float(row[1]) == pytest.approx(Predictor.from_checkpoint(ckpt, device="cpu", backend="torch").predict(image).score, abs=1e-4)
+    model, info = load_checkpoint(ckpt, device="cpu")
+    changed = save_checkpoint(tmp_path / ckpt.name, model, config=info["config"], threshold=0.123)
+    assert cached_onnx(changed) != cached_onnx(ckpt) and cached_onnx(ckpt).parent == tmp_path / "cache" / "onnx"
+    assert sorted(p.name for p in (tmp_path / "cache" / "onnx").iterdir()) == sorted([cached_onnx(ckpt).name, cached_onnx(changed).name])
 
 
 def test_cli_errors_are_one_line(trained, exported, tmp_path, capsys):

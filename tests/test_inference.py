@@ -1,6 +1,9 @@
-"""Inference: Predictor from a checkpoint, every input kind, maps at the original size, errors."""
+"""Inference: Predictor from a checkpoint, every input kind, maps at the original size, errors,
+the default CPU route (the checkpoint's cached ONNX graph in onnxruntime) and its torch fallback."""
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +17,17 @@ from memseg.engine.inference import DEFAULT_THRESHOLD, Prediction, Predictor
 from memseg.models import build_model
 from memseg.utils import normalize
 from tiny_data import make_tiny_dataset
+
+
+@pytest.fixture(scope="module", autouse=True)
+def onnx_cache(tmp_path_factory):
+    """The exports of the default route go to a temporary cache, not the user's."""
+    from memseg.engine.export import CACHE_ENV
+
+    with pytest.MonkeyPatch.context() as mp:
+        folder = tmp_path_factory.mktemp("onnx-cache")
+        mp.setenv(CACHE_ENV, str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +155,65 @@ def test_large_images_are_decoded_downscaled_and_mapped_at_a_bounded_size(predic
     assert predictor.predict(big).anomaly_map.shape == (bh, bw)
     _, maps = predictor.predict_batch(torch.zeros(1, 3, 3000, 2000))
     assert maps.shape == (1, *bounded_size(2000, 3000, DECODE_MAX_PIXELS)[::-1])
+
+
+# ------------------------------------------------------------------ the default CPU route
+def test_default_cpu_route_is_onnxruntime_with_the_maps_and_verdicts_of_torch(predictor, checkpoint, onnx_cache):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    by_torch = Predictor.from_checkpoint(checkpoint[0], device="cpu", backend="torch")
+    assert predictor.backend == "onnxruntime" and by_torch.backend == "torch"
+    assert predictor.info["onnx_path"].startswith(str(onnx_cache)) and predictor.threshold == by_torch.threshold
+    images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    images[3:, :, 20:40, 20:40] = 1.0  # a bright square: a different score range
+    scores, maps = predictor.predict_batch(images)
+    ref_scores, ref_maps = by_torch.predict_batch(images)
+    assert float(np.abs(maps - ref_maps).max()) <= 1e-4 and float(np.abs(scores - ref_scores).max()) <= 1e-4
+    threshold = float(np.median(ref_scores))  # verdicts at a threshold inside the scores' range
+    assert list(scores >= threshold) == list(ref_scores >= threshold)
+    single = predictor.predict(images[0])
+    assert single.score == pytest.approx(float(ref_scores[0]), abs=1e-4)
+
+
+def test_the_export_is_cached_by_content(checkpoint, onnx_cache, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from memseg.engine import export
+
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(checkpoint[1].read_bytes())
+    first = Predictor.from_checkpoint(copy, device="cpu")
+    assert capsys.readouterr().err.strip() == f"memseg: exporting {copy} for onnxruntime, once (cached as {first.info['onnx_path']})"
+    monkeypatch.setattr(export, "export_onnx", lambda *a, **k: pytest.fail("a cached graph was exported again"))
+    again = Predictor.from_checkpoint(copy, device="cpu")
+    assert again.info["onnx_path"] == first.info["onnx_path"] and capsys.readouterr().err == ""
+    assert all(p.parent == onnx_cache / "onnx" for p in onnx_cache.rglob("*.onnx"))  # nothing beside the checkpoints
+    assert list(tmp_path.iterdir()) == [copy]
+
+
+def test_without_onnxruntime_the_default_route_is_torch_and_says_so_once(checkpoint, monkeypatch, capsys):
+    from memseg.engine import export
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails, find_spec says missing
+    monkeypatch.setattr(export, "_SAID", set())
+    preds = [Predictor.from_checkpoint(checkpoint[0], device="cpu") for _ in range(2)]
+    assert [p.backend for p in preds] == ["torch", "torch"]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "onnxruntime not installed" in lines[0] and "memseg-kit[deploy]" in lines[0]
+    assert str(checkpoint[0]) in lines[0]
+    assert preds[0].predict(np.full((64, 64, 3), 90, np.uint8)).anomaly_map.shape == (64, 64)
+
+
+def test_a_failed_export_falls_back_to_torch_with_one_line(checkpoint, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from memseg.engine import export
+
+    def broken(path):
+        raise RuntimeError("exporter crashed\nlong trace")
+
+    monkeypatch.setattr(export, "cached_onnx", broken)
+    monkeypatch.setattr(export, "_SAID", set())
+    assert Predictor.from_checkpoint(checkpoint[0], device="cpu").backend == "torch"
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"memseg: the onnxruntime route failed for {checkpoint[0]} (RuntimeError: exporter crashed); running it with torch"]

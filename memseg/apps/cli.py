@@ -56,7 +56,9 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 def _add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
-                   help="what runs the model: auto picks by the --checkpoint file (.onnx: onnxruntime, else torch)")
+                   help="what runs the model: auto runs a .onnx file in onnxruntime, and a .pt checkpoint on the CPU through "
+                        "its ONNX export (made once, cached in $MEMSEG_CACHE_DIR or ~/.cache/memseg; torch without the "
+                        "deploy extra), on a GPU in torch; torch or onnxruntime insist on one")
 
 
 def _add_layout(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""Inference: score one image (any size) with a trained checkpoint; CLI `memseg predict`.
+"""Inference: score one image (any size) with a trained checkpoint (`Predictor`: `memseg predict`, the dashboard).
 
 The image is resized to the model's input size, ImageNet-normalised, passed through the network;
 the anomaly map is resized back to the ORIGINAL image size (bounded for huge images, see below).
@@ -109,13 +109,26 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", backend: str = "auto",
-                        **kwargs: Any) -> "Predictor":
+                        threads: int | None = None, **kwargs: Any) -> "Predictor":
         """Load a checkpoint written by :func:`memseg.engine.training.train`, or a model written by ``memseg export``
-        (``.onnx``, run by onnxruntime; see :func:`memseg.engine.export.load_model` for ``backend``)."""
-        from memseg.engine.export import load_model
+        (``.onnx``, run by onnxruntime; see :func:`memseg.engine.export.load_model` for ``backend``).
 
-        model, info = load_model(path, device=device, backend=backend)
+        On the CPU, ``backend="auto"`` runs a MemSeg checkpoint through onnxruntime: its graph is
+        exported once into a cache (:func:`memseg.engine.export.onnxruntime_route`; maps within
+        1e-4 of torch), falling back to torch with one stderr line without the ``deploy`` extra.
+        ``backend="torch"`` keeps torch. ``threads``: onnxruntime's intra-op threads (None: its default).
+        """
+        from memseg.engine.export import is_onnx, load_model, onnxruntime_route
+
+        model, info = load_model(path, device=device, backend=backend, threads=threads)
+        if backend == "auto" and not is_onnx(path) and select_device(device).type == "cpu":
+            model, info = onnxruntime_route(path, model, info, threads)
         return cls(model, info, device=device, **kwargs)
+
+    @property
+    def backend(self) -> str:
+        """What runs the network: "onnxruntime" or "torch"."""
+        return self.info.get("backend", "torch")
 
     # ------------------------------------------------------------------------------- inputs
     def load(self, path: str | Path) -> np.ndarray:
