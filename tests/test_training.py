@@ -20,13 +20,11 @@ from PIL import Image
 from tiny_data import make_tiny_dataset
 
 from memseg.engine import training
-from memseg.engine.checkpoint import is_slim, load_checkpoint, read_checkpoint
+from memseg.engine.checkpoint import is_slim, load_checkpoint, read_checkpoint, rng_state, set_rng_state
 from memseg.apps.cli import main as cli_main
 from memseg.engine.train_config import TrainConfig, load_config
 from memseg.engine.training import (
     lr_factor,
-    rng_state,
-    set_rng_state,
     split_indices,
     train,
 )

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic save, safe load (`torch.load(weights_only=True)`), clear mismatch errors.
+"""Checkpoints: atomic save, safe load (`torch.load(weights_only=True)`), clear mismatch errors, and the RNG states that make a resume exact.
 
 A checkpoint is a plain dict of tensors and Python primitives, so it loads with
 ``weights_only=True`` (no pickled classes):
@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -282,3 +284,32 @@ def load_checkpoint(
     info = {k: v for k, v in ckpt.items() if k != "model_state"}
     info["path"] = str(path)
     return net, info
+
+
+# ------------------------------------------------------------------------------------ RNG states (exact resume)
+# ------------------------------------------------------------------------------------ RNG states
+def rng_state(generator: torch.Generator) -> dict:
+    """All RNG states in weights_only-safe form (tensors, ints, floats, strings)."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "generator": generator.get_state(),  # uint8 tensor
+        "torch_cpu": torch.get_rng_state(),
+        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64), "gauss_next": py_gauss},
+    }
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    """Inverse of :func:`rng_state`."""
+    generator.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch_cpu"].cpu())
+    if state.get("torch_cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["torch_cuda"]])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))

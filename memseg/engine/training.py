@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import random
 import re
 import signal
 import threading
@@ -39,7 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from memseg.engine.checkpoint import read_checkpoint, save_checkpoint
+from memseg.engine.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from memseg.engine.run_folder import (
     CHECKPOINT_DIR, CONFIG_YAML, FINAL_CHECKPOINT, LAST_CHECKPOINT, VALIDATION_JSON, StepLog,
     check_run_dir, remove_previous_run,
@@ -64,34 +63,6 @@ class TrainResult:
     validation: dict | None = None  # validation-split metrics (simulated anomalies, never the test set)
     weights_source: str = "unknown"  # what the encoder was initialised from ("imagenet", "random", a path)
     last: Path | None = None  # <run>/checkpoints/last.pt: the resumable checkpoint (optimizer state, RNG states)
-
-
-# ------------------------------------------------------------------------------------ RNG states
-def rng_state(generator: torch.Generator) -> dict:
-    """All RNG states in weights_only-safe form (tensors, ints, floats, strings)."""
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    state = {
-        "generator": generator.get_state(),  # uint8 tensor
-        "torch_cpu": torch.get_rng_state(),
-        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
-        "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64), "gauss_next": py_gauss},
-    }
-    return state
-
-
-def set_rng_state(state: dict, generator: torch.Generator) -> None:
-    """Inverse of :func:`rng_state`."""
-    generator.set_state(state["generator"].cpu())
-    torch.set_rng_state(state["torch_cpu"].cpu())
-    if state.get("torch_cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["torch_cuda"]])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -210,6 +181,29 @@ def validate(model, images_u8: torch.Tensor, simulator, cfg: TrainConfig, device
 
 
 # ------------------------------------------------------------------------------------- training
+def _set_up_device(cfg: TrainConfig) -> torch.device:
+    """The run's device, with the determinism (or cuDNN autotuning) the config asks for, and all RNGs seeded."""
+    device = select_device(cfg.device)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    seed_everything(cfg.seed)
+    return device
+
+
+def _train_images(cfg: TrainConfig, device: torch.device, progress: bool) -> torch.Tensor:
+    """The category's train/good images decoded and resized ONCE: uint8 (N, 3, H, W) on ``device`` (a step only indexes it)."""
+    from memseg.data import load_split
+
+    dataset = load_split(cfg.data, cfg.category, split="train", size=cfg.input_size, layout=cfg.layout)
+    if len(dataset) == 0:
+        raise ValueError(f"{cfg.data}: category {cfg.category!r} has no train/good images")
+    return dataset.load_images(progress=progress).to(device)
+
+
 def _build_model(cfg: TrainConfig, stored: dict | None, cache: torch.Tensor, device: torch.device):
     """The model on ``device`` (its memory bank filled) and the run's image split; from ``stored`` on resume."""
     from memseg.models import build_model
@@ -299,7 +293,6 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    from memseg.data import load_split
     from memseg.paths import locate_dtd
 
     cfg = config
@@ -317,24 +310,10 @@ def train(
         cfg.dtd_root = stored.get("config", {}).get("dtd_root")  # same textures as before the interruption
     else:  # --dtd / dtd_root > $MEMSEG_DTD > the project defaults (memseg.paths); recorded in the config
         cfg.dtd_root = str_or_none(locate_dtd(cfg.dtd_root, flag="--dtd (dtd_root)").path)
-
-    device = select_device(cfg.device)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    seed_everything(cfg.seed)
+    device = _set_up_device(cfg)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-
-    # --- data: decode + resize once, keep as uint8 on the device
-    size = cfg.input_size
-    dataset = load_split(cfg.data, cfg.category, split="train", size=size, layout=cfg.layout)
-    n_images = len(dataset)
-    if n_images == 0:
-        raise ValueError(f"{cfg.data}: category {cfg.category!r} has no train/good images")
-    cache = dataset.load_images(progress=progress).to(device)  # (N, 3, H, W) uint8
+    cache = _train_images(cfg, device, progress)  # (N, 3, H, W) uint8 on the device, decoded once
+    n_images = cache.shape[0]
 
     # --- model (+ its memory bank from N train images, paper §3.2), optimizer, simulator
     model, splits = _build_model(cfg, stored, cache, device)
