@@ -3,7 +3,8 @@
 Two guards against a stalled run, each ending in one fresh retry of the notebook:
 
 - an idle-kernel watchdog: while a cell is pending, the kernel process's CPU time is read every few
-  seconds; a kernel that uses none for ``$MEMSEG_NB_IDLE`` seconds (default 120) is stopped. That is
+  seconds; a kernel that stays idle (under 5 % of a core between two reads: an idle kernel's own
+  threads still tick) for ``$MEMSEG_NB_IDLE`` seconds (default 120) is stopped. That is
   the hang seen with ipykernel 7 (ipython/ipykernel#1471, hence the ``ipykernel<7`` pin): the kernel
   idle without ever sending its execute reply, both sides waiting. The quick notebooks' cells compute
   (no sleeps, no subprocesses), so two idle minutes mean a stall, found in minutes instead of 15;
@@ -52,6 +53,9 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (man 5 proc)
 
 
+BUSY_SHARE = 0.05  # a kernel using more than 5 % of a core between two polls is computing
+
+
 class IdleKernelWatchdog:
     """Stops the kernel when it uses no CPU for ``idle_s`` seconds while a cell is pending.
 
@@ -90,10 +94,14 @@ class IdleKernelWatchdog:
             pid = self._kernel_pid()
             cpu = _cpu_seconds(pid) if pid else None
             now = time.monotonic()
-            if cpu is None or self.pending is None or self.pending != cell or last_cpu is None or cpu - last_cpu > 0.05:
-                last_cpu, idle_since, cell = cpu, now, self.pending
-                continue
-            if now - idle_since >= self.idle_s:
+            # Busy: more than BUSY_SHARE of one core in the last poll. An idle kernel is not at 0: its
+            # heartbeat, parent poller and tqdm monitor threads take ~0.1 % of a core, which over two
+            # minutes adds up to more than any fixed CPU-seconds allowance.
+            busy = cpu is not None and last_cpu is not None and cpu - last_cpu > BUSY_SHARE * self.poll_s
+            if cpu is None or self.pending is None or self.pending != cell or last_cpu is None or busy:
+                idle_since, cell = now, self.pending
+            last_cpu = cpu
+            if self.pending is not None and now - idle_since >= self.idle_s:
                 self.stalled = f"cell {cell}: the kernel used no CPU for {now - idle_since:.0f} s without replying"
                 os.kill(pid, signal.SIGKILL)
                 return

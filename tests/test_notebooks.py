@@ -122,6 +122,47 @@ def test_runner_stops_an_idle_kernel_quickly_and_retries_once(tmp_path, monkeypa
     assert time.monotonic() - t0 < 120
 
 
+@pytest.mark.parametrize("core_share, stopped", [(0.0, True), (0.002, True), (0.9, False)])
+def test_watchdog_judges_the_cpu_rate_not_a_total(monkeypatch, core_share, stopped):
+    """An idle kernel's own threads tick (measured in CI: 0.01 s of CPU per 5 s poll, 0.2 % of a core): that
+    is still idle, however long it lasts; a computing kernel (most of a core) is left alone. A fixed 0.05 s
+    allowance since the last reset was used up every 25 s, so a real stall ran into the 15-minute cell timeout.
+    Real settings (5 s polls, 120 s), on a fake clock."""
+    import threading
+
+    import notebook_runner as runner
+
+    clock = {"now": 0.0, "cpu": 0.0}
+
+    def monotonic():
+        clock["now"] += 5.0  # one poll per call
+        return clock["now"]
+
+    def cpu_seconds(pid):
+        clock["cpu"] += core_share * 5.0
+        return clock["cpu"]
+
+    class FastStop(threading.Event):
+        def wait(self, timeout=None):
+            return super().wait(0.001)
+
+    killed = []
+    monkeypatch.setattr(runner, "_cpu_seconds", cpu_seconds)
+    monkeypatch.setattr(runner.time, "monotonic", monotonic)
+    monkeypatch.setattr(runner.os, "kill", lambda pid, sig: killed.append(pid))
+    client = type("Client", (), {})()
+    client.km = type("KM", (), {"provisioner": type("P", (), {"process": type("Proc", (), {"pid": 4242})()})()})()
+    watchdog = runner.IdleKernelWatchdog(client, idle_s=120.0, poll_s=5.0)
+    watchdog._stop = FastStop()
+    watchdog.on_cell_execute(None, 3)
+    with watchdog:
+        deadline = time.perf_counter() + 2.0
+        while not killed and time.perf_counter() < deadline:
+            time.sleep(0.01)
+    assert bool(killed) is stopped
+    assert (watchdog.stalled or "").startswith("cell 3: the kernel used no CPU for 12") is stopped
+
+
 def test_runner_leaves_a_busy_kernel_alone(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMSEG_NB_IDLE", "2")
     busy = "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 6:\n    sum(range(10_000))"
