@@ -57,13 +57,12 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path)
 
 
-def run_simulate(args: Any) -> int:
+def run_simulate(args: argparse.Namespace) -> int:
     """`memseg simulate`: simulate `--n` anomalies on the category's train/good images.
 
     Writes NNNN_image.png, NNNN_mask.png and summary.json to --out (which must be new or empty),
     or with --no-save writes nothing and prints `throughput: X samples/s` as the last line.
     """
-
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     out = None
