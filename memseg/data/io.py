@@ -295,7 +295,7 @@ def load_mask(path: str | Path, size: SizeLike | None = None) -> np.ndarray:
 
 def resize_mask(mask: np.ndarray, size: SizeLike) -> np.ndarray:
     """Nearest-neighbour resize of a bool ``(H, W)`` mask to ``size`` = (H, W)."""
-    return resize_binary_mask(mask, as_size(size)).copy()  # the display resize of memseg.viz: one nearest-neighbour rule
+    return resize_binary_mask(mask, as_size(size))  # the display resize of memseg.viz (always a new array)
 
 
 def to_tensor(image: np.ndarray, size: SizeLike | None = None) -> torch.Tensor:
