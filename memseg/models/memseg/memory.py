@@ -158,20 +158,38 @@ class MemoryBank(nn.Module):
         self._check(features, "input features")
         b = features[0].shape[0]
         out = torch.zeros(b, self.memory_size, device=features[0].device, dtype=torch.float32)
+        if torch.compiler.is_exporting():
+            return self._exported_distances(features)
         for f, mem in zip(features, self.levels):
             x = f.detach().float().reshape(b, -1)  # (B, D_l)
             m = mem.float().reshape(self.memory_size, -1)  # (N, D_l)
             for n0 in range(0, self.memory_size, self.chunk_size):
                 chunk = m[n0 : n0 + self.chunk_size]
-                if torch.compiler.is_exporting():  # export (ONNX has no cdist): the same sums, written out
-                    diff = x[:, None, :] - chunk[None, :, :]  # (B, n, D_l)
-                    d = (diff.abs() if self.distance == "l2" else diff.square()).sum(dim=-1)
-                elif self.distance == "l2":
+                if self.distance == "l2":
                     d = torch.cdist(x, chunk, p=1)  # Σ |MI - II|
                 else:
                     d = torch.cdist(x, chunk, p=2, compute_mode="donot_use_mm_for_euclid_dist").square()  # Σ (MI - II)^2
                 out[:, n0 : n0 + chunk.shape[0]] += d
         return out
+
+    def _exported_distances(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`distances` as an exported graph (ONNX has no cdist): the same sums, written out.
+
+        One memory sample at a time, so each difference (B, D_l) stays in the CPU cache, and the
+        (B, N) result is stacked, not written into slices (which onnxruntime runs as ScatterND).
+        """
+        b = features[0].shape[0]
+        xs = [f.float().reshape(b, -1) for f in features]  # II_l: (B, D_l)
+        mems = [mem.float().reshape(self.memory_size, -1) for mem in self.levels]  # MI_l: (N, D_l)
+        columns = []
+        for n in range(self.memory_size):
+            total = None
+            for x, m in zip(xs, mems):
+                diff = x - m[n]  # (B, D_l)
+                d = (diff.abs() if self.distance == "l2" else diff.square()).sum(dim=-1)  # (B,)
+                total = d if total is None else total + d
+            columns.append(total)
+        return torch.stack(columns, dim=1)  # (B, N)
 
     @torch.no_grad()
     def select(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
