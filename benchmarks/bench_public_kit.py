@@ -12,8 +12,11 @@ rotating order) at each thread count, the kit at the same count (``torch.set_num
 Routes: ``eager`` (torch fp32, channels_last: the model's default), ``compile`` (``torch.compile``;
 compile time printed), ``bf16`` (CPU autocast; max map difference and score ranking vs fp32;
 bf16 is native only where ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``), ``onnxruntime`` (the
-graph of ``memseg export``), ``predictor`` (``Predictor.predict_batch`` as ``memseg predict`` and
-the dashboard build it from a checkpoint: the default route, scoring included).
+graph of ``memseg export``), ``mixed`` (:class:`memseg.engine.mixed_precision.MixedPrecisionModel`:
+compare half float32 in onnxruntime, segment half bf16 in OpenVINO, without the verdict guard),
+``predictor`` (``Predictor.predict_batch`` as ``memseg predict`` and the dashboard build it from a
+checkpoint: the default route, scoring and the verdict guard included; the checkpoint's threshold is
+0.99, away from the random model's scores, so the guard does not re-score: the usual case).
 
 Usage::
 
@@ -25,17 +28,16 @@ Usage::
 Prints a table (route, threads, p50 / p95 ms, img/s, kit p50 / ours) and one JSON line per row.
 
 Measured 2026-11-27 on the 2-core development CPU (Xeon with AVX-512 BF16 and AMX; torch 2.14.1,
-onnxruntime 1.32; load average 0.80 at the start, 1.16 at the end; 20 interleaved repeats), p50 ms
-and kit p50 / ours::
+onnxruntime 1.32, OpenVINO 2026.4; load average 1.0-1.3; 20 interleaved repeats), p50 ms and
+kit p50 / ours (``docs/results/cpu-inference/kit-speed.txt``)::
 
-    threads  kit    eager         bf16          compile       onnxruntime   predictor (default)
-    1        278.1  133.9 2.08x   98.3  2.83x   122.5 2.27x   97.6  2.85x   99.8  2.79x
-    2        154.3   76.6 2.01x   60.0  2.57x    68.7 2.25x   59.7  2.59x   61.2  2.52x
+    threads  kit    eager         onnxruntime   mixed         predictor (default)
+    1        285.2  131.0 2.18x   90.2  3.16x   53.1  5.37x   54.4  5.25x
+    2        148.1   73.4 2.02x   59.6  2.49x   37.2  3.98x   39.8  3.72x
 
-onnxruntime maps match fp32 eager within 6e-8 (same ranking); bf16 maps differ by up to 1.7e-4 on
-random weights, and on a trained checkpoint (runs/demo/toys, 58 test images) scores by up to 4.9e-3
-with a changed ranking (no verdict flip there): fp32 stays the default. ``torch.compile``: 145 s
-to compile cold (load ~3), ~5 s from inductor's disk cache. Export into the cache: 11-16 s, once.
+onnxruntime maps match fp32 eager within 6e-8. The mixed route's verdicts on trained checkpoints:
+``benchmarks/bench_cpu_verdicts.py`` (``docs/results/cpu-inference``). Earlier (same machine):
+torch.compile 122.5 ms on 1 thread (2.27x), 145 s to compile cold; bf16 autocast 98.3 ms (2.83x).
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ from memseg.engine.scoring import image_scores  # noqa: E402
 from memseg.models.memseg.model import MemSeg, MemSegConfig  # noqa: E402
 from memseg.utils import normalize  # noqa: E402
 
-ROUTES = ("eager", "compile", "bf16", "onnxruntime", "predictor")
+ROUTES = ("eager", "compile", "bf16", "onnxruntime", "mixed", "predictor")
 Route = Callable[[torch.Tensor], torch.Tensor]  # normalised (1, 3, H, W) -> map (1, 1, H, W)
+PREDICTOR_THRESHOLD = 0.99
 
 
 # ----------------------------------------------------------------------------------- the kit
@@ -128,7 +131,10 @@ def checkpoint_and_graph(model: MemSeg, folder: Path) -> tuple[Path, Path]:
     from memseg.engine.export import CACHE_ENV, cached_onnx
 
     os.environ[CACHE_ENV] = str(folder / "cache")  # the predictor route finds the same export there
-    ckpt = save_checkpoint(folder / "model.pt", model, config={"top_k": 100, "size": model.config.input_size[0]})
+    # a threshold away from the scores (random weights score ~0.5 everywhere): the predictor row measures the
+    # usual case, where the bf16 route's verdict guard does not score the image again (see bench_cpu_verdicts.py)
+    ckpt = save_checkpoint(folder / "model.pt", model, config={"top_k": 100, "size": model.config.input_size[0]},
+                           threshold=PREDICTOR_THRESHOLD)
     t0 = time.perf_counter()
     graph = cached_onnx(ckpt)
     print(json.dumps({"export_s": round(time.perf_counter() - t0, 1)}), flush=True)
@@ -139,6 +145,14 @@ def onnx_route(path: Path, threads: int) -> Route:
     from memseg.engine.export import load_onnx
 
     return load_onnx(path, threads=threads)[0].anomaly_map
+
+
+def mixed_route(checkpoint: Path, model: MemSeg, threads: int) -> Route:
+    """Compare half float32 (onnxruntime), segment half bf16 (OpenVINO), without the verdict guard."""
+    from memseg.engine.mixed_precision import MixedPrecisionModel, cached_halves
+
+    compare, segment = cached_halves(checkpoint, model)
+    return MixedPrecisionModel(compare, segment, model.config.input_size, threads=threads).anomaly_map
 
 
 def predictor_route(checkpoint: Path, threads: int) -> Route:
@@ -239,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     kit = build_kit(args.kit, memory)
     ours = build_ours(args.size, memory)
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt, onnx_path = checkpoint_and_graph(ours, Path(tmp)) if {"onnxruntime", "predictor"} & set(args.routes) else (None, None)
+        ckpt, onnx_path = checkpoint_and_graph(ours, Path(tmp)) if {"onnxruntime", "mixed", "predictor"} & set(args.routes) else (None, None)
         fixed: dict[str, Route] = {"eager": ours.anomaly_map, "bf16": bf16(ours)}
         if "compile" in args.routes:
             try:
@@ -253,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             routes = {"kit": (kit, x), **{name: (fn, x) for name, fn in fixed.items() if name in args.routes}}
             if "onnxruntime" in args.routes:
                 routes["onnxruntime"] = (onnx_route(onnx_path, t), x)
+            if "mixed" in args.routes:
+                routes["mixed"] = (mixed_route(ckpt, ours, t), x)
             if "predictor" in args.routes:
                 routes["predictor"] = (predictor_route(ckpt, t), x01)
             times = interleaved(routes, args.warmup, args.repeats)

@@ -277,9 +277,9 @@ def test_loading_a_checkpoint_runs_a_warm_up_forward_first(app: DashboardApp, ti
     calls: list[torch.Tensor] = []
     original = Predictor.predict_batch
 
-    def counting(self, images):
+    def counting(self, images, threshold=None):
         calls.append(images.detach().clone())
-        return original(self, images)
+        return original(self, images, threshold)
 
     monkeypatch.setattr(Predictor, "predict_batch", counting)
     app.state.warmup_ms = None

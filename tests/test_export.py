@@ -92,10 +92,13 @@ def test_cli_export_then_predict_with_onnxruntime(trained, tmp_path, capsys):
 
 def test_cli_predict_runs_a_checkpoint_through_its_cached_graph(trained, tmp_path, monkeypatch, capsys):
     """The default route of `memseg predict` on a .pt: exported once into the cache, then reused; a
-    retrained (changed) checkpoint gets a fresh export."""
+    retrained (changed) checkpoint gets a fresh export. The float32 route (a CPU without native bf16;
+    tests/test_mixed_precision.py checks the bf16 one)."""
+    from memseg.engine import mixed_precision
     from memseg.engine.checkpoint import save_checkpoint
     from memseg.engine.export import CACHE_ENV, cached_onnx
 
+    monkeypatch.setattr(mixed_precision, "native_bf16", lambda: False)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     data, ckpt = trained
     image = next((Path(data) / "tiny" / "test" / "spot").glob("*.png"))

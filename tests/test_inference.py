@@ -21,12 +21,15 @@ from tiny_data import make_tiny_dataset
 
 @pytest.fixture(scope="module", autouse=True)
 def onnx_cache(tmp_path_factory):
-    """The exports of the default route go to a temporary cache, not the user's."""
+    """The exports of the default route go to a temporary cache, not the user's. This module tests
+    the float32 route (CPUs without native bf16); tests/test_mixed_precision.py tests the bf16 one."""
+    from memseg.engine import mixed_precision
     from memseg.engine.export import CACHE_ENV
 
     with pytest.MonkeyPatch.context() as mp:
         folder = tmp_path_factory.mktemp("onnx-cache")
         mp.setenv(CACHE_ENV, str(folder))
+        mp.setattr(mixed_precision, "native_bf16", lambda: False)
         yield folder
 
 

@@ -523,23 +523,27 @@ def test_short_memseg_training_beats_chance_on_real_test_defects(tmp_path):
 
 def _validation_split_through_predictor(cfg: TrainConfig, result):
     """Rebuild the validation split a run picked its threshold on and score it through Predictor:
-    the scores must equal the ones training stored (same precision, same score definition)."""
+    in float32 (torch) the scores must equal the ones training stored (same precision, same score
+    definition); the default CPU route (bf16 where the CPU has it) must give the same verdicts."""
     from memseg.data import load_split
     from memseg.engine.inference import Predictor
     from memseg.simulation.simulator import AnomalySimulator, SimulationConfig
     from memseg.engine.training import validation_batches
 
-    predictor = Predictor.from_checkpoint(result.checkpoint, device="cpu")
-    assert predictor.threshold_source == "validation split" and predictor.threshold == result.threshold
+    predictor = Predictor.from_checkpoint(result.checkpoint, device="cpu", backend="torch")
+    default = Predictor.from_checkpoint(result.checkpoint, device="cpu")
+    assert predictor.threshold_source == "validation split" and predictor.threshold == result.threshold == default.threshold
     splits = read_checkpoint(result.checkpoint)["extra"]["splits"]
     images = load_split(cfg.data, cfg.category, split="train", size=cfg.input_size).load_images(progress=False)
     simulator = AnomalySimulator(SimulationConfig(**cfg.simulation), dtd_root=cfg.dtd_root, size=cfg.input_size,
                                  category=cfg.category, progress=False)
-    scores = []
+    scores, fast = [], []
     for clean, simulated, _ in validation_batches(images[splits["val"]], simulator, cfg, torch.device("cpu")):
         scores += [*predictor.predict_batch(clean)[0], *predictor.predict_batch(simulated)[0]]
-    scores, labels = np.asarray(scores), np.asarray(result.validation["labels"])
+        fast += [*default.predict_batch(clean)[0], *default.predict_batch(simulated)[0]]
+    scores, fast, labels = np.asarray(scores), np.asarray(fast), np.asarray(result.validation["labels"])
     np.testing.assert_allclose(scores, result.validation["scores"], atol=1e-5)
+    assert list(fast >= result.threshold) == list(scores >= result.threshold)
     return predictor, scores, labels
 
 

@@ -11,12 +11,13 @@ the key ``memseg``, as JSON.
 :func:`memseg.engine.scoring.score_images`, so ``memseg predict``, ``memseg evaluate`` and the dashboard
 accept a ``.onnx`` file wherever they accept a checkpoint.
 
-The fast CPU route: :func:`onnxruntime_route` runs a ``.pt`` checkpoint through its exported graph,
+The float32 CPU route: :func:`onnxruntime_route` runs a ``.pt`` checkpoint through its exported graph,
 exported once (parity-checked) into a cache keyed by the checkpoint's bytes, the model code and the
 torch version (:func:`cache_dir`); :meth:`memseg.engine.inference.Predictor.from_checkpoint` takes
-it by default on the CPU (256², batch 1, 2-core development CPU at idle: 97.6 vs 133.9 ms torch eager on
-1 thread, 59.7 vs 76.6 ms on 2; maps within 1e-4; ``benchmarks/bench_public_kit.py``), and falls back
-to torch with one stderr line when the ``deploy`` extra is missing or the export fails.
+it by default on a CPU without native bf16 (256², batch 1, 2-core development CPU: 89 ms on 1 thread,
+58 ms on 2, against 134 and 77 ms in torch eager; maps within 1e-4; ``benchmarks/bench_public_kit.py``),
+and falls back to torch with one stderr line when the ``deploy`` extra is missing or the export fails.
+Where the CPU has native bf16, :mod:`memseg.engine.mixed_precision` is the default route instead.
 
 Examples:
     >>> from memseg.engine.export import export_onnx
@@ -43,8 +44,9 @@ from torch import nn
 
 from memseg.utils import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["BACKENDS", "CACHE_ENV", "METADATA_KEY", "OPSET", "OnnxRuntimeModel", "cache_dir", "cached_onnx", "export_onnx",
-           "is_onnx", "load_model", "load_onnx", "onnxruntime_route"]
+__all__ = ["BACKENDS", "CACHE_ENV", "METADATA_KEY", "OPSET", "GraphConfig", "OnnxRuntimeModel", "cache_dir", "cache_key",
+           "cached_onnx", "export_onnx", "is_onnx", "load_model", "load_onnx", "missing_modules", "onnxruntime_route",
+           "ort_session", "say_once"]
 
 METADATA_KEY = "memseg"
 OPSET = 18
@@ -52,10 +54,6 @@ INPUT_NAME, OUTPUT_NAME = "input", "anomaly_map"
 EXPORTABLE = ("memseg",)
 BACKENDS = ("auto", "torch", "onnxruntime")
 CACHE_ENV = "MEMSEG_CACHE_DIR"
-EXPORT_MEMORY_CHUNK = 4
-"""Memory samples per block of the exported DI* search (eq. 3-4; the same sums, tiled): each
-(B, 4, D) difference block stays in the CPU cache. 256², batch 1, onnxruntime on the 2-core
-development CPU: 102 vs 113 ms on 1 thread, 63 vs 65 ms on 2, against the model's default of 32."""
 DEPLOY_MODULES = ("onnx", "onnxscript", "onnxruntime")
 
 
@@ -123,8 +121,6 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, overwr
     model, info = load_checkpoint(checkpoint, device="cpu")
     if info.get("model_name") not in EXPORTABLE:
         raise ValueError(f"{checkpoint}: export supports {', '.join(EXPORTABLE)} checkpoints, got {info.get('model_name')!r}")
-    if model.memory is not None:
-        model.memory.chunk_size = EXPORT_MEMORY_CHUNK
     h, w = model.config.input_size
     graph = _AnomalyMapGraph(model).eval()
     example = torch.randn(2, 3, h, w)
@@ -148,14 +144,14 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, overwr
     return out
 
 
-def _missing(*modules: str) -> list[str]:
+def missing_modules(*modules: str) -> list[str]:
     import importlib.util
 
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
 
 def _require(*modules: str) -> None:
-    missing = _missing(*modules)
+    missing = missing_modules(*modules)
     if missing:
         raise ImportError(f"ONNX export/runtime needs {', '.join(missing)}: pip install 'memseg-kit[deploy]' "
                           "(onnx, onnxscript, onnxruntime)")
@@ -172,7 +168,7 @@ def _write_metadata(path: str, meta: dict) -> None:
 
 def _check_parity(graph: nn.Module, path: str, input_size: tuple[int, int], tol: float = 1e-4) -> None:
     """Run the exported file on random images at two batch sizes and compare with PyTorch."""
-    session = _session(path)
+    session = ort_session(path)
     gen = torch.Generator().manual_seed(0)
     for b in (1, 3):
         x = torch.randn(b, 3, *input_size, generator=gen)
@@ -185,7 +181,7 @@ def _check_parity(graph: nn.Module, path: str, input_size: tuple[int, int], tol:
                              f"(allowed {tol:g}), shapes {got.shape} vs {ref.shape}")
 
 
-def _session(path: str | os.PathLike, threads: int | None = None):
+def ort_session(path: str | os.PathLike, threads: int | None = None):
     """An onnxruntime CPU session; ``threads`` None: onnxruntime's default (one per physical core)."""
     _require("onnxruntime")
     import onnxruntime as ort
@@ -201,7 +197,7 @@ def _session(path: str | os.PathLike, threads: int | None = None):
 
 
 @dataclass
-class _OnnxConfig:
+class GraphConfig:
     """The bits of a model config the kit reads (``input_size``)."""
 
     input_size: tuple[int, int]
@@ -217,10 +213,10 @@ class OnnxRuntimeModel:
     def __init__(self, path: str | os.PathLike, meta: dict, threads: int | None = None):
         self.path = Path(path)
         self.meta = meta
-        self.config = _OnnxConfig(tuple(int(v) for v in meta["input_size"]))
+        self.config = GraphConfig(tuple(int(v) for v in meta["input_size"]))
         self.name = f"{meta.get('model_name') or 'model'} (onnxruntime)"
         self.weights_source = meta.get("weights_source")
-        self.session = _session(path, threads)
+        self.session = ort_session(path, threads)
 
     # the torch-module calls Predictor / evaluate make on a model
     def to(self, *args: Any, **kwargs: Any) -> OnnxRuntimeModel:
@@ -299,14 +295,14 @@ def cache_dir() -> Path:
     return Path(root) / "onnx"
 
 
-def _cache_key(checkpoint: Path) -> str:
+def cache_key(checkpoint: Path) -> str:
     """sha256 of the checkpoint's bytes, the model and export code, torch and the opset: no stale graph is reused."""
     digest = hashlib.sha256()
     with open(checkpoint, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     code = Path(__file__).resolve().parents[1] / "models" / "memseg"
-    for source in [*sorted(code.glob("*.py")), Path(__file__).resolve()]:
+    for source in [*sorted(code.glob("*.py")), Path(__file__).resolve(), Path(__file__).resolve().with_name("mixed_precision.py")]:
         digest.update(source.read_bytes())
     digest.update(f"torch {torch.__version__} opset {OPSET}".encode())
     return digest.hexdigest()[:20]
@@ -315,11 +311,11 @@ def _cache_key(checkpoint: Path) -> str:
 def cached_onnx(checkpoint: str | os.PathLike) -> Path:
     """``checkpoint`` exported by :func:`export_onnx` (parity-checked) into :func:`cache_dir`, once.
 
-    The file is named ``<stem>-<key>.onnx`` after :func:`_cache_key`, so a retrained checkpoint,
+    The file is named ``<stem>-<key>.onnx`` after :func:`cache_key`, so a retrained checkpoint,
     changed model code or another torch gets a fresh export; nothing outside the cache is written.
     """
     checkpoint = Path(checkpoint)
-    out = cache_dir() / f"{checkpoint.stem}-{_cache_key(checkpoint)}.onnx"
+    out = cache_dir() / f"{checkpoint.stem}-{cache_key(checkpoint)}.onnx"
     if not out.is_file():
         print(f"memseg: exporting {checkpoint} for onnxruntime, once (cached as {out})", file=sys.stderr, flush=True)
         export_onnx(checkpoint, out, overwrite=True)  # the cache's own name: a concurrent export may land first
@@ -329,7 +325,7 @@ def cached_onnx(checkpoint: str | os.PathLike) -> Path:
 _SAID: set[str] = set()
 
 
-def _say_once(message: str) -> None:
+def say_once(message: str) -> None:
     """One stderr line, once per process."""
     if message not in _SAID:
         _SAID.add(message)
@@ -345,16 +341,16 @@ def onnxruntime_route(checkpoint: str | os.PathLike, model: Any, info: dict, thr
     """
     if info.get("model_name") not in EXPORTABLE:
         return model, info
-    missing = _missing(*DEPLOY_MODULES)
+    missing = missing_modules(*DEPLOY_MODULES)
     if missing:
-        _say_once(f"memseg: {', '.join(missing)} not installed, so {checkpoint} runs with torch (slower on the CPU); "
+        say_once(f"memseg: {', '.join(missing)} not installed, so {checkpoint} runs with torch (slower on the CPU); "
                   "pip install 'memseg-kit[deploy]' for the onnxruntime route")
         return model, info
     try:
         path = cached_onnx(checkpoint)
         fast, _meta = load_onnx(path, threads)
     except Exception as err:  # the exporter raises many kinds; torch still runs the checkpoint
-        _say_once(f"memseg: the onnxruntime route failed for {checkpoint} ({type(err).__name__}: {(str(err).splitlines() or [''])[0]}); "
+        say_once(f"memseg: the onnxruntime route failed for {checkpoint} ({type(err).__name__}: {(str(err).splitlines() or [''])[0]}); "
                   "running it with torch")
         return model, info
     return fast, {**info, "backend": "onnxruntime", "onnx_path": str(path)}

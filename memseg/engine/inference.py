@@ -38,8 +38,8 @@ from memseg.data.io import (
     pil_to_rgb_array,
     shrink_image,
 )
-from memseg.engine.scoring import score_images
-from memseg.utils import select_device
+from memseg.engine.scoring import score_images, score_maps
+from memseg.utils import no_autocast, normalize, select_device
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -79,6 +79,7 @@ class Prediction:
     anomaly_map: np.ndarray
     time_ms: float  # preprocessing + network + resize back
     is_anomalous: bool  # score >= threshold
+    exact: bool = True  # float32 throughout (False: the bf16 route, and the score is not near the threshold)
 
 
 class Predictor:
@@ -113,21 +114,26 @@ class Predictor:
         """Load a checkpoint written by :func:`memseg.engine.training.train`, or a model written by ``memseg export``
         (``.onnx``, run by onnxruntime; see :func:`memseg.engine.export.load_model` for ``backend``).
 
-        On the CPU, ``backend="auto"`` runs a MemSeg checkpoint through onnxruntime: its graph is
-        exported once into a cache (:func:`memseg.engine.export.onnxruntime_route`; maps within
-        1e-4 of torch), falling back to torch with one stderr line without the ``deploy`` extra.
-        ``backend="torch"`` keeps torch. ``threads``: onnxruntime's intra-op threads (None: its default).
+        On the CPU, ``backend="auto"`` runs a MemSeg checkpoint by the fastest route that keeps its
+        verdicts: where the CPU has native bf16 and OpenVINO is installed, the memory comparison in
+        float32 and the segmentation half in bf16, images near the threshold scored again in float32
+        (:func:`memseg.engine.mixed_precision.mixed_precision_route`); else its whole graph in
+        onnxruntime float32 (:func:`memseg.engine.export.onnxruntime_route`; maps within 1e-4 of torch).
+        Both are exported once into a cache; without the ``deploy`` extra it stays on torch and says so
+        once. ``backend="torch"`` keeps torch. ``threads``: the runtimes' intra-op threads (None: their default).
         """
         from memseg.engine.export import is_onnx, load_model, onnxruntime_route
+        from memseg.engine.mixed_precision import mixed_precision_route
 
         model, info = load_model(path, device=device, backend=backend, threads=threads)
         if backend == "auto" and not is_onnx(path) and select_device(device).type == "cpu":
-            model, info = onnxruntime_route(path, model, info, threads)
+            routed = mixed_precision_route(path, model, info, threads)
+            model, info = routed if routed is not None else onnxruntime_route(path, model, info, threads)
         return cls(model, info, device=device, **kwargs)
 
     @property
     def backend(self) -> str:
-        """What runs the network: "onnxruntime" or "torch"."""
+        """What runs the network: "torch", "onnxruntime" or "onnxruntime+openvino-bf16"."""
         return self.info.get("backend", "torch")
 
     # ------------------------------------------------------------------------------- inputs
@@ -172,13 +178,19 @@ class Predictor:
 
     # ------------------------------------------------------------------------------ predict
     @torch.no_grad()
-    def predict_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def predict_batch(self, images: torch.Tensor, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Score a batch ``float (B, 3, H, W)`` in [0, 1] (not normalised).
 
         Returns ``(scores float32 (B,), maps float32 (B, h, w))``: maps at the input's H, W, or
         bounded to DECODE_MAX_PIXELS (same aspect ratio) for larger inputs. Sizes are checked
-        as in :func:`check_image_size`.
+        as in :func:`check_image_size`. On the bf16 route, images scored near ``threshold``
+        (default: :attr:`threshold`) are scored again in float32, so their verdicts are exact.
         """
+        scores, maps, _ = self._predict_batch(images, self.threshold if threshold is None else float(threshold))
+        return scores, maps
+
+    def _predict_batch(self, images: torch.Tensor, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`predict_batch` and, per image, whether its map and score are float32 throughout."""
         if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
             raise ValueError(f"predict_batch expects float images (B, 3, H, W) in [0, 1], got {images.dtype} {tuple(images.shape)}")
         h, w = images.shape[-2:]
@@ -186,19 +198,44 @@ class Predictor:
         bw, bh = bounded_size(w, h, DECODE_MAX_PIXELS)
         x = self._resize(images.to(self.device, torch.float32), self.input_size)
         amap, scores = score_images(self.model, x, self.top_k)  # (B, 1, h, w), (B,): as in validation
+        amap, scores, exact = self._exact_near(x, amap, scores, threshold)
         if (bh, bw) != tuple(amap.shape[-2:]):
             amap = F.interpolate(amap, size=(bh, bw), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
-        return scores.cpu().numpy().astype(np.float32), amap[:, 0].cpu().numpy().astype(np.float32)
+        return scores.cpu().numpy().astype(np.float32), amap[:, 0].cpu().numpy().astype(np.float32), exact
 
-    def predict(self, image: Any) -> Prediction:
+    def _exact_near(self, x: torch.Tensor, amap: torch.Tensor, scores: torch.Tensor,
+                    threshold: float) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """The bf16 route's verdict guard: images scored within the model's ``verdict_margin`` of
+        ``threshold`` are scored again by its ``exact_anomaly_map`` (float32)."""
+        margin = float(getattr(self.model, "verdict_margin", 0.0))
+        if not margin:
+            return amap, scores, np.ones(len(scores), dtype=bool)
+        near = (scores.float() - threshold).abs() < margin
+        if bool(near.any()):
+            with no_autocast(x.device.type):
+                exact_maps = self.model.exact_anomaly_map(normalize(x[near].float())).float().clamp_(0.0, 1.0)
+            amap, scores = amap.clone(), scores.clone()
+            amap[near] = exact_maps.to(amap.dtype)
+            scores[near] = score_maps(self.model, exact_maps, self.top_k).to(scores.dtype)
+        return amap, scores, near.cpu().numpy()
+
+    def is_exact_at(self, score: float, threshold: float) -> bool:
+        """Whether a verdict at ``threshold`` from ``score`` is the float32 verdict without scoring again."""
+        margin = float(getattr(self.model, "verdict_margin", 0.0))
+        return not margin or abs(float(score) - float(threshold)) >= margin
+
+    def predict(self, image: Any, threshold: float | None = None) -> Prediction:
         """Score one image: path, PIL image, uint8 (H, W, 3) array or float tensor (3, H, W) in [0, 1].
 
-        Raises ``ValueError`` for unsupported inputs and sizes (see :func:`check_image_size`),
+        ``threshold`` (default: :attr:`threshold`) decides the verdict. Raises ``ValueError`` for
+        unsupported inputs and sizes (see :func:`check_image_size`),
         :class:`memseg.data.io.ImageLoadError` / ``FileNotFoundError`` naming an unreadable file.
         """
+        threshold = self.threshold if threshold is None else float(threshold)
         t0 = time.perf_counter()
         x = self._to_tensor(image)
-        scores, maps = self.predict_batch(x)
+        scores, maps, exact = self._predict_batch(x, threshold)
         ms = 1000.0 * (time.perf_counter() - t0)
         score = float(scores[0])
-        return Prediction(score=score, anomaly_map=maps[0], time_ms=ms, is_anomalous=score >= self.threshold)
+        return Prediction(score=score, anomaly_map=maps[0], time_ms=ms, is_anomalous=score >= threshold,
+                          exact=bool(exact[0]))

@@ -65,7 +65,10 @@ def score_images(model: nn.Module, images: torch.Tensor, top_k: int = 100) -> tu
 
     Always float32, with autocast switched off even inside an autocast region: the decision
     threshold picked on the validation split must mean the same thing when ``evaluate`` and
-    ``predict`` apply it (a threshold picked under bf16 can lie above every fp32 score).
+    ``predict`` apply it (a threshold picked under bf16 can lie above every fp32 score). The one
+    exception is the bf16 CPU route of :class:`memseg.engine.inference.Predictor`, whose scores move by
+    at most ~0.01 and whose images near the threshold are scored again in float32
+    (:mod:`memseg.engine.mixed_precision`).
     """
     with no_autocast(images.device.type):
         maps = model.anomaly_map(normalize(images.float())).float().clamp_(0.0, 1.0)

@@ -12,8 +12,9 @@ model's category (:func:`score_scale`).
 
 from __future__ import annotations
 
+
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,8 @@ class Result:
     simulated: bool
     caption: str
     real_truth: np.ndarray | None = None  # bool (h, w): the source's own defect mask under a simulation
+    model_input: Any = None  # what was passed to Predictor.predict (to score it again in float32)
+    exact: bool = True  # float32 throughout (False on the bf16 route, away from the threshold)
 
 
 @dataclass(frozen=True)
@@ -230,7 +233,9 @@ class DashboardState:
         """
         h, w = predictor.input_size
         t0 = time.perf_counter()
-        predictor.predict_batch(torch.zeros(1, 3, h, w))
+        scores, _ = predictor.predict_batch(torch.zeros(1, 3, h, w))
+        # the bf16 route scores images near the threshold again in float32: warm that path as well
+        predictor.predict_batch(torch.zeros(1, 3, h, w), threshold=float(scores[0]))
         return 1000.0 * (time.perf_counter() - t0)
 
     def _model_scale(self, predictor: Predictor, picked_category: str | None) -> ScoreScale:
@@ -361,10 +366,18 @@ class DashboardState:
             simulated=simulation is not None,
             caption=caption,
             real_truth=real if simulation is not None else None,
+            model_input=x,
+            exact=pred.exact,
         )
 
     def decide(self, threshold: float) -> None:
         """The binary mask (map >= threshold) and the verdict (score >= threshold) of :attr:`result`."""
         r = self.result
+        if not r.exact and not self.predictor.is_exact_at(r.score, threshold):
+            # the bf16 route near this threshold: score the image again in float32 (its verdict is then exact)
+            pred = self.predictor.predict(r.model_input, threshold=threshold)
+            hw = r.anomaly_map.shape
+            r = self.result = replace(r, anomaly_map=resize_map(np.asarray(pred.anomaly_map, dtype=np.float32), hw),
+                                                  score=float(pred.score), exact=pred.exact)
         self.binary_mask = r.anomaly_map >= threshold
         self.verdict = "anomalous" if r.score >= threshold else "normal"
