@@ -169,6 +169,26 @@ def test_threshold_changes_the_mask_and_the_verdict_without_rerunning(app: Dashb
     assert app.state.updates_run == runs  # the threshold only redraws
 
 
+def test_a_decision_near_a_bf16_score_is_taken_on_the_float32_score(app: DashboardApp) -> None:
+    """On the bf16 CPU route a slider value near the image's score scores it again in float32 (no new run)."""
+    from memseg.engine import mixed_precision
+    from memseg.engine.inference import Predictor
+
+    if app.state.predictor.backend != mixed_precision.MIXED_BACKEND:
+        pytest.skip("the dashboard's model is not on the bf16 route (no native bf16 or no OpenVINO here)")
+    app.ui.image_dd.value = _anomalous_index(app)
+    app.state.predictor.threshold = 0.99  # far from the tiny model's scores: the run keeps its bf16 score
+    app.state.run(None, app.ui.category_dd.value)
+    r, runs = app.state.result, app.state.updates_run
+    assert not r.exact
+    app.set_threshold(r.score)
+    exact = Predictor.from_checkpoint(app.state.checkpoint, device="cpu", backend="torch").predict(r.model_input)
+    assert app.state.result.exact and app.state.updates_run == runs
+    assert app.state.result.score == pytest.approx(exact.score, abs=1e-4)
+    assert app.state.verdict == ("anomalous" if exact.score >= app.ui.decision.value else "normal")
+    assert app.state.colour_scale.fmt(app.state.result.score) in app.ui.score_html.value  # the page shows it
+
+
 def _upload(app: DashboardApp, name: str, data: bytes) -> None:
     """Upload through the widget, in ipywidgets 8's value format."""
     app.ui.upload_w.value = ({"name": name, "type": "", "size": len(data), "content": memoryview(data),

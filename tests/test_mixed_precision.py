@@ -105,9 +105,14 @@ def test_default_cpu_route_is_mixed_precision_and_its_verdicts_are_float32(check
         bf16_scores = image_scores(fast.model.anomaly_map(normalize(x)), 100).numpy()
     ref_scores, ref_maps = exact.predict_batch(x)
     assert 0 < float(np.abs(bf16_scores - ref_scores).max()) < mixed_precision.VERDICT_MARGIN  # bf16 moves scores a little
+    compare_runs = []
+    run = fast.model.compare.run
+    fast.model.compare = type("Counting", (), {"run": lambda self, *a: compare_runs.append(1) or run(*a)})()
     for i in range(len(x)):
-        # a threshold right at the bf16 score: the image is scored again in float32
+        # a threshold right at the bf16 score: the image is scored again in float32 ...
+        compare_runs.clear()
         pred = fast.predict(x[i], threshold=float(bf16_scores[i]))
+        assert len(compare_runs) == 1  # ... by the segment half only: the compare half ran once
         assert pred.exact and pred.score == pytest.approx(float(ref_scores[i]), abs=1e-4)
         assert float(np.abs(pred.anomaly_map - ref_maps[i]).max()) <= 1e-4
         assert pred.is_anomalous == (ref_scores[i] >= float(bf16_scores[i]))

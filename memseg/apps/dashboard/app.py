@@ -222,11 +222,11 @@ class DashboardApp:
 
     def render(self) -> None:
         """Draw the panels, score, verdict and timing from the state's result at the current threshold."""
-        r = self.state.result
-        if r is None:
+        if self.state.result is None:
             return
         threshold = float(self.ui.decision.value)
         self.state.decide(threshold)
+        r = self.state.result  # near the threshold on the bf16 route, decide scored it again in float32
         weights = getattr(self.state.predictor, "weights_source", None) or "unknown"
         self.ui.show_result(render_result(r, self.state.binary_mask, self.state.verdict, threshold,
                                           self.state.colour_scale, str(weights)))
