@@ -148,6 +148,28 @@ def test_memory_bank_round_trips_through_state_dict(model: MemSeg) -> None:
     model.train()
 
 
+def test_a_forward_pass_never_reads_a_value_back_from_the_device(model: MemSeg, monkeypatch) -> None:
+    """No host sync in the forward pass (on a GPU each one stalls the queue), e.g. reading memory_ready."""
+    x = _images(2, seed=12)
+    model.eval()
+
+    def refuse(self, *args):
+        raise AssertionError("a forward pass read a tensor value back to the host")
+
+    for name in ("item", "__bool__", "__float__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    with torch.no_grad():
+        model(x)
+        model.anomaly_map(x)
+    monkeypatch.undo()
+    model.train()
+    state = copy.deepcopy(model.state_dict())
+    state["memory.memory_ready"] = torch.tensor(False)
+    fresh = MemSeg(MemSegConfig(input_size=(H, W), memory_size=3))
+    fresh.load_state_dict(state)
+    assert not fresh.memory_ready  # the host copy follows what was loaded
+
+
 def test_memory_buffers_move_with_to(model: MemSeg) -> None:
     m = copy.deepcopy(model).to(torch.float64)
     assert m.memory.level2.dtype == torch.float64

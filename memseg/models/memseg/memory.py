@@ -60,6 +60,7 @@ class MemoryBank(nn.Module):
         for i, (c, h, w) in enumerate(self.feature_shapes, start=1):
             self.register_buffer(f"level{i}", torch.zeros(self.memory_size, c, h, w))  # MI_i: (N, C_i, h_i, w_i)
         self.register_buffer("memory_ready", torch.zeros((), dtype=torch.bool))
+        self._ready = False  # memory_ready on the host: reading the buffer would make a GPU wait on every forward
         # S_i: how much normal images differ from their closest memory sample at each position
         # (see reference_differences), the scale on which calibrated attention reads DI* (attention.py).
         for i, (_, h, w) in enumerate(self.feature_shapes, start=1):
@@ -77,6 +78,9 @@ class MemoryBank(nn.Module):
         if missing:
             state_dict.update({k: s.clone() for k, s in zip(keys, self.scales)})
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        stored = state_dict.get(f"{prefix}memory_ready")
+        if stored is not None and stored.device.type != "meta":
+            self._ready = bool(stored)
         if missing and self.ready:
             for s, ref in zip(self.scales, self.reference_differences()):
                 s.copy_(ref)
@@ -97,7 +101,8 @@ class MemoryBank(nn.Module):
 
     @property
     def ready(self) -> bool:
-        return bool(self.memory_ready.item())
+        """Whether the bank was filled (``memory_ready``, read without a device sync)."""
+        return self._ready
 
     def _check(self, features: list[torch.Tensor], what: str) -> None:
         if len(features) != len(self.feature_shapes):
@@ -115,6 +120,7 @@ class MemoryBank(nn.Module):
         for buf, f in zip(self.levels, features):
             buf.copy_(f.detach().to(device=buf.device, dtype=buf.dtype))
         self.memory_ready.fill_(True)
+        self._ready = True
         for s, ref in zip(self.scales, self.reference_differences()):
             s.copy_(ref)
 
