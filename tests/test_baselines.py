@@ -76,7 +76,7 @@ def test_draem_shapes_and_ranges():
     loss, parts = model.compute_loss(x, masks, clean)
     assert loss.dim() == 0 and torch.isfinite(loss)
     assert set(parts) == {"loss", "l2", "ssim", "focal"}
-    assert parts["loss"] == pytest.approx(parts["l2"] + parts["ssim"] + parts["focal"], rel=1e-5)
+    assert float(parts["loss"]) == pytest.approx(float(parts["l2"] + parts["ssim"] + parts["focal"]), rel=1e-5)
 
 
 def test_draem_default_is_paper_width_and_small_is_small():
@@ -192,7 +192,7 @@ def test_mmr_shapes_and_ranges():
     loss, parts = model.compute_loss(x, masks, clean)
     assert torch.isfinite(loss)
     assert set(parts) == {"loss", "cos_block1", "cos_block2", "cos_block3"}
-    assert parts["loss"] == pytest.approx(parts["cos_block1"] + parts["cos_block2"] + parts["cos_block3"], rel=1e-5)
+    assert float(parts["loss"]) == pytest.approx(float(parts["cos_block1"] + parts["cos_block2"] + parts["cos_block3"]), rel=1e-5)
 
 
 def test_mmr_map_scale_is_image_independent():

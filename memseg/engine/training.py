@@ -373,8 +373,9 @@ def train(
                 optimizer.step()
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
-                row = {"step": step, "loss": float(loss.detach())}
-                row.update({k: float(v) for k, v in parts.items() if k != "loss"})
+                names = [k for k in parts if k != "loss"]
+                values = torch.stack([loss.detach().float(), *(parts[k].float() for k in names)]).tolist()  # one sync
+                row = {"step": step, "loss": values[0], **dict(zip(names, values[1:]))}
                 row.update({"lr": lr, "seconds": round(time.perf_counter() - t0, 4)})
                 steplog.write(row)
                 history.append(row)

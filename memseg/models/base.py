@@ -4,6 +4,7 @@ A model is an ``nn.Module`` with a config dataclass (:class:`memseg.config.Confi
 
 - ``compute_loss(inputs, masks, clean) -> (loss, parts)``: one training step's loss on normalised
   (B, 3, H, W) inputs (simulated anomalies composited in), their masks (B, 1, H, W) and the clean images;
+  ``parts`` maps names to detached 0-dim tensors (training reads them back in one go: one device sync a step);
 - ``anomaly_map(inputs) -> (B, 1, H, W)`` in [0, 1];
 - optionally ``image_score(maps) -> (B,)`` (otherwise the top-k mean of :mod:`memseg.engine.scoring`).
 

@@ -234,7 +234,7 @@ class DRAEM(AnomalyModel):
             return {"logits": logits, "reconstruction": rec}
         return logits
 
-    def compute_loss(self, inputs: torch.Tensor, masks: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, inputs: torch.Tensor, masks: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """DRAEM loss ``l2(rec, clean) + (1 - SSIM(rec, clean)) + focal(logits, masks)`` (DRAEM eq. 1-3).
 
         ``inputs`` (simulated) and ``clean`` are normalised (B, 3, H, W); masks (B, 1, H, W) in {0, 1}.
@@ -250,8 +250,7 @@ class DRAEM(AnomalyModel):
         focal = focal_loss_2class(out["logits"], masks, self.config.focal_gamma)  # eq. (3)
         c = self.config
         loss = c.l2_weight * l2 + c.ssim_weight * l_ssim + c.focal_weight * focal
-        return loss, {"loss": float(loss.detach()), "l2": float(l2.detach()), "ssim": float(l_ssim.detach()),
-                      "focal": float(focal.detach())}
+        return loss, {"loss": loss.detach(), "l2": l2.detach(), "ssim": l_ssim.detach(), "focal": focal.detach()}
 
     @torch.no_grad()
     def anomaly_map(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -288,11 +288,11 @@ class MemSeg(AnomalyModel):
         return logits, bottleneck, fused
 
     # ------------------------------------------------------------------ model interface
-    def compute_loss(self, inputs: torch.Tensor, masks: torch.Tensor, clean: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, inputs: torch.Tensor, masks: torch.Tensor, clean: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of eq. (10) on a batch; ``clean`` is not used by MemSeg (memory replaces it)."""
         logits = self(inputs)
         loss, parts = self.loss_fn(logits, masks)
-        return loss, {k: float(v) for k, v in parts.items()}
+        return loss, {k: v.detach() for k, v in parts.items()}  # read back once per step by training
 
     @torch.no_grad()
     def anomaly_map(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -298,7 +298,7 @@ class MMR(AnomalyModel):
         """Per-pixel ``1 - cos`` over channels for each scale, list of (B, 1, h_k, w_k) in [0, 2] (MMR's anomaly measure)."""
         return [(1.0 - F.cosine_similarity(t.float(), s.float(), dim=1, eps=1e-6)).unsqueeze(1) for t, s in zip(teacher, student)]
 
-    def compute_loss(self, inputs: torch.Tensor, masks: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, inputs: torch.Tensor, masks: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Sum over scales of the mean cosine distance between teacher and student features (MMR's objective).
 
         MMR learns normal images only: it reconstructs ``clean`` (normalised, (B, 3, H, W));
@@ -308,9 +308,9 @@ class MMR(AnomalyModel):
         dists = self.cosine_distance(out["teacher"], out["student"])
         per_scale = [d.mean() for d in dists]
         loss = torch.stack(per_scale).sum()
-        info = {"loss": float(loss.detach())}
+        info = {"loss": loss.detach()}
         for block, d in enumerate(per_scale, start=1):
-            info[f"cos_block{block}"] = float(d.detach())
+            info[f"cos_block{block}"] = d.detach()
         return loss, info
 
     @torch.no_grad()
