@@ -543,7 +543,11 @@ def _validation_split_through_predictor(cfg: TrainConfig, result):
         fast += [*default.predict_batch(clean)[0], *default.predict_batch(simulated)[0]]
     scores, fast, labels = np.asarray(scores), np.asarray(fast), np.asarray(result.validation["labels"])
     np.testing.assert_allclose(scores, result.validation["scores"], atol=1e-5)
-    assert list(fast >= result.threshold) == list(scores >= result.threshold)
+    # the same verdicts, except at a tie: the F1-max threshold IS one validation image's score, and float32
+    # backends (torch, onnxruntime) differ in the last digits, so an image within 1e-4 of it can land on either side
+    decided = np.abs(scores - result.threshold) > 1e-4
+    assert list((fast >= result.threshold)[decided]) == list((scores >= result.threshold)[decided])
+    assert np.abs(fast - scores)[~decided].max(initial=0.0) <= 1e-4  # ... and those were scored again in float32
     return predictor, scores, labels
 
 

@@ -13,7 +13,9 @@ The two halves are exported from the checkpoint once into the export cache
 **Verdicts are the float32 verdicts.** bf16 moves image scores a little (at most 0.012 on the
 twelve trained benchmark models, see ``docs/results/cpu-inference``); an image whose bf16 score lies
 within :data:`VERDICT_MARGIN` of the decision threshold is scored again with the segmentation half
-in float32 (:meth:`MixedPrecisionModel.exact_anomaly_map`), so its score, map and verdict are exact.
+in float32 (:meth:`MixedPrecisionModel.exact_anomaly_map`), so its score, map and verdict are those of
+float32 (within 1e-4; a score that close to the threshold, such as the validation image whose score
+became the threshold, can land on either side in any two float32 backends).
 :class:`memseg.engine.inference.Predictor` does this for its threshold.
 
 256², batch 1, on the 2-core development CPU: 53 ms on one thread and 37 ms on two (the compare half
