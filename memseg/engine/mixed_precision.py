@@ -98,8 +98,8 @@ class _SegmentHalf(nn.Module):
         stem, ii, rest = halves[0], list(halves[1:4]), list(halves[4:])
         di_star = rest[:3] if self.model.memory is not None else None
         weights = rest[3:6] if len(rest) == 6 else None
-        logits = self.model.segment(stem, ii, di_star, weights, self.model.config.input_size)[0].float()
-        return torch.sigmoid(logits[:, 1:2] - logits[:, 0:1]).clamp(0.0, 1.0)  # softmax[:, 1], as anomaly_map
+        logits = self.model.segment(stem, ii, di_star, weights, self.model.config.input_size)[0]
+        return self.model.anomaly_probability(logits).clamp(0.0, 1.0)  # as MemSeg.anomaly_map
 
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: str, names: list[str]) -> None:
@@ -133,7 +133,7 @@ def export_halves(model: nn.Module, compare_out: str | os.PathLike, segment_out:
     folder.mkdir(parents=True, exist_ok=True)
     tmps = []
     try:
-        for module, args, input_names, out in ((compare, (example,), ["input"], compare_out), (segment, halves, names, segment_out)):
+        for module, args, input_names in ((compare, (example,), ["input"]), (segment, halves, names)):
             fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder)
             os.close(fd)
             tmps.append(tmp)

@@ -297,9 +297,16 @@ class MemSeg(AnomalyModel):
     @torch.no_grad()
     def anomaly_map(self, inputs: torch.Tensor) -> torch.Tensor:
         """Per-pixel anomaly probability softmax(logits)[:, 1]: (B, 1, H, W) in [0, 1]."""
-        logits = self(inputs).float()
-        # softmax over two classes, p_1 = e^l1 / (e^l0 + e^l1) = sigmoid(l1 - l0): the same numbers
-        # (within 1e-7), a quarter of the work of a channel softmax (which onnxruntime transposes)
+        return self.anomaly_probability(self(inputs))
+
+    @staticmethod
+    def anomaly_probability(logits: torch.Tensor) -> torch.Tensor:
+        """softmax(logits)[:, 1] of (B, 2, H, W) logits: (B, 1, H, W), float32.
+
+        Over two classes p_1 = e^l1 / (e^l0 + e^l1) = sigmoid(l1 - l0): the same numbers (within
+        1e-7), a quarter of the work of a channel softmax (which onnxruntime transposes).
+        """
+        logits = logits.float()
         return torch.sigmoid(logits[:, 1:2] - logits[:, 0:1])
 
     def extra_repr(self) -> str:
