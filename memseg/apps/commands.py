@@ -394,7 +394,7 @@ def run_predict(args: argparse.Namespace) -> int:
         return 2
     print(f"memseg predict: {written} overlay(s) under {out.absolute()}, table {table.path.absolute()} "
           f"(threshold {predictor.threshold:.4f}, {predictor.threshold_source}; run by {predictor.backend}"
-          + (", scores near the threshold again in float32" if getattr(predictor.model, "verdict_margin", 0.0) else "") + ")"
+          + (", scores near the threshold again in float32" if predictor.verdict_margin else "") + ")"
           + (f"; {failed} input(s) failed" if failed else ""), file=sys.stderr)
     return 2 if failed else 0
 

@@ -207,10 +207,9 @@ class Predictor:
                     threshold: float) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """The bf16 route's verdict guard: images scored within the model's ``verdict_margin`` of
         ``threshold`` are scored again by its ``exact_anomaly_map`` (float32)."""
-        margin = float(getattr(self.model, "verdict_margin", 0.0))
-        if not margin:
+        if not self.verdict_margin:
             return amap, scores, np.ones(len(scores), dtype=bool)
-        near = (scores.float() - threshold).abs() < margin
+        near = (scores.float() - threshold).abs() < self.verdict_margin
         if bool(near.any()):
             with no_autocast(x.device.type):
                 exact_maps = self.model.exact_anomaly_map(normalize(x[near].float())).float().clamp_(0.0, 1.0)
@@ -219,10 +218,14 @@ class Predictor:
             scores[near] = score_maps(self.model, exact_maps, self.top_k).to(scores.dtype)
         return amap, scores, near.cpu().numpy()
 
+    @property
+    def verdict_margin(self) -> float:
+        """How close to a threshold a score is scored again in float32 (0: the model is float32 throughout)."""
+        return float(getattr(self.model, "verdict_margin", 0.0))
+
     def is_exact_at(self, score: float, threshold: float) -> bool:
         """Whether a verdict at ``threshold`` from ``score`` is the float32 verdict without scoring again."""
-        margin = float(getattr(self.model, "verdict_margin", 0.0))
-        return not margin or abs(float(score) - float(threshold)) >= margin
+        return not self.verdict_margin or abs(float(score) - float(threshold)) >= self.verdict_margin
 
     def predict(self, image: Any, threshold: float | None = None) -> Prediction:
         """Score one image: path, PIL image, uint8 (H, W, 3) array or float tensor (3, H, W) in [0, 1].

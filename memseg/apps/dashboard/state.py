@@ -12,7 +12,6 @@ model's category (:func:`score_scale`).
 
 from __future__ import annotations
 
-
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path

@@ -191,8 +191,7 @@ class MemoryBank(nn.Module):
         for n in range(self.memory_size):
             total = None
             for x, m in zip(xs, mems):
-                diff = x - m[n]  # (B, D_l)
-                d = (diff.abs() if self.distance == "l2" else diff.square()).sum(dim=-1)  # (B,)
+                d = difference(m[n], x, self.distance).sum(dim=-1)  # Σ DI_n over level l: (B,)
                 total = d if total is None else total + d
             columns.append(total)
         return torch.stack(columns, dim=1)  # (B, N)
