@@ -41,7 +41,7 @@ import torch
 from memseg.config import as_size, read_yaml_mapping
 from memseg.data.datasets import find_records, list_categories
 from memseg.engine.evaluation import METRICS_JSON, evaluate, pct
-from memseg.engine.run_folder import CHECKPOINT_DIR, CONFIG_YAML, FINAL_CHECKPOINT, LAST_CHECKPOINT
+from memseg.engine.run_folder import CHECKPOINT_DIR, CONFIG_YAML, FINAL_CHECKPOINT, LAST_CHECKPOINT, hold_run_folder
 from memseg.engine.train_config import TrainConfig
 from memseg.engine.training import split_indices, train
 from memseg.simulation.foreground import FOREGROUND_PRESETS
@@ -174,14 +174,22 @@ def run_seed(settings: BenchmarkSettings, category: str, seed: int) -> dict:
     if metrics_path.is_file():
         status = "done earlier, skipped"
     else:
-        final = run / FINAL_CHECKPOINT
-        if final.is_file():
-            status = "training done earlier, evaluated"
-        else:
-            resume = (run / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()
-            train(cfg, progress=settings.progress, resume=resume)
-            status = f"{'resumed' if resume else 'trained'} {cfg.steps} steps, evaluated"
-        evaluate(final, settings.data, category, out=run / EVAL_DIR, device=settings.device, progress=settings.progress)
+        # held from the decision (train, resume or evaluate) to the metrics: a second benchmark on the same
+        # (category, seed) fails at once instead of training into the same folder
+        with hold_run_folder(run, what=f"benchmark run folder ({category}, seed {seed})"):
+            _check_same_settings(run, cfg)  # again: another benchmark may have finished it with other settings
+            final = run / FINAL_CHECKPOINT
+            if metrics_path.is_file():
+                status = "done meanwhile by another run, skipped"
+            elif final.is_file():
+                status = "training done earlier, evaluated"
+            else:
+                resume = (run / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()
+                train(cfg, progress=settings.progress, resume=resume)
+                status = f"{'resumed' if resume else 'trained'} {cfg.steps} steps, evaluated"
+            if not metrics_path.is_file():
+                evaluate(final, settings.data, category, out=run / EVAL_DIR, device=settings.device,
+                         progress=settings.progress)
     overall = json.loads(metrics_path.read_text())["overall"]
     scores = "  ".join(f"{METRIC_NAMES[m]} {pct(overall.get(m))}" for m in METRICS)
     print(f"benchmark {category} seed {seed}: {scores}  ({status}; N={cfg.model_options['memory_size']}, "

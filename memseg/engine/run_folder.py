@@ -10,10 +10,14 @@ Nothing is replaced silently: a non-empty folder is refused unless the run resum
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import json
+import os
+import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from memseg.utils import unwritable_folder
 
@@ -37,6 +41,12 @@ CONFIG_YAML = "config.yaml"
 
 
 VALIDATION_JSON = "validation.json"
+
+
+# Held (``fcntl.flock``) by the process that runs in the folder, for the run's whole life; it holds that
+# process's PID. The OS drops the lock when the process ends, however it ends: a killed run never leaves a
+# stale lock (a leftover file without a holder is taken over by the next run).
+LOCK_FILE = ".memseg.lock"
 
 
 # Files a run writes at the top of its folder (``--overwrite`` removes these and checkpoints/*.pt, nothing else).
@@ -106,6 +116,91 @@ def existing_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(d.glob("*.pt")) if d.is_dir() else []
 
 
+# ------------------------------------------------------------------------------------ run folder lock
+class RunFolderInUse(RuntimeError):
+    """Another process (or thread) holds the run folder: one line naming the folder and the holder's PID."""
+
+
+_HELD: dict[str, list] = {}  # realpath of a folder this process holds -> [fd, depth, thread id]
+_HELD_GUARD = threading.Lock()
+
+
+def _holder_pid(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        text = ""
+    return text if text.isdigit() else "unknown"
+
+
+@contextlib.contextmanager
+def hold_run_folder(run_dir: str | Path, what: str = "run folder", flag: str = "--out") -> Iterator[Path]:
+    """Hold ``run_dir`` for as long as the ``with`` block runs: an ``fcntl.flock`` on ``<run_dir>/.memseg.lock``.
+
+    A second run (another process, or another thread of this one) that asks for the folder meanwhile fails at
+    once with :class:`RunFolderInUse` naming the folder and the PID holding it. The same thread may nest holds
+    (``memseg benchmark`` holds a (category, seed) folder and ``train`` holds it again). The lock dies with its
+    process, so a killed run leaves no stale lock; on release the lock file is removed, and the folder too when
+    this call created it and it is empty.
+    """
+    run_dir = Path(run_dir)
+    created = not run_dir.is_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(run_dir)
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is not None and held[2] == threading.get_ident():
+            held[1] += 1
+            nested = True
+        elif held is not None:
+            raise RunFolderInUse(f"{what} {run_dir} is in use by another run in this process (PID {os.getpid()}); "
+                                 f"wait for it to finish, or choose another {flag}")
+        else:
+            nested = False
+    if nested:
+        try:
+            yield run_dir
+        finally:
+            with _HELD_GUARD:
+                _HELD[key][1] -= 1
+        return
+    lock = run_dir / LOCK_FILE
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: another process holds it
+            pid = _holder_pid(fd)
+            os.close(fd)
+            if created:
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()
+            raise RunFolderInUse(f"{what} {run_dir} is in use by another memseg run (PID {pid}, lock {lock}); wait for "
+                                 f"it to finish, or choose another {flag}") from None
+        try:  # the holder may have released and removed the file between our open and our lock: try again
+            same = os.path.samestat(os.fstat(fd), os.stat(lock, follow_symlinks=False))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    with _HELD_GUARD:
+        _HELD[key] = [fd, 1, threading.get_ident()]
+    try:
+        yield run_dir
+    finally:
+        with _HELD_GUARD:
+            del _HELD[key]
+        with contextlib.suppress(OSError):
+            lock.unlink()  # still locked while removed: a run waiting on the old file notices and tries again
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only when empty: the run failed before writing anything
+
+
 # ------------------------------------------------------------------------------------ run folder
 def check_run_dir_path(run_dir: Path) -> None:
     """The run folder must be a folder, or not exist yet under a writable folder: checked before any work.
@@ -159,7 +254,7 @@ def check_run_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) 
         if not ckpt.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} (start a fresh run without --resume)")
         return []
-    entries = sorted(run_dir.iterdir()) if run_dir.is_dir() else []
+    entries = sorted(p for p in run_dir.iterdir() if p.name != LOCK_FILE) if run_dir.is_dir() else []
     if not entries:
         return []
     if overwrite:
@@ -186,7 +281,7 @@ def remove_previous_run(run_dir: Path, files: list[Path], log: Callable[[str], N
     ckpt_dir = run_dir / CHECKPOINT_DIR
     if ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
         ckpt_dir.rmdir()
-    kept = sorted(run_dir.iterdir()) if run_dir.is_dir() else []
+    kept = sorted(p for p in run_dir.iterdir() if p.name != LOCK_FILE) if run_dir.is_dir() else []
     if kept:
         log(f"overwrite: kept {len(kept)} other entr{'y' if len(kept) == 1 else 'ies'} in {run_dir} "
             f"(not written by memseg train): {', '.join(p.name for p in kept[:6])}{' ...' if len(kept) > 6 else ''}")

@@ -41,7 +41,7 @@ import torch
 from memseg.engine.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from memseg.engine.run_folder import (
     CHECKPOINT_DIR, CONFIG_YAML, FINAL_CHECKPOINT, LAST_CHECKPOINT, VALIDATION_JSON, StepLog,
-    check_run_dir, remove_previous_run,
+    check_run_dir, check_run_dir_path, hold_run_folder, remove_previous_run,
 )
 from memseg.engine.train_config import TrainConfig, check_resume_config
 from memseg.utils import normalize, seed_everything, select_device
@@ -289,14 +289,24 @@ def train(
         ValueError: the run folder is a file or is not empty (without ``resume``/``overwrite``), or the
             resumed config differs from the stored one, or the data is unusable.
         FileNotFoundError: ``resume`` without a checkpoint, missing dataset.
+        RunFolderInUse: another run (another process) holds the run folder (names the folder and its PID).
         KeyboardInterrupt: after saving ``last.pt`` at the last completed step (resume continues it).
     """
+    cfg = config
+    cfg.validate()
+    run_dir = cfg.run_dir()
+    check_run_dir_path(run_dir)
+    with hold_run_folder(run_dir):  # for the run's whole life: a second run into the folder fails at once
+        return _train_held(cfg, progress, callback, resume=resume, overwrite=overwrite, log=log)
+
+
+def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict], None] | None, *, resume: bool,
+                overwrite: bool, log: Callable[[str], None]) -> TrainResult:
+    """:func:`train`, once its run folder is held."""
     from tqdm.auto import tqdm
 
     from memseg.paths import locate_dtd
 
-    cfg = config
-    cfg.validate()
     run_dir = cfg.run_dir()
     ckpt_path = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     to_remove = check_run_dir(run_dir, resume=resume, overwrite=overwrite)  # before any work
