@@ -108,6 +108,77 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
         raise PermissionError(f"{existing}: no permission to write there; choose another folder for {flag}")
 
 
+def _escaping_link(path: str | os.PathLike, root: str | os.PathLike):
+    """The first link on the way from ``root`` down to ``path`` (``path`` included) that leads outside ``root``,
+    as ``(link, where it leads)``; None when there is none (parts that do not exist yet are not links)."""
+    from pathlib import Path
+
+    root_real = os.path.realpath(root)
+    rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
+    part = Path(os.path.abspath(root))
+    for name in rel.parts:
+        part = part / name
+        if os.path.islink(part):
+            target = os.path.realpath(part)
+            if os.path.commonpath([root_real, target]) != root_real:
+                return part, target
+    return None
+
+
+def create_new_file(path: str | os.PathLike, root: str | os.PathLike, flag: str = "--out", mode: str = "wb"):
+    """Open ``path``, a file to be written under the output folder ``root``, as a NEW file; returns the open file.
+
+    Never writes through a link: the file is created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` (an existing
+    file or link at ``path``, even a dangling one, raises ``FileExistsError`` naming it), and the folders on
+    the way are created only when no link among them leads outside ``root``.
+
+    Raises:
+        FileExistsError: ``path`` exists (a file, a folder or a link).
+        ValueError: one line naming the link on the way to ``path`` that leads outside ``root`` (``flag``).
+    """
+    import errno
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
+    except ValueError:
+        raise ValueError(f"{path} is not inside {flag} {root}; refusing to write it") from None
+    escaping = _escaping_link(path, root)
+    if escaping is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        escaping = _escaping_link(path, root)  # a link planted while the folders were made
+    if escaping is not None:
+        link, target = escaping
+        raise ValueError(f"{link} is a link to {target}, outside {flag} {root}; refusing to write through it "
+                         f"(remove the link or choose another {flag})")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileExistsError:
+        what = "is a link" if os.path.islink(path) else "already exists"
+        raise FileExistsError(errno.EEXIST, f"{what}; refusing to overwrite it or write through it", str(path)) from None
+    return os.fdopen(fd, mode, **({"newline": ""} if "b" not in mode else {}))
+
+
+def create_free_file(path: str | os.PathLike, root: str | os.PathLike, flag: str = "--out", mode: str = "wb"):
+    """:func:`create_new_file` at ``path``, else at the first free ``name-2.ext``, ``name-3.ext`` ... (a name
+    held by anything, a dangling link included, is taken); returns ``(path, open file)``."""
+    from pathlib import Path
+
+    path = Path(path)
+    n = 1
+    while True:
+        candidate = path if n == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+        if os.path.lexists(candidate):
+            continue
+        try:
+            return candidate, create_new_file(candidate, root, flag, mode)
+        except FileExistsError:
+            continue  # taken meanwhile: the next name
+
+
 def _looks_like_text(path: str | os.PathLike) -> bool:
     """The file's first 4 KiB are UTF-8 text without NUL bytes (a YAML, a note, a URL list ...)."""
     with open(path, "rb") as f:

@@ -160,3 +160,85 @@ def test_a_second_benchmark_on_a_held_category_seed_fails_at_once(tiny, capsys):
         proc.kill()
         proc.wait()
         proc.stderr.close()
+
+
+# ------------------------------------------------------------------ 2. writes through links that leave --out
+@pytest.fixture
+def trained(tiny: Path) -> Path:
+    """A 1-step MemSeg run at 32 px on the tiny data: its final.pt."""
+    return train(_cfg(tiny, "run", steps=1, val_fraction=0.25), progress=False).checkpoint
+
+
+def test_predict_never_writes_through_a_link_that_leaves_out(trained, tiny, capsys):
+    imgs, out, elsewhere = tiny / "imgs", tiny / "pred", tiny / "elsewhere"
+    for sub in ("x", "y"):
+        (imgs / sub).mkdir(parents=True)
+        Image.open(tiny / "data" / "tiny" / "test" / "good" / "000.png").save(imgs / sub / "a.png")
+    (out / "x").mkdir(parents=True)
+    elsewhere.mkdir()
+    (out / "x" / "a_overlay.png").symlink_to(elsewhere / "planted.png")  # dangling: exists() is False
+    (out / "predictions.csv").symlink_to(elsewhere / "table.csv")
+    args = ["predict", "--checkpoint", str(trained), "--out", str(out), "--backend", "torch", "--device", "cpu"]
+    assert cli_main([*args, str(imgs / "x" / "a.png"), str(imgs / "y" / "a.png")]) == 0  # overlays: <out>/x/, <out>/y/
+    captured = capsys.readouterr()
+    assert list(elsewhere.iterdir()) == []  # nothing written through the links
+    assert (out / "x" / "a_overlay-2.png").is_file() and not (out / "x" / "a_overlay-2.png").is_symlink()
+    assert f"\t{out / 'x' / 'a_overlay-2.png'}" in captured.out
+    assert (out / "predictions-2.csv").read_text().splitlines()[1].endswith(str(out / "x" / "a_overlay-2.png"))
+
+    # a folder link inside --out that leads outside it: refused, naming the link, and nothing is written there
+    out2 = tiny / "pred2"
+    out2.mkdir()
+    (out2 / "y").symlink_to(elsewhere)
+    args2 = ["predict", "--checkpoint", str(trained), "--out", str(out2), "--backend", "torch", "--device", "cpu"]
+    assert cli_main([*args2, str(imgs / "x" / "a.png"), str(imgs / "y" / "a.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"memseg predict: error: {out2 / 'y'} is a link to {elsewhere}, outside --out {out2}; refusing to "
+                   "write through it (remove the link or choose another --out)"]
+    assert list(elsewhere.iterdir()) == [] and (out2 / "x" / "a_overlay.png").is_file()
+
+
+def test_evaluate_never_writes_metrics_through_a_dangling_link(trained, tiny, capsys):
+    from memseg.engine.evaluation import evaluate
+
+    out, elsewhere = tiny / "eval", tiny / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "metrics.json").symlink_to(elsewhere / "metrics.json")
+    args = ["evaluate", "--checkpoint", str(trained), "--data", str(tiny / "data"), "--category", "tiny",
+            "--out", str(out), "--backend", "torch", "--device", "cpu"]
+    assert cli_main(args) == 2
+    assert capsys.readouterr().err.strip() == (f"memseg evaluate: error: {out / 'metrics.json'} already exists; choose "
+                                               "another output folder (or overwrite=True)")
+    evaluate(trained, tiny / "data", "tiny", out=out, overwrite=True, backend="torch", device="cpu", progress=False)
+    assert list(elsewhere.iterdir()) == []  # the link itself was replaced, not followed
+    assert not (out / "metrics.json").is_symlink() and json.loads((out / "metrics.json").read_text())["category"] == "tiny"
+
+
+def test_new_files_are_created_exclusively_and_never_through_links(tmp_path):
+    """What simulate (and predict, evaluate) write with: O_EXCL | O_NOFOLLOW, folders checked against --out."""
+    from memseg.utils import create_new_file
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "0000_image.png").symlink_to(elsewhere / "x.png")  # dangling, leads outside
+    with pytest.raises(ValueError, match=r"0000_image.png is a link to .*elsewhere/x.png, outside --out"):
+        create_new_file(out / "0000_image.png", out)
+    (out / "0000_mask.png").symlink_to(out / "nowhere.png")  # dangling, inside: still never written through
+    with pytest.raises(FileExistsError) as info:
+        create_new_file(out / "0000_mask.png", out)
+    assert info.value.filename == str(out / "0000_mask.png") and "is a link" in info.value.strerror
+    assert not (out / "nowhere.png").exists()
+    (out / "kept.json").write_text("mine")
+    with pytest.raises(FileExistsError, match="already exists"):
+        create_new_file(out / "kept.json", out, mode="w")
+    (out / "sub").symlink_to(elsewhere)
+    with pytest.raises(ValueError, match=r"sub is a link to .*elsewhere, outside --out .*; refusing to write through it"):
+        create_new_file(out / "sub" / "deeper" / "a.png", out)
+    assert list(elsewhere.iterdir()) == [] and (out / "kept.json").read_text() == "mine"
+    (out / "inside").symlink_to(out / "real", target_is_directory=True)  # a link that stays inside --out is fine
+    (out / "real").mkdir()
+    with create_new_file(out / "inside" / "b.txt", out, mode="w") as fh:
+        fh.write("ok")
+    assert (out / "real" / "b.txt").read_text() == "ok"

@@ -36,7 +36,7 @@ from memseg.engine.train_config import ConfigValueError, TrainConfig, merge_over
 from memseg.engine.training import str_or_none, train
 from memseg.paths import locate_dtd
 from memseg.simulation import NO_DTD_WARNING, SOURCES, AnomalySimulator, SimulationResult
-from memseg.utils import check_output_dir, select_device
+from memseg.utils import check_output_dir, create_free_file, create_new_file, select_device
 from memseg.viz import overlay
 
 
@@ -53,8 +53,10 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------ memseg simulate
-def _save_png(array: np.ndarray, path: Path) -> None:
-    Image.fromarray(array).save(path)
+def _save_png(array: np.ndarray, path: Path, out: Path) -> None:
+    """A new PNG under ``out``: created exclusively, never through a link (:func:`memseg.utils.create_new_file`)."""
+    with create_new_file(path, out) as fh:
+        Image.fromarray(array).save(fh, format="PNG")
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -118,8 +120,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     sources = [s for r in results for s in r.source]
     for i in tqdm(range(args.n), desc="write PNGs", leave=False):
         img = (images[i].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
-        _save_png(img, out / f"{i:04d}_image.png")
-        _save_png((masks[i, 0].numpy() > 0.5).astype(np.uint8) * 255, out / f"{i:04d}_mask.png")
+        _save_png(img, out / f"{i:04d}_image.png", out)
+        _save_png((masks[i, 0].numpy() > 0.5).astype(np.uint8) * 255, out / f"{i:04d}_mask.png", out)
     summary = {
         "category": args.category,
         "data": str(args.data),
@@ -137,7 +139,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         "mask_fraction": masks.mean(dim=(1, 2, 3)).tolist(),
         "throughput_samples_per_s": throughput,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    with create_new_file(out / "summary.json", out, mode="w") as fh:
+        fh.write(json.dumps(summary, indent=2))
     print(f"wrote {args.n} simulated samples and summary.json to {out}")
     print(f"throughput: {throughput:.1f} samples/s")
     return 0
@@ -235,7 +238,7 @@ def _default_out(checkpoint: Path, category: str) -> Path:
     run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     base = run / f"eval-{category}"
     candidate, n = base, 1
-    while (candidate / METRICS_JSON).exists() or (candidate / METRICS_MD).exists():
+    while os.path.lexists(candidate / METRICS_JSON) or os.path.lexists(candidate / METRICS_MD):  # links too
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
     return candidate
@@ -261,13 +264,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- memseg predict
 def _free_path(path: Path) -> Path:
-    """``path`` if free, else ``name-2.png``, ``name-3.png``, ... (never overwrite silently)."""
-    if not path.exists():
+    """``path`` if free, else ``name-2.png``, ``name-3.png``, ... (never overwrite silently). A name held by
+    anything is taken, a dangling link included (``exists()`` would call it free and a write would follow it)."""
+    if not os.path.lexists(path):
         return path
     n = 2
     while True:
         candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        if not candidate.exists():
+        if not os.path.lexists(candidate):
             return candidate
         n += 1
 
@@ -324,8 +328,8 @@ class _PredictionTable:
 
     def add(self, row: tuple) -> None:
         if self._writer is None:
-            self.path = _free_path(self.out / PREDICTIONS_CSV)
-            self._file = open(self.path, "x", newline="")  # "x": fail rather than overwrite
+            # created exclusively (O_EXCL, never through a link), a fresh name when taken
+            self.path, self._file = create_free_file(self.out / PREDICTIONS_CSV, self.out, mode="w")
             self._writer = csv.writer(self._file)
             self._writer.writerow(CSV_COLUMNS)
         self._writer.writerow(row)
@@ -336,10 +340,13 @@ class _PredictionTable:
             self._file.close()
 
 
-def _write_overlay(image: np.ndarray, pred: Prediction, target: Path) -> None:
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(image, pred.anomaly_map)).save(target)
+def _write_overlay(image: np.ndarray, pred: Prediction, target: Path, out: Path) -> Path:
+    """Write the overlay as a new file at ``target`` (a fresh ``-2`` ... name if taken meanwhile) under ``out``;
+    never through a link (a planted ``target`` link, or a folder link that leads outside ``out``). Returns its path."""
+    target, fh = create_free_file(target, out)
+    with fh:
+        Image.fromarray(overlay(image, pred.anomaly_map)).save(fh, format="PNG")
+    return target
 
 
 def _failure_message(path: Path, err: Exception) -> str:
@@ -381,8 +388,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 print(_failure_message(path, err), file=sys.stderr)
                 failed += 1
                 continue
-            target = overlay_path(path, root, out)
-            _write_overlay(image, pred, target)
+            target = _write_overlay(image, pred, overlay_path(path, root, out), out)
             verdict = "anomalous" if pred.is_anomalous else "normal"
             table.add((str(path), f"{pred.score:.6f}", verdict, str(target)))
             written += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from memseg.engine.scoring import check_batch_size, collect_predictions
-from memseg.utils import check_output_dir
+from memseg.utils import check_output_dir, create_new_file
 
 METRICS_JSON = "metrics.json"
 METRICS_MD = "metrics.md"
@@ -103,6 +104,16 @@ def metrics_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _write_new(path: Path, text: str, out: Path, overwrite: bool) -> None:
+    """Write ``text`` to ``path`` in ``out`` as a new file, never through a link (:func:`memseg.utils.create_new_file`);
+    with ``overwrite`` through a new temporary file renamed over ``path`` (which replaces a link, not its target)."""
+    target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if overwrite else path
+    with create_new_file(target, out, flag="out", mode="w") as fh:
+        fh.write(text)
+    if overwrite:
+        os.replace(target, path)
+
+
 def _resolve_model(checkpoint_or_model: Any, device: str | torch.device, backend: str = "auto") -> tuple[nn.Module, dict]:
     if isinstance(checkpoint_or_model, nn.Module):
         return checkpoint_or_model, {"checkpoint": None}
@@ -156,7 +167,7 @@ def evaluate(
     if out is not None:
         check_output_dir(out, "out")
     if out is not None and not overwrite:
-        existing = [Path(out) / n for n in (METRICS_JSON, METRICS_MD) if (Path(out) / n).exists()]
+        existing = [Path(out) / n for n in (METRICS_JSON, METRICS_MD) if os.path.lexists(Path(out) / n)]  # links too
         if existing:
             raise ValueError(f"{existing[0]} already exists; choose another output folder (or overwrite=True)")
     model, info = _resolve_model(checkpoint_or_model, device, backend)
@@ -198,7 +209,7 @@ def evaluate(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / METRICS_JSON).write_text(json.dumps(_json_safe(result), indent=2))
-        (out / METRICS_MD).write_text(metrics_markdown(result))
+        _write_new(out / METRICS_JSON, json.dumps(_json_safe(result), indent=2), out, overwrite)
+        _write_new(out / METRICS_MD, metrics_markdown(result), out, overwrite)
         result["out"] = str(out)
     return result
