@@ -380,13 +380,29 @@ def test_bad_local_weights_files(tmp_path: Path) -> None:
         MemSeg(MemSegConfig(input_size=(H, W), memory_size=1, weights=str(tmp_path / "missing.pth")))
     import torchvision
 
-    partial = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("layer4")}
-    torch.save(partial, tmp_path / "partial.pth")
-    with pytest.raises(ValueError, match=r"partial\.pth.*missing keys.*layer4"):
+    tv = torchvision.models.resnet18().state_dict()
+    no_block3 = {k: v for k, v in tv.items() if not k.startswith(("layer3", "layer4"))}
+    torch.save(no_block3, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match=r"partial\.pth.*missing keys.*layer3"):
         MemSeg(MemSegConfig(input_size=(H, W), memory_size=1, weights=str(tmp_path / "partial.pth")))
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="junk.pth"):
         MemSeg(MemSegConfig(input_size=(H, W), memory_size=1, weights=str(tmp_path / "junk.pth")))
+
+
+def test_a_file_of_stem_and_blocks_1_to_3_in_float16_loads(tmp_path: Path) -> None:
+    """What memseg pretrain writes (and the kit ships): the frozen part only, half precision; block 4 trains."""
+    import torchvision
+
+    torch.manual_seed(3)
+    tv = torchvision.models.resnet18().state_dict()
+    frozen = {k: v.half() if v.is_floating_point() else v for k, v in tv.items() if not k.startswith(("layer4", "fc"))}
+    torch.save(frozen, tmp_path / "frozen.pt")
+    m = MemSeg(MemSegConfig(input_size=(H, W), memory_size=1, weights=str(tmp_path / "frozen.pt")))
+    sd = m.encoder.backbone.state_dict()
+    assert sd["layer3.1.conv2.weight"].dtype == torch.float32
+    assert torch.equal(sd["layer3.1.conv2.weight"], tv["layer3.1.conv2.weight"].half().float())
+    assert not torch.equal(sd["layer4.0.conv1.weight"], tv["layer4.0.conv1.weight"])  # not in the file: as initialised
 
 
 # --------------------------------------------------------------------------- registry
@@ -405,6 +421,7 @@ def test_build_model_registry(model: MemSeg) -> None:
     # init_weights=False keeps the recorded source without loading (or downloading) it
     lazy = build_model("memseg", {"input_size": (H, W), "memory_size": 1, "weights": "imagenet"}, init_weights=False)
     assert lazy.weights_source == "imagenet" and lazy.config.weights == "imagenet"
+    assert (lazy.config.attention, lazy.config.head) == ("literal", "paper")  # "auto" follows the encoder
     assert model.name == "memseg" and model.needs_simulation is True
 
 
@@ -532,23 +549,77 @@ def test_head_ceiling(head: str) -> None:
         assert p.max() > ceiling + 0.1
 
 
-def test_weights_auto_resolves_and_says_so(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    from memseg.models.memseg import encoder
+def test_weights_auto_resolves_and_says_so(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                          tmp_path: Path) -> None:
+    from memseg.models import encoder_weights as ew
 
-    monkeypatch.setattr(encoder, "imagenet_weights_cached", lambda: False)
-    monkeypatch.setattr(encoder, "hub_reachable", lambda timeout=None: pytest.fail("offline mode must not ask the hub"))
+    monkeypatch.setattr(ew, "hub_weights_cached", lambda tag=ew.IMAGENET_TAG: False)
+    monkeypatch.setattr(ew, "hub_reachable", lambda timeout=None: pytest.fail("offline mode must not ask the hub"))
     monkeypatch.setenv("MEMSEG_OFFLINE", "1")
+    monkeypatch.setenv("MEMSEG_WEIGHTS_DIR", str(tmp_path))  # no shipped encoder there: random, said loudly
     m = MemSeg(MemSegConfig(input_size=(H, W), memory_size=1))  # default: auto
     assert m.weights_source == "random" and m.config.weights == "random"
     err = capsys.readouterr().err
-    assert "RANDOM ENCODER WEIGHTS" in err and len(err.strip().splitlines()) == 1
+    assert "RANDOM ENCODER WEIGHTS" in err and ew.OFFLINE_FILE in err and len(err.strip().splitlines()) == 1
+
+    torch.save(MemSeg(MemSegConfig(input_size=(H, W), memory_size=1, weights="random")).encoder.frozen_state_dict(),
+               tmp_path / ew.OFFLINE_FILE)  # a shipped encoder: auto takes it, and says it is not ImageNet
+    m = MemSeg(MemSegConfig(input_size=(H, W), memory_size=1))
+    assert m.weights_source == "offline" and (m.config.attention, m.config.head) == tuple(ew_recipe("offline"))
+    err = capsys.readouterr().err
+    assert "'offline'" in err and "not ImageNet" in err and len(err.strip().splitlines()) == 1
 
     monkeypatch.delenv("MEMSEG_OFFLINE")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(encoder, "hub_reachable", lambda timeout=None: False)
-    assert encoder.resolve_auto_weights()[0] == "random"
+    monkeypatch.setattr(ew, "hub_reachable", lambda timeout=None: False)
+    assert ew.resolve_auto()[0].source == "offline"
     loaded = []
-    monkeypatch.setattr(encoder, "_create_timm_resnet18", lambda pretrained: loaded.append(pretrained) or encoder.nn.Identity())
-    monkeypatch.setattr(encoder, "imagenet_weights_cached", lambda: True)
-    assert encoder.create_backbone("auto")[1] == "imagenet" and loaded == [True]
+    monkeypatch.setattr(ew, "create_timm_resnet18", lambda tag: loaded.append(tag) or torch.nn.Identity())
+    monkeypatch.setattr(ew, "hub_weights_cached", lambda tag=ew.IMAGENET_TAG: True)
+    assert ew.create_backbone("auto")[1] == "timm:resnet18.tv_in1k" and loaded == ["resnet18.tv_in1k"]
     assert "RANDOM" not in capsys.readouterr().err
+
+
+def ew_recipe(source: str) -> list[str]:
+    from memseg.models.memseg.model import recipe_for
+
+    r = recipe_for(source)
+    return [r["attention"], r["head"]]
+
+
+def test_weight_names_resolve_to_timm_tags_offline() -> None:
+    """No download: which timm tag (or file) each name stands for. 'imagenet' is the paper's encoder
+    (torchvision's weights), not timm's default resnet18 tag (today the 'ResNet strikes back' A1 recipe)."""
+    from memseg.models import encoder_weights as ew
+
+    assert ew.resolve_name("imagenet").source == "timm:resnet18.tv_in1k"
+    assert ew.resolve_name("timm:resnet18.a1_in1k").source == "timm:resnet18.a1_in1k"
+    assert ew.resolve_name("timm:resnet18").source == "timm:resnet18.a1_in1k"  # timm's own default, said in full
+    assert ew.resolve_name("offline").path == ew.offline_weights_path()
+    assert ew.resolve_name("random").source == "random" and ew.resolve_name("auto").kind == "auto"
+    assert ew.resolve_name("some/file.pth").kind == "file"
+    with pytest.raises(ValueError, match=r"timm:resnet50.*resnet18.*timm:resnet18\.tv_in1k"):
+        ew.resolve_name("timm:resnet50")
+    from timm.models import get_pretrained_cfg
+
+    assert get_pretrained_cfg("resnet18.tv_in1k").hf_hub_id == "timm/resnet18.tv_in1k"  # the cache look-up follows the tag
+
+
+def test_imagenet_loads_the_torchvision_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from memseg.models import encoder_weights as ew
+
+    asked = []
+    monkeypatch.setattr(ew, "create_timm_resnet18", lambda tag: asked.append(tag) or ew.nn.Identity())
+    assert ew.create_backbone("imagenet")[1] == "timm:resnet18.tv_in1k"
+    assert ew.create_backbone("timm:resnet18.a1_in1k")[1] == "timm:resnet18.a1_in1k"
+    assert asked == ["resnet18.tv_in1k", "resnet18.a1_in1k"]
+
+
+def test_hub_timeout_variable_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from memseg.models import encoder_weights as ew
+
+    monkeypatch.setenv("MEMSEG_HUB_TIMEOUT", "abc")
+    with pytest.raises(ValueError, match="MEMSEG_HUB_TIMEOUT.*'abc'"):
+        ew.hub_timeout()
+
+

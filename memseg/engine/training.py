@@ -63,6 +63,7 @@ class TrainResult:
     validation: dict | None = None  # validation-split metrics (simulated anomalies, never the test set)
     weights_source: str = "unknown"  # what the encoder was initialised from ("imagenet", "random", a path)
     last: Path | None = None  # <run>/checkpoints/last.pt: the resumable checkpoint (optimizer state, RNG states)
+    recipe: dict = dataclasses.field(default_factory=dict)  # options resolved from the encoder (attention, head, ...)
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -121,6 +122,11 @@ def split_indices(n: int, cfg: TrainConfig, memory_size: int) -> dict[str, list[
             "images; training on the memory images as well", stacklevel=3)
         pool = list(memory)
     return {"val": sorted(val), "memory": memory, "train": sorted(pool)}
+
+
+def model_recipe(model) -> dict:
+    """The options that follow the encoder's weights, as resolved in the model (recorded in its checkpoint)."""
+    return {k: getattr(model.config, k) for k in ("attention", "head", "train_encoder") if hasattr(model.config, k)}
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -327,6 +333,9 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
 
     # --- model (+ its memory bank from N train images, paper §3.2), optimizer, simulator
     model, splits = _build_model(cfg, stored, cache, device)
+    recipe = model_recipe(model)
+    if recipe:
+        log(f"recipe for encoder weights {model.weights_source}: " + ", ".join(f"{k}={v}" for k, v in recipe.items()))
     optimizer, scheduler = build_optimizer(model, cfg)
     start = 0
     if stored is not None:
@@ -336,6 +345,8 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
         start = int(stored["step"])
     simulator = _build_simulator(model, cfg, device, progress) if model.needs_simulation or splits["val"] else None
     train_idx = torch.as_tensor(splits["train"], device=device)
+    refresh = getattr(model, "memory_refresh_every", 0)
+    memory_idx = torch.as_tensor(splits["memory"], device=device) if refresh else None
     if stored is not None:
         set_rng_state(stored["extra"]["rng"], gen)  # after all set-up that may draw random numbers
 
@@ -381,6 +392,8 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if refresh and step % refresh == 0:  # a trainable encoder: memory features from the current weights
+                    model.prepare(normalize(cache[memory_idx].float().div_(255.0)))
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 names = [k for k in parts if k != "loss"]
@@ -421,7 +434,7 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
         bar.close()
         steplog.close()
     return TrainResult(run_dir=run_dir, checkpoint=final, history=history, threshold=threshold, validation=validation,
-                       weights_source=weights_source, last=last)
+                       weights_source=weights_source, last=last, recipe=recipe)
 
 
 class _StopRequest:

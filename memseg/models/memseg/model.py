@@ -29,9 +29,10 @@ from memseg.config import ConfigBase, as_size
 from memseg.models.base import AnomalyModel
 from memseg.models.memseg.attention import ATTENTION_MODES, spatial_attention_maps
 from memseg.models.memseg.decoder import HEADS, Decoder
+from memseg.models.encoder_weights import kit_made
 from memseg.models.memseg.encoder import FEATURE_CHANNELS, FEATURE_STRIDES, ResNet18Encoder
 from memseg.models.memseg.loss import MemSegLoss
-from memseg.models.memseg.memory import DISTANCES, MemoryBank
+from memseg.models.memseg.memory import DISTANCES, MemoryBank, difference
 from memseg.models.memseg.msff import MSFF
 from memseg.utils import no_autocast
 
@@ -43,16 +44,21 @@ class MemSegConfig(ConfigBase):
     Attributes:
         input_size: (H, W), both positive multiples of 32 (paper: 256×256).
         memory_size: N memory samples (paper: 30; screw more, toothbrush 10).
-        weights: encoder initialisation: ``"auto"`` (ImageNet when timm can get it, else random with
-            a banner), ``"random"``, ``"imagenet"`` (timm, needs hub access) or a path to a local
-            resnet18 state dict. The model records the resolved source.
+        weights: encoder initialisation: ``"auto"`` (ImageNet when timm can get it, else the kit's
+            offline encoder, with a banner), ``"imagenet"`` (torchvision's, timm ``resnet18.tv_in1k``),
+            ``"timm:<tag>"``, ``"offline"``, ``"random"`` or a path to a local resnet18 state dict
+            (:mod:`memseg.models.encoder_weights`). The model records the resolved source.
+        train_encoder: False (the paper): stem and blocks 1-3 frozen. True: they train too, and the
+            training loop extracts the memory again every ``memory_refresh_every`` steps (what
+            ``memseg pretrain`` does to make an encoder).
         use_memory, use_multiscale, use_spatial_attention, use_coord_attention: ablations (Table 5).
         distance: DI per element, ``"l2"`` = |MI - II| (eq. 3) or ``"squared"`` = (MI - II)^2.
-        attention: how eq. (5)-(7) read DI*: ``"calibrated"`` (default: each channel mean relative
+        attention: how eq. (5)-(7) read DI*: ``"auto"`` (default: what :func:`recipe_for` measured
+            best for the encoder's weights), ``"calibrated"`` (each channel mean relative
             to the memory's own normal-vs-normal difference, so M is ~1 on normal regions) or
             ``"literal"`` (raw products; ~0 everywhere unless the features are large).
             See :func:`memseg.models.memseg.attention.spatial_attention_maps`.
-        head: last decoder layer, ``"no_relu"`` (default) or ``"paper"`` (conv-BN-ReLU + conv,
+        head: last decoder layer, ``"auto"`` (default: :func:`recipe_for`), ``"no_relu"`` or ``"paper"`` (conv-BN-ReLU + conv,
             which learns a hard probability ceiling). See :class:`memseg.models.memseg.decoder.SegmentationHead`.
         decoder_channels: widths of the five decoder stages, coarsest first.
         memory_chunk_size: memory samples compared per pass when searching DI*.
@@ -64,13 +70,15 @@ class MemSegConfig(ConfigBase):
     input_size: tuple[int, int] = (256, 256)
     memory_size: int = 30
     weights: str = "auto"
+    train_encoder: bool = False
+    memory_refresh_every: int = 25
     use_memory: bool = True
     use_multiscale: bool = True
     use_spatial_attention: bool = True
     use_coord_attention: bool = True
     distance: str = "l2"
-    attention: str = "calibrated"
-    head: str = "no_relu"
+    attention: str = "auto"
+    head: str = "auto"
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)
     memory_chunk_size: int = 32
     channels_last: bool = True
@@ -93,13 +101,54 @@ class MemSegConfig(ConfigBase):
         self.weights = str(self.weights)
         if self.distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
-        if self.attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.attention not in ("auto", *ATTENTION_MODES):
+            raise ValueError(f"attention must be auto or one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.head not in ("auto", *HEADS):
+            raise ValueError(f"head must be auto or one of {HEADS}, got {self.head!r}")
+        self.memory_refresh_every = int(self.memory_refresh_every)
+        if self.memory_refresh_every < 1:
+            raise ValueError(f"memory_refresh_every must be >= 1, got {self.memory_refresh_every}")
         self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
         if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
             raise ValueError(f"decoder_channels must be 5 positive widths (coarsest first), got {self.decoder_channels}")
+
+    def resolve_recipe(self, weights_source: str) -> dict[str, str]:
+        """Replace ``"auto"`` options by what :func:`recipe_for` says for ``weights_source``; returns what changed."""
+        recipe = recipe_for(weights_source)
+        changed = {k: v for k, v in recipe.items() if getattr(self, k) == "auto"}
+        for k, v in changed.items():
+            setattr(self, k, v)
+        return changed
+
+
+def weights_family(weights_source: str) -> str:
+    """``"random"``, ``"offline"`` (the kit's own encoder: the shipped one, or a file ``memseg pretrain``
+    wrote, which its provenance ``.json`` beside it says) or ``"pretrained"`` (ImageNet, a timm tag, a user file)."""
+    if weights_source in ("random", "offline"):
+        return weights_source
+    return "offline" if kit_made(weights_source) else "pretrained"
+
+
+RECIPES: dict[str, dict[str, str]] = {
+    # measured with random weights (docs/results/ablation-300-128): the literal products are ~1e-5 and
+    # multiply the memory path away; the paper head learns a probability ceiling
+    "random": {"attention": "calibrated", "head": "no_relu"},
+    # measured with the kit's offline encoder (docs/results/ablation-offline-300-128)
+    "offline": {"attention": "calibrated", "head": "no_relu"},
+    # ImageNet or a user's file: the paper's form (eq. 5-7 as written, conv-BN-ReLU head)
+    "pretrained": {"attention": "literal", "head": "paper"},
+}
+"""The recipe each family of encoder weights resolves ``"auto"`` options to."""
+
+
+def recipe_for(weights_source: str) -> dict[str, str]:
+    """The resolved ``attention`` and ``head`` for an encoder's ``weights_source``.
+
+    Examples:
+        >>> recipe_for("random")["attention"], recipe_for("timm:resnet18.tv_in1k")["attention"]
+        ('calibrated', 'literal')
+    """
+    return dict(RECIPES[weights_family(weights_source)])
 
 
 
@@ -122,11 +171,12 @@ class MemSeg(AnomalyModel):
         if not isinstance(config, MemSegConfig):
             config = MemSegConfig.from_dict(config)
         self.config = config
-        self.encoder = ResNet18Encoder(config.weights if init_weights else "random")
+        self.encoder = ResNet18Encoder(config.weights if init_weights else "random", trainable=config.train_encoder)
         if init_weights:
             # record the resolved source (a local file becomes an absolute path)
             self.config.weights = self.encoder.weights_source
         self.weights_source: str = self.config.weights
+        self.recipe_resolved = config.resolve_recipe(self.weights_source)  # "auto" options -> the measured recipe
 
         h, w = config.input_size
         ii_channels = FEATURE_CHANNELS[1:4]  # (64, 128, 256): blocks 1-3
@@ -152,6 +202,11 @@ class MemSeg(AnomalyModel):
     def memory_size(self) -> int:
         """N, the normal images the memory bank holds (paper §3.2); 0 without memory (ablation)."""
         return self.config.memory_size if self.memory is not None else 0
+
+    @property
+    def memory_refresh_every(self) -> int:
+        """Every how many training steps the memory must be extracted again (0: never; the encoder is frozen)."""
+        return self.config.memory_refresh_every if (self.config.train_encoder and self.memory is not None) else 0
 
     @property
     def memory_ready(self) -> bool:
@@ -262,7 +317,7 @@ class MemSeg(AnomalyModel):
         """
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        stem, f1, f2, f3 = self.encoder.forward_frozen(x)  # frozen, no_grad
+        stem, f1, f2, f3 = self.encoder.forward_frozen(x)  # frozen, no_grad (unless train_encoder)
         ii = [f1, f2, f3]
         if self.memory is None:
             return stem, ii, None, None, None
@@ -270,6 +325,10 @@ class MemSeg(AnomalyModel):
             di_star, index = self.memory.select([f.float() for f in ii])  # eq. (3)-(4)
             scales = self.memory.scales if self.config.attention == "calibrated" else None
             maps = spatial_attention_maps(di_star, scales)  # eq. (5)-(7): [M1, M2, M3]
+        if ii[0].requires_grad:  # a trainable encoder (train_encoder): DI* again, with gradients to II (eq. 3)
+            with no_autocast(x.device.type):
+                di_star = [difference(mem.index_select(0, index), f.float(), self.config.distance)
+                           for f, mem in zip(ii, self.memory.levels)]
         return stem, ii, di_star, index, maps
 
     def segment(self, stem: torch.Tensor, ii: list[torch.Tensor], di_star: list[torch.Tensor] | None,
@@ -313,4 +372,4 @@ class MemSeg(AnomalyModel):
         return f"weights_source={self.weights_source!r}"
 
 
-__all__ = ["MemSeg", "MemSegConfig"]
+__all__ = ["MemSeg", "MemSegConfig", "RECIPES", "recipe_for"]
