@@ -1,4 +1,4 @@
-"""Console script `memseg`: synth, simulate, train, evaluate, predict, export, benchmark.
+"""Console script `memseg`: synth, simulate, pretrain, train, evaluate, predict, export, benchmark.
 
 Argument parsing lives here; what each sub-command does is a ``run_<command>`` handler in
 :mod:`memseg.apps.commands`, imported after parsing so that ``memseg --help`` stays fast.
@@ -7,10 +7,14 @@ Argument parsing lives here; what each sub-command does is a ``run_<command>`` h
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from memseg.data.io import DECODE_MAX_PIXELS, MAX_IMAGE_PIXELS
 
+_WEIGHTS_HELP = ("encoder weights: auto (default: ImageNet when timm can get them, else the kit's offline encoder, "
+                 "with a banner), imagenet (the paper's: torchvision's, timm:resnet18.tv_in1k), timm:<tag> (another "
+                 "resnet18 tag of timm), offline (the kit's own, made by memseg pretrain), random, or a resnet18 file")
 _LAYOUT_HELP = "dataset layout: auto picks mvtec when <category>/train/good exists, btad for train/ok, else folder"
 _DTD_HELP = ("DTD root (folder holding images/<category>/*.jpg) for texture anomalies (default: $MEMSEG_DTD, "
              "else <project>/data/dtd, else <project>/../shared/data/dtd, else structure anomalies only)")
@@ -103,6 +107,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same samples)")
     _add_device(p)
 
+    p = add("pretrain", "make a ResNet18 encoder without downloading anything: stem and blocks 1-3 trained end to "
+                        "end under MemSeg's objective on a category's normal images (resumable, with a time budget); "
+                        "use the file with train --weights FILE")
+    p.add_argument("--data", required=True, help="dataset root (holds one folder per category)")
+    p.add_argument("--category", required=True, help="category folder under --data whose normal images it learns from")
+    _add_layout(p)
+    p.add_argument("--out", required=True, help="the encoder file to write (.pt; its provenance goes to the .json beside "
+                   "it, the resumable run to <out>.run/)")
+    p.add_argument("--steps", type=_positive_int, default=3000, help="length of the schedule")
+    p.add_argument("--minutes", type=float, default=None, help="time budget: stop after it and write the encoder from "
+                   "that step (--resume goes on)")
+    p.add_argument("--size", type=_positive_int, default=128, help="input side in pixels (a multiple of 32)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--memory-size", type=_positive_int, default=30, help="N memory samples compared with every input")
+    p.add_argument("--dtd", default=None, help=_DTD_HELP)
+    p.add_argument("--resume", action="store_true", help="continue <out>.run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start over (removes the previous run's files) and replace --out")
+    _add_device(p)
+
     p = add("train", "train a model on a category")
     p.add_argument("--data", required=True, help="dataset root (holds one folder per category)")
     p.add_argument("--category", required=True, help="category folder under --data")
@@ -114,8 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training iterations (default: the --config file's, else 2700 as in the paper)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start over in a non-empty run folder (removes the previous run's files, naming each)")
-    p.add_argument("--weights", default=None, help="encoder weights: auto (default: ImageNet when timm can get them, else random with a banner), "
-                   "imagenet, random, or a local resnet18 file")
+    p.add_argument("--weights", default=None, help=_WEIGHTS_HELP)
     p.add_argument("--dtd", default=None, help=_DTD_HELP)
     p.add_argument("--size", type=int, default=None, help="input side in pixels (default: the --config file's, else 256)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the --config file's, else 0)")
@@ -159,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "<out>/results.json and results.md")
     p.add_argument("--steps", type=_positive_int, default=None, help="training iterations (default: 2700 as in the paper)")
     p.add_argument("--size", type=_positive_int, default=None, help="input side in pixels (default: 256 as in the paper)")
-    p.add_argument("--weights", default=None, help="encoder weights: auto (default), imagenet, random, or a local resnet18 file")
+    p.add_argument("--weights", default=None, help=_WEIGHTS_HELP)
     p.add_argument("--dtd", default=None, help=_DTD_HELP)
     _add_device(p)
     return parser
@@ -177,11 +199,13 @@ def _error_text(err: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["memseg", *(sys.argv[1:] if argv is None else argv)])  # for provenance records
     from memseg.apps import commands
 
     handler = {
         "synth": commands.run_synth,
         "simulate": commands.run_simulate,
+        "pretrain": commands.run_pretrain,
         "train": commands.run_train,
         "evaluate": commands.run_evaluate,
         "predict": commands.run_predict,

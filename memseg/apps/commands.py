@@ -146,6 +146,34 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ memseg pretrain
+def run_pretrain(args: argparse.Namespace) -> int:
+    """`memseg pretrain`: make an encoder under MemSeg's objective; print where it and its provenance are."""
+    from memseg.engine.pretrain import PretrainConfig, pretrain
+
+    textures = locate_dtd(args.dtd, flag="--dtd")
+    cfg = PretrainConfig.from_dict(dict(
+        data=args.data, category=args.category, layout=args.layout, out=args.out, steps=args.steps,
+        minutes=args.minutes, size=args.size, seed=args.seed, memory_size=args.memory_size,
+        dtd_root=str_or_none(textures.path), device=args.device,
+    ), source="memseg pretrain")
+    budget = f", at most {args.minutes:g} min" if args.minutes else ""
+    print(f"memseg pretrain: encoder from {cfg.category} ({cfg.data}), {cfg.steps} steps{budget}, size {cfg.size}, "
+          f"device {select_device(cfg.device)}, run folder {cfg.run_dir()}")
+    print(textures.describe())
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="textures: no DTD found")  # printed just above
+            result = pretrain(cfg, progress=True, resume=args.resume, overwrite=args.overwrite,
+                              command=getattr(args, "command_line", None))
+    except KeyboardInterrupt:
+        return 130  # the run said where its checkpoint is and how to resume
+    print(f"encoder (stem + blocks 1-3, step {result.steps_done} of {result.steps}): {result.weights}")
+    print(f"provenance: {result.provenance}")
+    print(f"use it: memseg train --weights {result.weights} ...")
+    return 0
+
+
 # --------------------------------------------------------------------------------- memseg train
 # TrainConfig field -> the `memseg train` flag that sets it
 _FLAGS = {"data": "--data", "category": "--category", "model": "--model", "out": "--out", "steps": "--steps",
@@ -209,7 +237,7 @@ def run_train(args: argparse.Namespace) -> int:
     if cfg.model == "draem":
         print("encoder weights: none (DRAEM trains from scratch)")
     elif weights == "auto":
-        print("encoder weights: auto (ImageNet when timm can get them, else random initialisation with a banner)")
+        print("encoder weights: auto (ImageNet when timm can get them, else the kit's offline encoder, with a banner)")
     elif weights == "random":
         print("encoder weights: RANDOM initialisation (no pretrained weights; the paper uses ImageNet: "
               "pass --weights imagenet when online, or --weights path/to/resnet18.pth)")
