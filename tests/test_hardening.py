@@ -43,7 +43,7 @@ def tiny(tmp_path: Path) -> Path:
 def _train_args(tmp_path: Path, out: Path, *extra: str) -> list[str]:
     cfg = tmp_path / "small.yaml"
     cfg.write_text("model_options: {memory_size: 2, weights: random}\nbatch_normal: 1\nbatch_anomalous: 1\n"
-                   "val_fraction: 0.0\nwarmup_steps: 1\n")
+                   "val_fraction: 0.0\nwarmup_steps: 1\ncheckpoint_every: 1\n")
     return ["train", "--data", str(tmp_path / "data"), "--category", "tiny", "--config", str(cfg), "--size", "32",
             "--device", "cpu", "--out", str(out), *extra]
 
@@ -242,3 +242,86 @@ def test_new_files_are_created_exclusively_and_never_through_links(tmp_path):
     with create_new_file(out / "inside" / "b.txt", out, mode="w") as fh:
         fh.write("ok")
     assert (out / "real" / "b.txt").read_text() == "ok"
+
+
+# ------------------------------------------------------------------ 3. a full disk
+def _disk_fills_after(monkeypatch, n_good: int, kind: str = "oserror") -> list[str]:
+    """``torch.save`` as the checkpoint writer uses it: the first ``n_good`` saves work, the next ones hit a full
+    disk after writing part of the file (an ``OSError(ENOSPC)``, or torch's zip writer's errno-less
+    ``RuntimeError`` while the file system has no space left). Returns the names of the files it was asked to write."""
+    import errno
+
+    import torch
+
+    from memseg.engine import checkpoint as ckpt_mod
+
+    real_save, calls = torch.save, []
+
+    def save(obj, fh, *a, **k):
+        calls.append(Path(os.readlink(f"/proc/self/fd/{fh.fileno()}")).name)  # the temporary file written
+        if len(calls) <= n_good:
+            return real_save(obj, fh, *a, **k)
+        fh.write(b"PK\x03\x04 partial")
+        if kind == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1344 vs 1306")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", save)
+    if kind != "oserror":
+        monkeypatch.setattr(ckpt_mod, "free_bytes", lambda folder: 4096)
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["oserror", "torch-writer"])
+def test_a_full_disk_at_the_end_keeps_the_last_good_checkpoint_and_says_so(tiny, capsys, monkeypatch, kind):
+    """Steps 1-2 checkpoint fine; at the end of step 3 the disk is full: last.pt of step 2 stays intact, no
+    temporary file is left, and the one-line error names the file, the full disk and the kept checkpoint."""
+    from memseg.engine.checkpoint import read_checkpoint
+
+    out = tiny / "run"
+    calls = _disk_fills_after(monkeypatch, 2, kind)
+    assert cli_main(_train_args(tiny, out, "--steps", "3")) == 2
+    err = capsys.readouterr().err
+    last = out / "checkpoints" / "last.pt"
+    assert calls[-1].startswith(".last.pt.")
+    assert [ln for ln in err.splitlines() if "error" in ln] == [  # (the progress bars share stderr)
+        f"memseg train: error: {last}: the disk is full (ENOSPC, no space left on device in {last.parent}); last.pt "
+        f"was not written; the last good checkpoint {last} (step 2) is kept: free some space, then continue with "
+        "--resume (resume=True)"]
+    assert read_checkpoint(last)["step"] == 2
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt"] and not (out / "final.pt").exists()
+    monkeypatch.undo()
+    assert cli_main(_train_args(tiny, out, "--steps", "3", "--resume")) == 0  # and the run goes on from it
+    assert read_checkpoint(out / "final.pt")["step"] == 3
+
+
+def test_a_full_disk_on_final_pt_keeps_last_pt_of_the_final_step(tiny, monkeypatch):
+    from memseg.engine.checkpoint import read_checkpoint
+
+    calls = _disk_fills_after(monkeypatch, 2)  # last.pt at steps 1 and 2 (the end), then final.pt fails
+    with pytest.raises(OSError) as info:
+        train(_cfg(tiny, "run", steps=2), progress=False)
+    last = tiny / "run" / "checkpoints" / "last.pt"
+    assert calls[-1].startswith(".final.pt.") and info.value.filename == str(tiny / "run" / "final.pt")
+    assert info.value.strerror.endswith(f"the last good checkpoint {last} (step 2) is kept: free some space, then continue "
+                                    "with --resume (resume=True)")
+    assert read_checkpoint(last)["step"] == 2 and sorted(p.name for p in (tiny / "run").iterdir()) == [
+        "checkpoints", "config.yaml", "train_log.csv", "train_log.jsonl"]
+
+
+def test_export_on_a_full_disk_names_the_file_and_leaves_nothing(trained, tiny, capsys, monkeypatch):
+    import torch
+
+    from memseg.engine import checkpoint as ckpt_mod
+
+    def export(graph, args, path, **kw):
+        Path(path).write_bytes(b"partial onnx")
+        raise RuntimeError("problem writing element 105472 to file")
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    monkeypatch.setattr(ckpt_mod, "free_bytes", lambda folder: 0)
+    out = tiny / "exported" / "model.onnx"
+    assert cli_main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"memseg export: error: {out}: the disk is full (ENOSPC, no space left on device "
+                                       f"in {out.parent}); model.onnx was not written\n")
+    assert list(out.parent.iterdir()) == []

@@ -24,6 +24,7 @@ Two kinds are written by ``memseg train``:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import random
 import tempfile
@@ -67,10 +68,45 @@ def model_config_dict(model: nn.Module) -> dict:
     return _plain(dict(cfg))
 
 
+def free_bytes(folder: str | Path) -> int:
+    """Bytes an unprivileged writer may still use on the file system holding ``folder``."""
+    st = os.statvfs(folder)
+    return int(st.f_bavail) * int(st.f_frsize)
+
+
+# Below this many free bytes after a failed write, the failure is taken for a full disk (torch's zip writer
+# reports a short write as "unexpected pos ...", ONNX's as "problem writing element ...", without an errno).
+DISK_FULL_MARGIN = 1 << 20
+
+
+def disk_full_error(err: BaseException, path: str | Path, folder: str | Path | None = None) -> OSError | None:
+    """An ``OSError(ENOSPC)`` naming ``path`` when ``err`` (raised while writing it) comes from a full disk, else None.
+
+    A full disk is ``err.errno == ENOSPC``, or a writer error without errno while the file system holding
+    ``folder`` (default: ``path``'s) has less than :data:`DISK_FULL_MARGIN` left. Call it before removing what
+    the failed write left behind (a partial temporary file still takes its space).
+    """
+    folder = Path(folder if folder is not None else Path(path).parent)
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        full = True
+    elif isinstance(err, (RuntimeError, OSError, ValueError)):
+        try:
+            full = free_bytes(folder) < DISK_FULL_MARGIN
+        except OSError:
+            full = False
+    else:
+        full = False
+    if not full:
+        return None
+    return OSError(errno.ENOSPC, f"the disk is full (ENOSPC, no space left on device in {folder}); {Path(path).name} "
+                                 "was not written", str(path))
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it into place.
 
-    A run killed mid-write leaves the previous file intact (never a truncated checkpoint).
+    A run killed mid-write, or a write that fails (a full disk: ``OSError(ENOSPC)`` naming ``path``, see
+    :func:`disk_full_error`), leaves the previous file intact (never a truncated checkpoint) and no temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,9 +117,12 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        full = disk_full_error(err, path) if isinstance(err, Exception) else None
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if full is not None:
+            raise full from None
         raise
     return path
 

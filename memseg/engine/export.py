@@ -109,8 +109,9 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, overwr
         FileExistsError: ``out`` exists and ``overwrite`` is False.
         ValueError: not a MemSeg checkpoint, or the exported graph disagrees with PyTorch.
         ImportError: ``onnx``/``onnxscript`` are not installed (``pip install memseg-kit[deploy]``).
+        OSError: ``ENOSPC`` naming ``out`` when the disk is full (nothing is left behind).
     """
-    from memseg.engine.checkpoint import load_checkpoint
+    from memseg.engine.checkpoint import disk_full_error, load_checkpoint
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -137,6 +138,11 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, overwr
         if check:
             _check_parity(graph, tmp, (h, w))
         os.replace(tmp, out)
+    except Exception as err:
+        full = disk_full_error(err, out)  # before the partial files below are removed (they hold the space)
+        if full is not None:
+            raise full from None
+        raise
     finally:
         for leftover in (tmp, tmp + ".data"):  # the exporter writes the weights beside its file first
             if os.path.exists(leftover):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import re
@@ -368,8 +369,11 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
         extra = {**base_extra, "rng": rng_state(gen)}
         if validation is not None:
             extra["validation"] = validation
-        path = save_checkpoint(ckpt_path, model, optimizer, scheduler, config=cfg.to_dict(), step=step,
-                               extra=extra, threshold=threshold, weights_source=weights_source)
+        try:
+            path = save_checkpoint(ckpt_path, model, optimizer, scheduler, config=cfg.to_dict(), step=step,
+                                   extra=extra, threshold=threshold, weights_source=weights_source)
+        except OSError as err:
+            raise _with_kept_checkpoint(err, ckpt_path, saved) from None
         saved = step
         return path
 
@@ -423,9 +427,12 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
             (run_dir / VALIDATION_JSON).write_text(json.dumps(validation, indent=2))
         last = checkpoint(cfg.steps, threshold, validation)
         memory_images = cache[torch.as_tensor(splits["memory"], device=device)].cpu() if model.memory_size else None
-        final = save_checkpoint(run_dir / FINAL_CHECKPOINT, model, config=cfg.to_dict(), step=cfg.steps,
-                                extra={**base_extra, **({"validation": validation} if validation else {})},
-                                threshold=threshold, weights_source=weights_source, memory_images=memory_images)
+        try:
+            final = save_checkpoint(run_dir / FINAL_CHECKPOINT, model, config=cfg.to_dict(), step=cfg.steps,
+                                    extra={**base_extra, **({"validation": validation} if validation else {})},
+                                    threshold=threshold, weights_source=weights_source, memory_images=memory_images)
+        except OSError as err:
+            raise _with_kept_checkpoint(err, ckpt_path, saved) from None
     except KeyboardInterrupt:
         bar.close()
         _checkpoint_on_interrupt(done, saved, cfg.steps, ckpt_path, checkpoint, log)
@@ -468,6 +475,19 @@ def _stop_after_step():
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _with_kept_checkpoint(err: OSError, ckpt_path: Path, saved: int) -> OSError:
+    """A full disk (``ENOSPC``) while writing a checkpoint: the error, also saying which checkpoint is kept (the
+    failed write replaced nothing) and how to go on. Any other error is returned as it is."""
+    if err.errno != errno.ENOSPC:
+        return err
+    if saved > 0:
+        kept = (f"the last good checkpoint {ckpt_path} (step {saved}) is kept: free some space, then continue with "
+                "--resume (resume=True)")
+    else:
+        kept = "no checkpoint had been written yet: free some space and start again with --overwrite (overwrite=True)"
+    return OSError(errno.ENOSPC, f"{err.strerror}; {kept}", err.filename)
 
 
 def _checkpoint_on_interrupt(done: int | None, saved: int, steps: int, ckpt_path: Path,
