@@ -39,6 +39,7 @@ VARIANTS: dict[str, dict] = {
     "attention off": {**FULL, "use_spatial_attention": False},
     "memory off": {**FULL, "use_memory": False},
     "paper head (last ReLU)": {**FULL, "head": "paper"},
+    "blocks 1-3 train too": {**FULL, "train_encoder": True},
 }
 """Rows of the table: explicit ``model_options`` (so the rows keep their meaning if defaults change)."""
 
@@ -221,17 +222,22 @@ def attention_figure(runs: Path, out: Path, categories: list[str] | None = None,
     return path
 
 
+def _weights_name(source: str) -> str:
+    """A weights source as the page names it: a file by its name, not the machine's path."""
+    return Path(source).name if ("/" in source or "\\" in source) else source
+
+
 def write_page(rows: list[dict], out: Path, command: str, order: list[str], notes: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     cats = sorted({r["category"] for r in rows})
     r0 = rows[0]
     parts = [
-        "# Ablation of MemSeg's memory and attention (paper Table 5) at a CPU budget",
+        f"# Ablation of MemSeg's memory and attention (paper Table 5) at a CPU budget, encoder `{_weights_name(r0['weights_source'])}`",
         "",
         f"{r0['steps']} steps, batch 4 normal + 4 simulated, {r0['size']}×{r0['size']}, encoder weights "
-        f"`{r0['weights_source']}` (no ImageNet weights can be downloaded on the development machine: every row is "
-        "ImageNet-free), final checkpoint of every run (no checkpoint or setting picked on a test split per run). "
+        f"`{_weights_name(r0['weights_source'])}` (no ImageNet weights can be downloaded on the development machine: "
+        "every row is ImageNet-free), final checkpoint of every run (no checkpoint or setting picked on a test split per run). "
         "Numbers are mean ± std over the seeds (in %). Written by `benchmarks/ablation.py`:",
         "",
         f"    {command}",

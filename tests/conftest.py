@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 # Tests stay offline and deterministic: weights="auto" (the default) never asks the hub here, so it
-# resolves to random initialisation unless ImageNet weights are already in the local cache.
+# resolves to the kit's shipped offline encoder (weights/) unless ImageNet weights are already in the local cache.
 os.environ.setdefault("MEMSEG_OFFLINE", "1")
 # Predictor's default CPU route exports each checkpoint's ONNX graph once into a cache: a throw-away one
 # per test session (notebook kernels inherit it), never the user's ~/.cache/memseg.

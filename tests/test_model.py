@@ -623,3 +623,20 @@ def test_hub_timeout_variable_is_checked(monkeypatch: pytest.MonkeyPatch) -> Non
         ew.hub_timeout()
 
 
+
+
+def test_aligned_difference_tolerates_a_shift_and_nothing_more() -> None:
+    """memory_shift: a memory sample moved by one cell explains the input (DI* ~ 0 inside), a real change does not."""
+    from memseg.models.memseg.memory import aligned_difference, difference
+
+    torch.manual_seed(0)
+    mem = torch.randn(2, 4, 6, 7)
+    moved = torch.roll(mem, shifts=1, dims=-1)  # the part moved one cell to the right
+    assert difference(mem, moved).mean() > 0.5  # eq. (3) as written sees the move everywhere
+    assert aligned_difference(mem, moved, shift=1)[..., 1:].abs().max() == 0  # explained (the wrapped column aside)
+    assert torch.equal(aligned_difference(mem, moved, shift=0), difference(mem, moved))
+    changed = moved.clone()
+    changed[:, :, 3, 4] += 10.0  # a defect: no nearby memory feature explains it
+    assert aligned_difference(mem, changed, shift=1)[:, :, 3, 4].min() > 5
+    with pytest.raises(ValueError, match="memory_shift must be 0"):
+        MemSegConfig(input_size=(H, W), memory_shift=4)

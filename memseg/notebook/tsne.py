@@ -126,6 +126,21 @@ def neighbour_mix(embedding: np.ndarray, groups: Sequence[str], k: int = 5, orde
 GROUP_COLORS = {"normal": "#2e86ab", "simulated anomaly": "#f0a202", "real anomaly": "#e4572e"}
 
 
+def normal_anomalous_separation(embedding: np.ndarray, groups: Sequence[str], k: int = 5) -> float:
+    """How well an embedding separates normal from anomalous (simulated or real) images: the mean share
+    of each point's k nearest neighbours that are on its own side, averaged over the two sides (so the
+    larger side cannot win alone). 1: fully separated; about 0.5: mixed.
+
+    Examples:
+        >>> x = np.array([[0.0, 0], [0, 1], [9, 9], [9, 10]])
+        >>> normal_anomalous_separation(x, ["normal", "normal", "real anomaly", "simulated anomaly"], k=1)
+        1.0
+    """
+    side = ["normal" if g == "normal" else "anomalous" for g in groups]
+    names, share = neighbour_mix(embedding, side, k=k, order=["normal", "anomalous"])
+    return float(np.nanmean(np.diag(share)))
+
+
 @dataclass
 class EmbeddingSet:
     """Images and labels that go into the t-SNE figure."""
@@ -288,3 +303,37 @@ def thumbnail_grid(emb: EmbeddingSet, per_group: int = 8, title: str = "What the
     fig.suptitle(title)
     autosave(fig, "tsne_thumbnails")
     return fig
+
+
+def separation_by_encoder(settings, groups: EmbeddingSet, weights: Sequence[str] = ("random", "offline"), k: int = 5,
+                          progress: bool = False) -> list[dict]:
+    """The same three groups of images, embedded through notebook models that differ only in their encoder
+    weights (each trained once and cached like the notebooks' model): the normal-vs-anomalous
+    :func:`normal_anomalous_separation` of each t-SNE map, and the neighbour shares behind it.
+    """
+    from memseg.engine.cached_run import cached_training
+    from memseg.engine.checkpoint import load_checkpoint
+    from memseg.notebook.quick import train_config
+    from memseg.utils import normalize
+
+    rows = []
+    for w in weights:
+        cfg = train_config(settings, name=f"model-{w}", model_options={"weights": w})
+        checkpoint, _ = cached_training(cfg, name=f"notebook model ({w} encoder)", progress=progress)
+        model, info = load_checkpoint(checkpoint, device=settings.device)
+        features = bottleneck_features(model, normalize(groups.images), progress=progress)
+        embedding = tsne_embed(features, seed=settings.seed)
+        names, share = neighbour_mix(embedding, groups.groups, k=k, order=list(GROUP_COLORS))
+        rows.append({"weights": info.get("weights_source", w), "separation": normal_anomalous_separation(embedding, groups.groups, k),
+                     **{f"{a} → {b}": float(share[i, j]) for i, a in enumerate(names) for j, b in enumerate(names) if i == j}})
+    return rows
+
+
+def separation_table(rows: list[dict]):
+    """:func:`separation_by_encoder`'s rows as a table in the notebook (IPython Markdown)."""
+    from IPython.display import Markdown
+
+    keys = [k for k in rows[0] if k != "weights"]
+    lines = ["| encoder | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {r['weights']} | " + " | ".join(f"{r[k]:.2f}" for k in keys) + " |" for r in rows]
+    return Markdown("\n".join(lines))

@@ -36,6 +36,31 @@ def difference(memory: torch.Tensor, features: torch.Tensor, distance: str = "l2
     raise ValueError(f"unknown distance {distance!r}; expected one of {DISTANCES}")
 
 
+def aligned_difference(memory: torch.Tensor, features: torch.Tensor, distance: str = "l2", shift: int = 0) -> torch.Tensor:
+    """DI (eq. 3) with a tolerance for misalignment: each input position is compared with the memory
+    sample's feature at the offset within ``shift`` cells (in both directions) whose Σ_c DI is smallest.
+
+    ``shift=0`` is eq. (3) as written. A part that moves or turns a little between images (a tyre)
+    makes the literal DI large everywhere on the part; the tolerance keeps it for what no nearby
+    normal feature explains. Shapes: ``memory`` and ``features`` (B, C, h, w) -> (B, C, h, w).
+    """
+    if shift <= 0:
+        return difference(memory, features, distance)
+    h, w = features.shape[-2:]
+    padded = F.pad(memory, (shift, shift, shift, shift), mode="replicate")
+    best, best_sum = None, None
+    for dy in range(2 * shift + 1):
+        for dx in range(2 * shift + 1):
+            d = difference(padded[..., dy:dy + h, dx:dx + w], features, distance)
+            total = d.sum(dim=1, keepdim=True)  # (B, 1, h, w)
+            if best is None:
+                best, best_sum = d, total
+            else:
+                closer = total < best_sum
+                best, best_sum = torch.where(closer, d, best), torch.where(closer, total, best_sum)
+    return best
+
+
 class MemoryBank(nn.Module):
     """N memory samples' block 1-3 features, and the DI / DI* computation (eq. 3-4).
 
@@ -45,9 +70,12 @@ class MemoryBank(nn.Module):
         distance: ``"l2"`` (|MI - II|, default) or ``"squared"`` ((MI - II)^2).
         chunk_size: memory samples compared per pass when searching DI* (bounds the work
             memory when N is large).
+        shift: DI* tolerates a misalignment of up to this many feature cells (:func:`aligned_difference`;
+            0: eq. 3 as written). The closest memory sample (eq. 4) is chosen as without it.
     """
 
-    def __init__(self, memory_size: int, feature_shapes: list[tuple[int, int, int]], distance: str = "l2", chunk_size: int = 32) -> None:
+    def __init__(self, memory_size: int, feature_shapes: list[tuple[int, int, int]], distance: str = "l2", chunk_size: int = 32,
+                 shift: int = 0) -> None:
         super().__init__()
         if memory_size < 1:
             raise ValueError(f"memory_size must be >= 1, got {memory_size}")
@@ -57,6 +85,7 @@ class MemoryBank(nn.Module):
         self.feature_shapes = [tuple(int(v) for v in s) for s in feature_shapes]
         self.distance = distance
         self.chunk_size = max(1, int(chunk_size))
+        self.shift = max(0, int(shift))
         for i, (c, h, w) in enumerate(self.feature_shapes, start=1):
             self.register_buffer(f"level{i}", torch.zeros(self.memory_size, c, h, w))  # MI_i: (N, C_i, h_i, w_i)
         self.register_buffer("memory_ready", torch.zeros((), dtype=torch.bool))
@@ -146,7 +175,7 @@ class MemoryBank(nn.Module):
             d = self.distances(levels)  # (N, N)
             d.fill_diagonal_(float("inf"))
             nearest = d.argmin(dim=1)  # (N,)
-            di = [difference(m.index_select(0, nearest), m, self.distance) for m in levels]
+            di = [aligned_difference(m.index_select(0, nearest), m, self.distance, self.shift) for m in levels]
         out = []
         for x in di:
             s = x.mean(dim=(0, 1), keepdim=True)  # (1, 1, h, w)
@@ -213,8 +242,10 @@ class MemoryBank(nn.Module):
                 "ImageNet-normalised, at the model's input size) before using the model"
             )
         index = self.distances(features).argmin(dim=1)  # eq. (4): (B,)
-        di_star = [difference(mem.index_select(0, index).to(f.dtype), f, self.distance) for f, mem in zip(features, self.levels)]
+        di_star = [aligned_difference(mem.index_select(0, index).to(f.dtype), f, self.distance, self.shift)
+                   for f, mem in zip(features, self.levels)]
         return di_star, index
 
     def extra_repr(self) -> str:
-        return f"memory_size={self.memory_size}, feature_shapes={self.feature_shapes}, distance={self.distance!r}"
+        return (f"memory_size={self.memory_size}, feature_shapes={self.feature_shapes}, distance={self.distance!r}, "
+                f"shift={self.shift}")

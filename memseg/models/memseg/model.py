@@ -32,7 +32,7 @@ from memseg.models.memseg.decoder import HEADS, Decoder
 from memseg.models.encoder_weights import kit_made
 from memseg.models.memseg.encoder import FEATURE_CHANNELS, FEATURE_STRIDES, ResNet18Encoder
 from memseg.models.memseg.loss import MemSegLoss
-from memseg.models.memseg.memory import DISTANCES, MemoryBank, difference
+from memseg.models.memseg.memory import DISTANCES, MemoryBank, aligned_difference
 from memseg.models.memseg.msff import MSFF
 from memseg.utils import no_autocast
 
@@ -53,6 +53,8 @@ class MemSegConfig(ConfigBase):
             ``memseg pretrain`` does to make an encoder).
         use_memory, use_multiscale, use_spatial_attention, use_coord_attention: ablations (Table 5).
         distance: DI per element, ``"l2"`` = |MI - II| (eq. 3) or ``"squared"`` = (MI - II)^2.
+        memory_shift: DI* compares each input position with the closest memory sample's features within
+            this many cells (0: eq. 3 as written; see :func:`memseg.models.memseg.memory.aligned_difference`).
         attention: how eq. (5)-(7) read DI*: ``"auto"`` (default: what :func:`recipe_for` measured
             best for the encoder's weights), ``"calibrated"`` (each channel mean relative
             to the memory's own normal-vs-normal difference, so M is ~1 on normal regions) or
@@ -77,6 +79,7 @@ class MemSegConfig(ConfigBase):
     use_spatial_attention: bool = True
     use_coord_attention: bool = True
     distance: str = "l2"
+    memory_shift: int = 0
     attention: str = "auto"
     head: str = "auto"
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)
@@ -105,6 +108,9 @@ class MemSegConfig(ConfigBase):
             raise ValueError(f"attention must be auto or one of {ATTENTION_MODES}, got {self.attention!r}")
         if self.head not in ("auto", *HEADS):
             raise ValueError(f"head must be auto or one of {HEADS}, got {self.head!r}")
+        self.memory_shift = int(self.memory_shift)
+        if not 0 <= self.memory_shift <= 3:
+            raise ValueError(f"memory_shift must be 0 (eq. 3 as written) to 3 feature cells, got {self.memory_shift}")
         self.memory_refresh_every = int(self.memory_refresh_every)
         if self.memory_refresh_every < 1:
             raise ValueError(f"memory_refresh_every must be >= 1, got {self.memory_refresh_every}")
@@ -182,7 +188,8 @@ class MemSeg(AnomalyModel):
         ii_channels = FEATURE_CHANNELS[1:4]  # (64, 128, 256): blocks 1-3
         if config.use_memory:
             shapes = [(c, h // s, w // s) for c, s in zip(ii_channels, FEATURE_STRIDES[1:4])]
-            self.memory: MemoryBank | None = MemoryBank(config.memory_size, shapes, config.distance, config.memory_chunk_size)
+            self.memory: MemoryBank | None = MemoryBank(config.memory_size, shapes, config.distance, config.memory_chunk_size,
+                                                           config.memory_shift)
             ci_channels = tuple(2 * c for c in ii_channels)  # CI = concat(II, DI*)
         else:
             self.memory = None
@@ -327,7 +334,7 @@ class MemSeg(AnomalyModel):
             maps = spatial_attention_maps(di_star, scales)  # eq. (5)-(7): [M1, M2, M3]
         if ii[0].requires_grad:  # a trainable encoder (train_encoder): DI* again, with gradients to II (eq. 3)
             with no_autocast(x.device.type):
-                di_star = [difference(mem.index_select(0, index), f.float(), self.config.distance)
+                di_star = [aligned_difference(mem.index_select(0, index), f.float(), self.config.distance, self.memory.shift)
                            for f, mem in zip(ii, self.memory.levels)]
         return stem, ii, di_star, index, maps
 
