@@ -325,3 +325,44 @@ def test_export_on_a_full_disk_names_the_file_and_leaves_nothing(trained, tiny, 
     assert capsys.readouterr().err == (f"memseg export: error: {out}: the disk is full (ENOSPC, no space left on device "
                                        f"in {out.parent}); model.onnx was not written\n")
     assert list(out.parent.iterdir()) == []
+
+
+# ------------------------------------------------------------------ 4. --resume with another --data
+def test_resume_refuses_other_data_in_one_line_and_accepts_the_same_data_moved(tiny, capsys):
+    import shutil
+
+    import numpy as np
+
+    from memseg.engine.checkpoint import read_checkpoint
+
+    out = tiny / "run"
+    assert cli_main(_train_args(tiny, out, "--steps", "1")) == 0
+    record = read_checkpoint(out / "checkpoints" / "last.pt")["extra"]["data"]
+    assert record["root"] == str(tiny / "data") and record["category"] == "tiny" and record["n_images"] == 8
+    assert len(record["files_sha256"]) == 64
+    capsys.readouterr()
+
+    fewer = tiny / "fewer"  # fewer images: the stored splits would index past them (was an IndexError traceback)
+    make_tiny_dataset(fewer, n_train=5, size=(32, 32))
+    edited = tiny / "edited"  # as many images, one of them another file: would train silently on other images
+    shutil.copytree(tiny / "data", edited)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(edited / "tiny" / "train" / "good" / "003.png")
+    for other, n in ((fewer, 5), (edited, 8)):
+        args = _train_args(tiny, out, "--steps", "2", "--resume")
+        args[args.index("--data") + 1] = str(other)
+        assert cli_main(args) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+        assert len(err) == 1 and err[0].startswith(
+            f"memseg train: error: --resume: {out / 'checkpoints' / 'last.pt'} was trained on 8 train/good images of "
+            f"'tiny' under {tiny / 'data'}, but the data given ({other}) holds {n} with another file list (file list "
+            f"sha256 {record['files_sha256'][:12]} vs "), err
+        assert err[0].endswith("); resume with the data the run was trained on, or start a new run (another --out)")
+    assert read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 1
+
+    moved = tiny / "moved"
+    shutil.copytree(tiny / "data", moved)
+    args = _train_args(tiny, out, "--steps", "2", "--resume")
+    args[args.index("--data") + 1] = str(moved)
+    assert cli_main(args) == 0
+    assert f"resume: the data moved from {tiny / 'data'} to {moved} (the same 8 files)" in capsys.readouterr().out
+    assert read_checkpoint(out / "final.pt")["extra"]["data"]["root"] == str(moved)

@@ -211,6 +211,44 @@ def _train_images(cfg: TrainConfig, device: torch.device, progress: bool) -> tor
     return dataset.load_images(progress=progress).to(device)
 
 
+def train_data_record(cfg: TrainConfig) -> dict:
+    """What a run trains on, recorded in its checkpoints: the data root, category, layout, the number of
+    train/good images and a SHA-256 of their file list (paths relative to the category folder, with sizes)."""
+    import hashlib
+    import os
+
+    from memseg.data.datasets import find_records
+
+    records = find_records(cfg.data, cfg.category, split="train", layout=cfg.layout)
+    cat = Path(cfg.data) / cfg.category
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(f"{Path(os.path.relpath(r.image_path, cat)).as_posix()}\t{os.path.getsize(r.image_path)}\n".encode())
+    return {"root": str(cfg.data), "category": str(cfg.category), "layout": str(cfg.layout), "n_images": len(records),
+            "files_sha256": digest.hexdigest()}
+
+
+def check_resume_data(stored: dict, current: dict, path: Path, log: Callable[[str], None] = print) -> None:
+    """``--resume`` on the data the run was trained on, else one line naming both (the stored splits index
+    the old file list: other data would fail, or train silently on other images).
+
+    Checkpoints written before the record existed are checked by their image count only.
+    """
+    extra = stored.get("extra") or {}
+    before = extra.get("data") or {}
+    n_before = before.get("n_images", extra.get("n_train_images"))
+    root_before = before.get("root", (stored.get("config") or {}).get("data"))
+    same = (before["files_sha256"] == current["files_sha256"]) if "files_sha256" in before else n_before in (None, current["n_images"])
+    if not same:
+        hashes = f" (file list sha256 {before['files_sha256'][:12]} vs {current['files_sha256'][:12]})" if "files_sha256" in before else ""
+        raise ValueError(
+            f"--resume: {path} was trained on {n_before} train/good images of {current['category']!r} under {root_before}, "
+            f"but the data given ({current['root']}) holds {current['n_images']} with another file list{hashes}; resume with the data "
+            "the run was trained on, or start a new run (another --out)")
+    if root_before is not None and str(root_before) != current["root"]:
+        log(f"resume: the data moved from {root_before} to {current['root']} (the same {current['n_images']} files)")
+
+
 def _build_model(cfg: TrainConfig, stored: dict | None, cache: torch.Tensor, device: torch.device):
     """The model on ``device`` (its memory bank filled) and the run's image split; from ``stored`` on resume."""
     from memseg.models import build_model
@@ -323,6 +361,9 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
         check_resume_config(stored.get("config", {}), cfg, ckpt_path)
     if not cfg.data or not cfg.category:
         raise ValueError("TrainConfig needs data (dataset root) and category")
+    trained_on = train_data_record(cfg)  # file names and sizes: no image decoded yet
+    if stored is not None:
+        check_resume_data(stored, trained_on, ckpt_path, log)
     if cfg.dtd_root is None and stored is not None:
         cfg.dtd_root = stored.get("config", {}).get("dtd_root")  # same textures as before the interruption
     else:  # --dtd / dtd_root > $MEMSEG_DTD > the project defaults (memseg.paths); recorded in the config
@@ -360,7 +401,7 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
     weights_source = model.weights_source
     if stored is not None:
         weights_source = stored.get("weights_source", weights_source)
-    base_extra = {"splits": splits, "n_train_images": n_images}
+    base_extra = {"splits": splits, "n_train_images": n_images, "data": trained_on}
     saved = start  # the step last.pt holds (0: none yet)
 
     def checkpoint(step: int, threshold: float | None = None, validation: dict | None = None) -> Path:
