@@ -40,6 +40,8 @@ VARIANTS: dict[str, dict] = {
     "memory off": {**FULL, "use_memory": False},
     "paper head (last ReLU)": {**FULL, "head": "paper"},
     "blocks 1-3 train too": {**FULL, "train_encoder": True},
+    "memory shift 1": {**FULL, "memory_shift": 1},
+    "literal, memory shift 1": {**FULL, "attention": "literal", "memory_shift": 1},
 }
 """Rows of the table: explicit ``model_options`` (so the rows keep their meaning if defaults change)."""
 

@@ -115,3 +115,32 @@ def test_the_memory_follows_a_trainable_encoder(tiny: Path, tmp_path: Path, one_
     first = MemSeg(MemSegConfig(**{**stored["model_config"], "weights": "random"})).eval()
     first.prepare(normalize(images.float() / 255))
     assert not torch.allclose(bank, first.memory.level1, atol=1e-3)
+
+
+@pytest.mark.parametrize("weights", ["random", "kit-made"])
+def test_train_prints_and_records_the_recipe_its_encoder_resolves_to(weights: str, tiny: Path, tmp_path: Path,
+                                                                     one_thread, capsys: pytest.CaptureFixture) -> None:
+    from memseg.engine.checkpoint import read_checkpoint
+    from memseg.models.memseg.model import recipe_for
+
+    if weights == "kit-made":  # a file memseg pretrain wrote: its provenance says so, the offline recipe applies
+        enc = tmp_path / "enc.pt"
+        torch.save(MemSeg(MemSegConfig(input_size=(32, 32), memory_size=1, weights="random")).encoder.frozen_state_dict(), enc)
+        provenance_path(enc).write_text(json.dumps({"made_by": "memseg pretrain"}))
+        weights, family = str(enc), "offline"
+    else:
+        family = "random"
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny), "--category", "tiny", "--size", "32", "--steps", "2", "--weights", weights,
+                 "--out", str(run), "--device", "cpu", "--config", str(_config(tmp_path))]) == 0
+    recipe = recipe_for(family)
+    out = capsys.readouterr().out
+    assert f"attention={recipe['attention']}, head={recipe['head']}, train_encoder=False" in out
+    stored = read_checkpoint(run / "final.pt")["model_config"]
+    assert (stored["attention"], stored["head"]) == (recipe["attention"], recipe["head"])
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "small.yaml"
+    path.write_text("model_options: {memory_size: 2}\nbatch_normal: 2\nbatch_anomalous: 2\n")
+    return path
