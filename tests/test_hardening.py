@@ -366,3 +366,47 @@ def test_resume_refuses_other_data_in_one_line_and_accepts_the_same_data_moved(t
     assert cli_main(args) == 0
     assert f"resume: the data moved from {tiny / 'data'} to {moved} (the same 8 files)" in capsys.readouterr().out
     assert read_checkpoint(out / "final.pt")["extra"]["data"]["root"] == str(moved)
+
+
+# ------------------------------------------------------------------ 5. non-finite and out-of-range images
+def _check_refuses_bad_pixels(predictor) -> None:
+    import numpy as np
+    import torch
+
+    good = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cases = [(torch.full((3, 32, 32), float("nan")), r"predict: 3072 of 3072 pixel values are NaN or infinite"),
+             (good.clone().index_put_((torch.tensor([0]),), torch.tensor(float("inf"))), r"predict: 1024 of 3072 pixel values are NaN"),
+             (good * 255, r"predict: float pixel values span \[0\.\d+, 254\.\d+\]; .* \(divide a 0\.\.255 image by 255\)"),
+             (good * 2 - 1, r"predict: float pixel values span \[-0\.\d+, 0\.\d+\]; expected finite float pixel values in "
+                            r"\[0, 1\], or a uint8 image \(0\.\.255\)$")]
+    for image, match in cases:
+        with pytest.raises(ValueError, match=match):
+            predictor.predict(image)
+        with pytest.raises(ValueError, match=match.replace("predict:", "predict_batch:")):
+            predictor.predict_batch(image[None])
+        with pytest.raises(ValueError, match=match.replace("predict:", "predict_batch:")):
+            predictor.predict_batch(image[None].numpy())
+    # NumPy batches are accepted: float (B, 3, H, W) in [0, 1] and uint8 (B, H, W, 3), scored like the tensor
+    u8 = (good * 255).round().to(torch.uint8)
+    ref_scores, ref_maps = predictor.predict_batch(u8[None].float() / 255)
+    for batch in (u8[None].float().numpy() / 255, u8.permute(1, 2, 0)[None].numpy()):
+        scores, maps = predictor.predict_batch(batch)
+        assert np.allclose(scores, ref_scores, atol=1e-6) and np.allclose(maps, ref_maps, atol=1e-6)
+    assert predictor.predict(good).score == pytest.approx(float(predictor.predict_batch(good[None])[0][0]), abs=1e-6)
+    for bad, got in (([[0.5]], "got list"), (np.zeros((32, 32, 3), np.uint8), r"got a uint8 NumPy array of shape \(32, 32, 3\)")):
+        with pytest.raises(ValueError, match=r"predict_batch expects float images \(B, 3, H, W\) in \[0, 1\] as a torch "
+                                             r"tensor or a NumPy array, or NumPy uint8 images \(B, H, W, 3\); " + got):
+            predictor.predict_batch(bad)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("onnxruntime", marks=pytest.mark.slow)])  # export: ~9 s
+def test_predict_refuses_nan_inf_and_out_of_range_floats_in_every_backend(trained, backend):
+    from memseg.engine.inference import Predictor
+
+    if backend == "onnxruntime":
+        from memseg.engine.export import export_onnx
+
+        trained = export_onnx(trained, trained.with_suffix(".onnx"), check=False)
+    predictor = Predictor.from_checkpoint(trained, device="cpu", backend=backend)
+    assert predictor.backend == backend
+    _check_refuses_bad_pixels(predictor)

@@ -56,6 +56,25 @@ PREDICTIONS_CSV = "predictions.csv"
 CSV_COLUMNS = ("path", "score", "verdict", "overlay")
 
 
+def check_pixel_values(images: torch.Tensor, name: str | None = None) -> None:
+    """Raise ``ValueError`` (prefixed by ``name``) unless float ``images`` are finite and within [0, 1].
+
+    A NaN or infinite pixel gives a NaN score (every verdict "normal"), and an image in 0..255 or -1..1 is
+    scored as if it were in 0..1: both are refused, saying what is accepted, before the model runs (so in
+    every backend alike).
+    """
+    prefix = f"{name}: " if name else ""
+    accepted = "expected finite float pixel values in [0, 1], or a uint8 image (0..255)"
+    finite = torch.isfinite(images)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(f"{prefix}{bad} of {finite.numel()} pixel values are NaN or infinite; {accepted}")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0.0 or hi > 1.0:
+        hint = " (divide a 0..255 image by 255)" if hi > 1.0 and lo >= 0.0 else ""
+        raise ValueError(f"{prefix}float pixel values span [{lo:g}, {hi:g}]; {accepted}{hint}")
+
+
 def check_image_size(height: int, width: int, name: str | None = None) -> None:
     """Raise ``ValueError`` (prefixed by ``name``, e.g. the file) unless the model can score this size.
 
@@ -80,6 +99,23 @@ class Prediction:
     time_ms: float  # preprocessing + network + resize back
     is_anomalous: bool  # score >= threshold
     exact: bool = True  # float32 throughout (False: the bf16 route, and the score is not near the threshold)
+
+
+_BATCH_ACCEPTS = ("float images (B, 3, H, W) in [0, 1] as a torch tensor or a NumPy array, or NumPy uint8 images "
+                  "(B, H, W, 3)")
+
+
+def _batch_tensor(images: Any) -> torch.Tensor:
+    """:meth:`Predictor.predict_batch`'s input as a float tensor (B, 3, H, W); anything else raises saying what it takes."""
+    if isinstance(images, torch.Tensor):
+        return images
+    if isinstance(images, np.ndarray):
+        if images.dtype == np.uint8 and images.ndim == 4 and images.shape[3] == 3:
+            return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+        if np.issubdtype(images.dtype, np.floating) and images.ndim == 4 and images.shape[1] == 3:
+            return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        raise ValueError(f"predict_batch expects {_BATCH_ACCEPTS}; got a {images.dtype} NumPy array of shape {images.shape}")
+    raise ValueError(f"predict_batch expects {_BATCH_ACCEPTS}; got {type(images).__name__}")
 
 
 class Predictor:
@@ -168,6 +204,7 @@ class Predictor:
             if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3 or not x.is_floating_point():
                 raise ValueError(f"predict expects a float tensor (3, H, W) or (1, 3, H, W) in [0, 1], got {image.dtype} {tuple(image.shape)}")
             check_image_size(x.shape[2], x.shape[3], name)
+            check_pixel_values(x, "predict")
             return x.float()
         raise ValueError(f"predict expects a path, PIL image, uint8 (H, W, 3) array or float tensor, got {type(image).__name__}")
 
@@ -178,14 +215,18 @@ class Predictor:
 
     # ------------------------------------------------------------------------------ predict
     @torch.no_grad()
-    def predict_batch(self, images: torch.Tensor, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Score a batch ``float (B, 3, H, W)`` in [0, 1] (not normalised).
+    def predict_batch(self, images: torch.Tensor | np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Score a batch ``float (B, 3, H, W)`` in [0, 1] (not normalised): a torch tensor or a NumPy array,
+        or NumPy ``uint8 (B, H, W, 3)`` images (0..255). NaN, infinite or out-of-range values raise ``ValueError``.
 
         Returns ``(scores float32 (B,), maps float32 (B, h, w))``: maps at the input's H, W, or
         bounded to DECODE_MAX_PIXELS (same aspect ratio) for larger inputs. Sizes are checked
         as in :func:`check_image_size`. On the bf16 route, images scored near ``threshold``
         (default: :attr:`threshold`) are scored again in float32, so their verdicts are exact.
         """
+        images = _batch_tensor(images)
+        if images.is_floating_point():
+            check_pixel_values(images, "predict_batch")
         scores, maps, _ = self._predict_batch(images, self.threshold if threshold is None else float(threshold))
         return scores, maps
 
