@@ -410,3 +410,84 @@ def test_predict_refuses_nan_inf_and_out_of_range_floats_in_every_backend(traine
     predictor = Predictor.from_checkpoint(trained, device="cpu", backend=backend)
     assert predictor.backend == backend
     _check_refuses_bad_pixels(predictor)
+
+
+# ------------------------------------------------------------------ 6. values a checkpoint or .onnx carries
+@pytest.mark.parametrize("key, value, expected", [
+    ("threshold", float("nan"), "stored threshold nan is not a finite number in [0, 1]"),
+    ("threshold", "0.5", "stored threshold '0.5' is not a finite number in [0, 1]"),
+    ("threshold", 7.0, "stored threshold 7.0 is not a finite number in [0, 1]"),
+    ("input_size", [0, 32], "stored input size [0, 32] is not (H, W) of positive integers"),
+    ("top_k", 0, "stored top_k 0 is not an integer >= 1"),
+    ("category", 5, "stored category 5 is not a category name (a string)"),
+])
+def test_checkpoint_values_are_checked_on_load_naming_the_file(trained, tiny, capsys, key, value, expected):
+    import torch
+
+    from memseg.engine.checkpoint import read_checkpoint
+
+    ckpt = dict(read_checkpoint(trained))
+    if key == "threshold":
+        ckpt["threshold"] = value
+    elif key == "input_size":
+        ckpt["model_config"] = {**ckpt["model_config"], "input_size": value}
+    else:
+        ckpt["config"] = {**ckpt["config"], key: value}
+    bad = tiny / "bad.pt"
+    torch.save(ckpt, bad)
+    image = tiny / "data" / "tiny" / "test" / "good" / "000.png"
+    line = (f"{bad}: {expected} (the decision threshold on the image score)" if key == "threshold" else f"{bad}: {expected}")
+    for args in (["predict", "--checkpoint", str(bad), str(image), "--out", str(tiny / "p"), "--backend", "torch"],
+                 ["evaluate", "--checkpoint", str(bad), "--data", str(tiny / "data"), "--category", "tiny", "--out",
+                  str(tiny / "e"), "--backend", "torch"]):
+        assert cli_main([*args, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"memseg {args[0]}: error: {line}") and len(err.strip().splitlines()) == 1, err
+        assert err.strip().endswith("the file is damaged or was edited (write it again with `memseg train` or `memseg export`)")
+    assert not (tiny / "p").exists() and not (tiny / "e" / "metrics.json").exists()
+
+
+def _tiny_onnx(path: Path, meta: dict, channels_out: int = 1, size: int = 32) -> Path:
+    """A small ONNX graph shaped like memseg export's (input (B, 3, H, W) -> anomaly_map (B, 1, H, W): the channel
+    mean), with memseg metadata."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("ReduceMean", ["input", "axes"], ["anomaly_map"], keepdims=1) if channels_out == 1 else \
+        helper.make_node("Identity", ["input"], ["anomaly_map"])
+    inits = [helper.make_tensor("axes", TensorProto.INT64, [1], [1])] if channels_out == 1 else []
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+                              [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", channels_out, size, size])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"memseg": json.dumps(meta)})
+    onnx.save(model, str(path))
+    return path
+
+
+def test_onnx_metadata_and_graph_are_checked_on_load_naming_the_file(tmp_path):
+    from memseg.engine.export import load_onnx
+
+    meta = {"format": "memseg-kit-onnx", "model_name": "memseg", "input_size": [32, 32], "top_k": 10, "threshold": 0.5,
+            "category": "tiny"}
+    model, info = load_onnx(_tiny_onnx(tmp_path / "ok.onnx", meta))  # what the kit writes: loads
+    assert info["threshold"] == 0.5 and info["config"]["size"] == [32, 32]
+    for name, changed, expected in (
+            ("nan.onnx", {"threshold": float("nan")}, "stored threshold nan is not a finite number in [0, 1]"),
+            ("text.onnx", {"threshold": "high"}, "stored threshold 'high' is not a finite number in [0, 1]"),
+            ("topk.onnx", {"top_k": -3}, "stored top_k -3 is not an integer >= 1"),
+            ("size.onnx", {"input_size": "big"}, "stored input size 'big' is not (H, W) of positive integers")):
+        path = _tiny_onnx(tmp_path / name, {**meta, **changed})
+        with pytest.raises(ValueError) as info:
+            load_onnx(path)
+        assert str(info.value).startswith(f"{path}: {expected}"), str(info.value)
+    path = _tiny_onnx(tmp_path / "shape.onnx", meta, channels_out=3)
+    with pytest.raises(ValueError) as info:
+        load_onnx(path)
+    assert str(info.value) == (f"{path}: the model's graph takes input ('batch', 3, 32, 32) and gives anomaly_map "
+                               "('batch', 3, 32, 32); expected input ('B', 3, 32, 32) -> anomaly_map ('B', 1, 32, 32) as "
+                               "`memseg export` writes it (the model file does not fit its own metadata; export it again)")
+    path = _tiny_onnx(tmp_path / "other-size.onnx", {**meta, "input_size": [64, 64]})
+    with pytest.raises(ValueError, match=r"takes input \('batch', 3, 32, 32\) .*expected input \('B', 3, 64, 64\)"):
+        load_onnx(path)

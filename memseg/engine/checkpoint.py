@@ -238,7 +238,45 @@ def read_checkpoint(path: str | Path) -> dict:
     version = ckpt.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(f"{path} has checkpoint format_version={version!r}; this memseg-kit reads up to {FORMAT_VERSION}")
+    mcfg = ckpt.get("model_config") if isinstance(ckpt.get("model_config"), dict) else {}
+    cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    check_carried_values(path, ckpt.get("threshold"), mcfg.get("input_size"), cfg.get("top_k"), cfg.get("category"))
     return ckpt
+
+
+def check_carried_values(path: str | Path, threshold: Any = None, input_size: Any = None, top_k: Any = None,
+                         category: Any = None) -> None:
+    """What a checkpoint (or an exported model's metadata) carries into scoring must be usable, checked on load.
+
+    ``threshold``: None or a finite number in [0, 1] (scores are means of [0, 1] maps; a NaN or a string would
+    make every verdict "normal"); ``input_size``: None or (H, W) of positive ints; ``top_k``: None or an int
+    >= 1; ``category``: None or a string.
+
+    Raises:
+        ValueError: one line naming the file, the value found and what was expected.
+    """
+    import math
+
+    def bad(what: str, value: Any, expected: str) -> ValueError:
+        return ValueError(f"{path}: stored {what} {value!r} is not {expected}; the file is damaged or was edited "
+                          "(write it again with `memseg train` or `memseg export`)")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if threshold is not None and not (isinstance(threshold, (int, float, np.integer, np.floating))
+                                      and not isinstance(threshold, bool) and math.isfinite(threshold)
+                                      and 0.0 <= float(threshold) <= 1.0):
+        raise bad("threshold", threshold, "a finite number in [0, 1] (the decision threshold on the image score)")
+    if input_size is not None:
+        try:
+            as_size(input_size, "input size")
+        except ValueError:
+            raise bad("input size", input_size, "(H, W) of positive integers") from None
+    if top_k is not None and not (is_int(top_k) and top_k >= 1):
+        raise bad("top_k", top_k, "an integer >= 1 (pixels averaged into the image score)")
+    if category is not None and not isinstance(category, str):
+        raise bad("category", category, "a category name (a string)")
 
 
 def is_slim(ckpt: dict) -> bool:

@@ -236,6 +236,29 @@ class OnnxRuntimeModel:
         return torch.from_numpy(out).to(x.device)
 
 
+def _check_graph_io(proto: Any, path: str | os.PathLike, input_size: tuple[int, int]) -> None:
+    """The graph takes ``input`` (B, 3, H, W) at its stored input size and gives ``anomaly_map`` (B, 1, H, W), as
+    :func:`export_onnx` writes it; anything else is the model file's fault (one line naming it), not the image's."""
+    def dims(value: Any) -> list:
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    expected_in, expected_out = ["B", 3, *input_size], ["B", 1, *input_size]
+    inputs = [(v.name, dims(v)) for v in proto.graph.input]
+    outputs = [(v.name, dims(v)) for v in proto.graph.output]
+
+    def fits(found: list, name: str, shape: list) -> bool:
+        return (len(found) == 1 and found[0][0] == name and len(found[0][1]) == 4
+                and all(isinstance(a, str) or a == b for a, b in zip(found[0][1][1:], shape[1:])))
+
+    if not (fits(inputs, INPUT_NAME, expected_in) and fits(outputs, OUTPUT_NAME, expected_out)):
+        def show(found: list) -> str:
+            return ", ".join(f"{n} {tuple(d)}" for n, d in found) or "none"
+
+        raise ValueError(f"{path}: the model's graph takes {show(inputs)} and gives {show(outputs)}; expected "
+                         f"{INPUT_NAME} {tuple(expected_in)} -> {OUTPUT_NAME} {tuple(expected_out)} as `memseg export` "
+                         "writes it (the model file does not fit its own metadata; export it again)")
+
+
 def load_onnx(path: str | os.PathLike, threads: int | None = None) -> tuple[OnnxRuntimeModel, dict]:
     """Open an exported model: ``(model, info)`` shaped like :func:`memseg.engine.checkpoint.load_checkpoint`'s.
 
@@ -249,6 +272,9 @@ def load_onnx(path: str | os.PathLike, threads: int | None = None) -> tuple[Onnx
     _require("onnx", "onnxruntime")
     import onnx
 
+    from memseg.config import as_size
+    from memseg.engine.checkpoint import check_carried_values
+
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf raises DecodeError and others on foreign files
@@ -256,7 +282,15 @@ def load_onnx(path: str | os.PathLike, threads: int | None = None) -> tuple[Onnx
     raw = next((p.value for p in proto.metadata_props if p.key == METADATA_KEY), None)
     if raw is None:
         raise ValueError(f"{path} has no '{METADATA_KEY}' metadata; expected a file written by `memseg export`")
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("input_size") is None:
+        raise ValueError(f"{path}: its '{METADATA_KEY}' metadata is not the JSON object `memseg export` writes "
+                         "(with input_size, threshold, top_k); export the model again")
+    check_carried_values(path, meta.get("threshold"), meta.get("input_size"), meta.get("top_k"), meta.get("category"))
+    _check_graph_io(proto, path, as_size(meta["input_size"]))
     del proto
     model = OnnxRuntimeModel(path, meta, threads)
     info = {
