@@ -491,3 +491,61 @@ def test_onnx_metadata_and_graph_are_checked_on_load_naming_the_file(tmp_path):
     path = _tiny_onnx(tmp_path / "other-size.onnx", {**meta, "input_size": [64, 64]})
     with pytest.raises(ValueError, match=r"takes input \('batch', 3, 32, 32\) .*expected input \('B', 3, 64, 64\)"):
         load_onnx(path)
+
+
+# ------------------------------------------------------------------ 7. numeric options: finite and in range, up front
+@pytest.mark.parametrize("yaml_text, expected", [
+    ("lr: .nan\n", "lr must be a finite number, got nan"),
+    ("lr: .inf\n", "lr must be a finite number, got inf"),
+    ("momentum: .nan\n", "momentum must be a finite number, got nan"),
+    ("warmup_steps: -5\n", "warmup_steps must be >= 0, got -5"),
+    ("weight_decay: -0.1\n", "weight_decay must be >= 0, got -0.1"),
+    ("min_lr_ratio: 2\n", "min_lr_ratio must be in [0, 1], got 2.0"),
+    ("checkpoint_minutes: .inf\n", "checkpoint_minutes must be a finite number, got inf"),
+    ("seed: -1\n", "seed must be in [0, 2**32), got -1"),
+    ("simulation: {threshold: 2}\n", "simulation: threshold must be a finite number in (-1, 1) (the Perlin noise P lies "
+                                     "in about [-1, 1]; the paper uses 0.5), got 2"),
+    ("simulation: {delta_range: [.nan, 1]}\n", "simulation: delta_range must satisfy 0 <= low <= high <= 1, got (nan, 1.0)"),
+])
+def test_train_config_numbers_are_checked_before_any_work(tmp_path, capsys, monkeypatch, yaml_text, expected):
+    import memseg.data
+
+    def no_loading(*_a, **_k):
+        raise AssertionError("the data was loaded although the config is invalid")
+
+    monkeypatch.setattr(memseg.data, "load_split", no_loading)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml_text)
+    args = ["train", "--data", str(tmp_path), "--category", "x", "--out", str(tmp_path / "r"), "--config", str(config)]
+    assert cli_main(args) == 2
+    assert capsys.readouterr().err == f"memseg train: error: {config}: {expected}\n"
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--threshold", "2", "expected a finite number in (-1, 1) (the Perlin noise P lies in about [-1, 1]), got '2'"),
+    ("--threshold", "nan", "expected a finite number in (-1, 1) (the Perlin noise P lies in about [-1, 1]), got 'nan'"),
+    ("--delta", "nan", "expected a finite number in [0, 1], got 'nan'"),
+    ("--delta", "1.5", "expected a finite number in [0, 1], got '1.5'"),
+])
+def test_simulate_numbers_are_checked_up_front(tmp_path, capsys, flag, value, expected):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["simulate", "--data", str(tmp_path), "--category", "x", "--out", str(tmp_path / "s"), flag, value])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"memseg simulate: error: argument {flag}: {expected}"
+    assert not (tmp_path / "s").exists()
+
+
+def test_simulator_refuses_non_finite_threshold_and_delta():
+    import torch
+
+    from memseg.simulation import AnomalySimulator, SimulationConfig
+
+    with pytest.raises(ValueError, match=r"threshold must be a finite number in \(-1, 1\) .*got nan"):
+        SimulationConfig(threshold=float("nan"))
+    sim = AnomalySimulator(SimulationConfig(texture_prob=0.0), size=(32, 32), device="cpu")
+    images = torch.rand(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"^threshold must be a finite number, got nan"):
+        sim.simulate(images, generator=torch.Generator().manual_seed(0), threshold=float("nan"))
+    with pytest.raises(ValueError, match=r"delta must be a float or a \(2,\) tensor with values in \[0, 1\], got nan"):
+        sim.simulate(images, generator=torch.Generator().manual_seed(0), delta=float("nan"))

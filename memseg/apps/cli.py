@@ -42,6 +42,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _number_in(low: float, high: float, low_open: bool = False, high_open: bool = False, why: str = ""):
+    """argparse type: a finite float within [low, high] (``*_open``: that end excluded); argparse names the flag."""
+    import math
+
+    span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        inside = math.isfinite(value) and (low < value if low_open else low <= value) and (
+            value < high if high_open else value <= high)
+        if not inside:
+            raise argparse.ArgumentTypeError(f"expected a finite number in {span}{why}, got {text!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
 def _version() -> str:
     """The installed distribution's version, else the package's ``__version__`` (source checkout)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -97,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive_int, default=16, help="number of simulated samples")
     p.add_argument("--out", default=None, help="output folder for PNGs and summary.json (required unless --no-save)")
     p.add_argument("--no-save", action="store_true", help="write nothing; print throughput (samples/s) last")
-    p.add_argument("--threshold", type=float, default=None, help="fix the Perlin threshold T (default: 0.5)")
-    p.add_argument("--delta", type=float, default=None, help="fix δ (default: δ ~ U[0.15, 1])")
+    p.add_argument("--threshold", type=_number_in(-1, 1, True, True, " (the Perlin noise P lies in about [-1, 1])"),
+                   default=None, help="fix the Perlin threshold T, in (-1, 1) (default: 0.5)")
+    p.add_argument("--delta", type=_number_in(0, 1), default=None, help="fix δ, in [0, 1] (default: δ ~ U[0.15, 1])")
     p.add_argument("--source", default=None, choices=["texture", "structure"],
                    help="fix the anomaly source (default: either, per the category's settings)")
     p.add_argument("--dtd", default=None, help=_DTD_HELP)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,8 +130,29 @@ class TrainConfig(ConfigBase):
             raise bad("batch_normal", f"batch_normal + batch_anomalous must be >= 1 (got {self.batch_normal} + {self.batch_anomalous})")
         if not 0.0 <= self.val_fraction < 1.0:
             raise bad("val_fraction", f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for f in dataclasses.fields(self):  # YAML reads .nan and .inf as floats: a NaN run trains to the end
+            v = getattr(self, f.name)
+            if f.type == "float" and not math.isfinite(v):
+                raise bad(f.name, f"{f.name} must be a finite number, got {v}")
         if self.lr <= 0:
             raise bad("lr", f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise bad("momentum", f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise bad("min_lr_ratio", f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_steps < 0:
+            raise bad("warmup_steps", f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.seed < 2**32:
+            raise bad("seed", f"seed must be in [0, 2**32), got {self.seed}")
+        if self.simulation:  # checked now, not after the images are loaded
+            from memseg.simulation import SimulationConfig
+
+            try:
+                SimulationConfig(**self.simulation)
+            except (TypeError, ValueError) as err:
+                raise bad("simulation", f"simulation: {err}") from None
         if "input_size" in self.model_options:
             raise bad("model_options", "set the input size with `size`, not model_options.input_size")
         try:

@@ -53,6 +53,24 @@ SOURCES = ("texture", "structure")
 NO_DTD_WARNING = "no DTD root given (dtd_root=None)"
 
 
+THRESHOLD_RANGE = (-1.0, 1.0)
+"""Open interval of usable Perlin thresholds T: P lies in about [-1, 1], so T >= 1 leaves (almost) every mask
+empty (each redrawn ``max_resample`` times, then a fallback blob: 100x slower) and T <= -1 masks everything."""
+
+
+def check_perlin_threshold(threshold, what: str = "threshold", finite_only: bool = False) -> None:
+    """Raise ``ValueError`` naming ``what`` unless the Perlin threshold T (a float or a tensor) is finite and
+    within :data:`THRESHOLD_RANGE` (exclusive); ``finite_only``: only finiteness (``simulate(threshold=...)``
+    may force the empty-mask fallback on purpose)."""
+    t = torch.as_tensor(threshold, dtype=torch.float32) if not isinstance(threshold, torch.Tensor) else threshold.float()
+    lo, hi = THRESHOLD_RANGE
+    if t.numel() == 0 or not bool(torch.isfinite(t).all()) or (
+            not finite_only and (float(t.min()) <= lo or float(t.max()) >= hi)):
+        shown = threshold if not isinstance(threshold, torch.Tensor) or threshold.numel() > 8 else threshold.tolist()
+        where = "" if finite_only else f" in ({lo:g}, {hi:g}) (the Perlin noise P lies in about [-1, 1]; the paper uses 0.5)"
+        raise ValueError(f"{what} must be a finite number{where}, got {shown!r}")
+
+
 @dataclass
 class SimulationConfig:
     """Parameters of the simulation; the first eight are the paper's/ARCHITECTURE.md's.
@@ -103,6 +121,7 @@ class SimulationConfig:
         lo, hi = self.delta_range
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"delta_range must satisfy 0 <= low <= high <= 1, got {self.delta_range}")
+        check_perlin_threshold(self.threshold, "threshold")
         if not 0.0 <= self.texture_prob <= 1.0:
             raise ValueError(f"texture_prob must be in [0, 1], got {self.texture_prob}")
         if min(self.grid) < 1:
@@ -240,7 +259,7 @@ class AnomalySimulator:
             return random_uniform((batch,), generator, self.device, lo, hi)  # δ ~ U[0.15, 1], eq. (1)
         d = torch.as_tensor(delta, dtype=torch.float32).to(self.device).reshape(-1)
         d = d.expand(batch).clone() if d.numel() == 1 else d
-        if d.shape != (batch,) or float(d.min()) < 0 or float(d.max()) > 1:
+        if d.shape != (batch,) or not bool(torch.isfinite(d).all()) or float(d.min()) < 0 or float(d.max()) > 1:
             raise ValueError(f"delta must be a float or a ({batch},) tensor with values in [0, 1], got {delta!r}")
         return d
 
@@ -343,6 +362,8 @@ class AnomalySimulator:
         owned = not _shares_storage(images, given)
         b, _, h, w = images.shape
         thr = self.config.threshold if threshold is None else threshold
+        if threshold is not None:
+            check_perlin_threshold(threshold, "threshold", finite_only=True)  # NaN would leave every mask empty
         if isinstance(thr, torch.Tensor):
             thr = thr.to(self.device, torch.float32)
         kinds = self._sources(b, source, generator)
