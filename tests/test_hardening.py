@@ -287,7 +287,7 @@ def test_a_full_disk_at_the_end_keeps_the_last_good_checkpoint_and_says_so(tiny,
     assert [ln for ln in err.splitlines() if "error" in ln] == [  # (the progress bars share stderr)
         f"memseg train: error: {last}: the disk is full (ENOSPC, no space left on device in {last.parent}); last.pt "
         f"was not written; the last good checkpoint {last} (step 2) is kept: free some space, then continue with "
-        "--resume (resume=True)"]
+        "--resume"]
     assert read_checkpoint(last)["step"] == 2
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt"] and not (out / "final.pt").exists()
     monkeypatch.undo()
@@ -304,7 +304,7 @@ def test_a_full_disk_on_final_pt_keeps_last_pt_of_the_final_step(tiny, monkeypat
     last = tiny / "run" / "checkpoints" / "last.pt"
     assert calls[-1].startswith(".final.pt.") and info.value.filename == str(tiny / "run" / "final.pt")
     assert info.value.strerror.endswith(f"the last good checkpoint {last} (step 2) is kept: free some space, then continue "
-                                    "with --resume (resume=True)")
+                                    "with resume=True")
     assert read_checkpoint(last)["step"] == 2 and sorted(p.name for p in (tiny / "run").iterdir()) == [
         "checkpoints", "config.yaml", "train_log.csv", "train_log.jsonl"]
 
@@ -549,3 +549,41 @@ def test_simulator_refuses_non_finite_threshold_and_delta():
         sim.simulate(images, generator=torch.Generator().manual_seed(0), threshold=float("nan"))
     with pytest.raises(ValueError, match=r"delta must be a float or a \(2,\) tensor with values in \[0, 1\], got nan"):
         sim.simulate(images, generator=torch.Generator().manual_seed(0), delta=float("nan"))
+
+
+# ------------------------------------------------------------------ 13. the interrupt message: the flag or the argument
+def test_the_interrupt_note_names_the_flag_on_the_command_line_and_the_argument_in_the_api(tiny, capsys, monkeypatch):
+    from memseg.engine import training
+
+    real_step_batch, calls = training._step_batch, []
+
+    def ctrl_c_in_step_3(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # in the middle of step 3: last.pt (step 2) stands
+        return real_step_batch(*a, **k)
+
+    monkeypatch.setattr(training, "_step_batch", ctrl_c_in_step_3)
+    out = tiny / "cli"
+    assert cli_main(_train_args(tiny, out, "--steps", "4")) == 130
+    last = out / "checkpoints" / "last.pt"
+    assert (f"interrupted: {last} holds step 2 of 4; continue with --resume and the same --out\n"
+            in capsys.readouterr().out)
+
+    calls.clear()
+    notes: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny, "api", steps=4), progress=False, log=notes.append)
+    last = tiny / "api" / "checkpoints" / "last.pt"
+    assert notes[-1] == f"interrupted: {last} holds step 2 of 4; continue with resume=True and the same config (out)"
+
+    calls.clear()
+    calls.extend([1, 1])  # the first step is interrupted: nothing to resume
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny, "api0", steps=4), progress=False, log=notes.append)
+    assert notes[-1] == "interrupted before the first step finished: nothing to resume; start again with overwrite=True"
+    calls.clear()
+    calls.extend([1, 1])
+    assert cli_main(_train_args(tiny, tiny / "cli0", "--steps", "4")) == 130
+    assert ("interrupted before the first step finished: nothing to resume; start again with --overwrite\n"
+            in capsys.readouterr().out)

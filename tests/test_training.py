@@ -379,7 +379,7 @@ def test_interrupt_saves_the_completed_step_and_resume_is_bit_identical(tiny_set
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # restored
     last = tmp_path / "stopped" / "checkpoints" / "last.pt"
     assert read_checkpoint(last)["step"] == 4 and not (tmp_path / "stopped" / "final.pt").exists()
-    assert notes == [f"interrupted: saved {last} at step 4 of 6; continue with --resume (resume=True) and the same --out"]
+    assert notes == [f"interrupted: saved {last} at step 4 of 6; continue with resume=True and the same config (out)"]
     assert [r["step"] for r in _read_jsonl(tmp_path / "stopped" / "train_log.jsonl")] == [1, 2, 3, 4]
     monkeypatch.undo()
     res = train(_cfg(tmp_path, "stopped", checkpoint_every=1000), progress=False, resume=True)

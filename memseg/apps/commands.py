@@ -247,7 +247,8 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="textures: no DTD found")  # printed just above
-            result = train(cfg, progress=True, resume=args.resume, overwrite=getattr(args, "overwrite", False))
+            result = train(cfg, progress=True, resume=args.resume, overwrite=getattr(args, "overwrite", False),
+                           wording="cli")  # notes name the flags (--resume), not the API arguments
     except KeyboardInterrupt:
         return 130  # train() said where the checkpoint is and how to resume
     print(f"encoder weights used: {result.weights_source}")

@@ -312,6 +312,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    wording: str = "api",
 ) -> TrainResult:
     """Train ``config.model`` on ``config.category``; returns the run folder, checkpoints and history.
 
@@ -329,6 +330,8 @@ def train(
             removed (each one named through ``log``), other files are kept.
         log: where the run's notes go (files removed by ``overwrite``, log lines dropped on resume,
             the checkpoint written on Ctrl-C).
+        wording: how the notes say to go on: "api" names this function's arguments (``resume=True``),
+            "cli" the ``memseg train`` flags (``--resume``).
 
     Raises:
         ValueError: the run folder is a file or is not empty (without ``resume``/``overwrite``), or the
@@ -337,16 +340,18 @@ def train(
         RunFolderInUse: another run (another process) holds the run folder (names the folder and its PID).
         KeyboardInterrupt: after saving ``last.pt`` at the last completed step (resume continues it).
     """
+    if wording not in ("api", "cli"):
+        raise ValueError(f"wording must be 'api' or 'cli', got {wording!r}")
     cfg = config
     cfg.validate()
     run_dir = cfg.run_dir()
     check_run_dir_path(run_dir)
     with hold_run_folder(run_dir):  # for the run's whole life: a second run into the folder fails at once
-        return _train_held(cfg, progress, callback, resume=resume, overwrite=overwrite, log=log)
+        return _train_held(cfg, progress, callback, resume=resume, overwrite=overwrite, log=log, wording=wording)
 
 
 def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict], None] | None, *, resume: bool,
-                overwrite: bool, log: Callable[[str], None]) -> TrainResult:
+                overwrite: bool, log: Callable[[str], None], wording: str = "api") -> TrainResult:
     """:func:`train`, once its run folder is held."""
     from tqdm.auto import tqdm
 
@@ -414,7 +419,7 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
             path = save_checkpoint(ckpt_path, model, optimizer, scheduler, config=cfg.to_dict(), step=step,
                                    extra=extra, threshold=threshold, weights_source=weights_source)
         except OSError as err:
-            raise _with_kept_checkpoint(err, ckpt_path, saved) from None
+            raise _with_kept_checkpoint(err, ckpt_path, saved, wording) from None
         saved = step
         return path
 
@@ -473,10 +478,10 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
                                     extra={**base_extra, **({"validation": validation} if validation else {})},
                                     threshold=threshold, weights_source=weights_source, memory_images=memory_images)
         except OSError as err:
-            raise _with_kept_checkpoint(err, ckpt_path, saved) from None
+            raise _with_kept_checkpoint(err, ckpt_path, saved, wording) from None
     except KeyboardInterrupt:
         bar.close()
-        _checkpoint_on_interrupt(done, saved, cfg.steps, ckpt_path, checkpoint, log)
+        _checkpoint_on_interrupt(done, saved, cfg.steps, ckpt_path, checkpoint, log, wording)
         raise
     finally:
         bar.close()
@@ -518,21 +523,27 @@ def _stop_after_step():
             signal.signal(sig, old)
 
 
-def _with_kept_checkpoint(err: OSError, ckpt_path: Path, saved: int) -> OSError:
+def _go_on(wording: str, what: str) -> str:
+    """How to resume (``what="resume"``) or start over (``"overwrite"``): the flag for the command line
+    (``wording="cli"``), the argument for the Python API."""
+    return f"--{what}" if wording == "cli" else f"{what}=True"
+
+
+def _with_kept_checkpoint(err: OSError, ckpt_path: Path, saved: int, wording: str = "api") -> OSError:
     """A full disk (``ENOSPC``) while writing a checkpoint: the error, also saying which checkpoint is kept (the
     failed write replaced nothing) and how to go on. Any other error is returned as it is."""
     if err.errno != errno.ENOSPC:
         return err
     if saved > 0:
         kept = (f"the last good checkpoint {ckpt_path} (step {saved}) is kept: free some space, then continue with "
-                "--resume (resume=True)")
+                f"{_go_on(wording, 'resume')}")
     else:
-        kept = "no checkpoint had been written yet: free some space and start again with --overwrite (overwrite=True)"
+        kept = f"no checkpoint had been written yet: free some space and start again with {_go_on(wording, 'overwrite')}"
     return OSError(errno.ENOSPC, f"{err.strerror}; {kept}", err.filename)
 
 
 def _checkpoint_on_interrupt(done: int | None, saved: int, steps: int, ckpt_path: Path,
-                             checkpoint: Callable[[int], Path], log: Callable[[str], None]) -> None:
+                             checkpoint: Callable[[int], Path], log: Callable[[str], None], wording: str = "api") -> None:
     """Ctrl-C: save last.pt at the last completed step (when it is newer than the saved one) and say how to go on.
 
     ``done`` is None when the interrupt came in the middle of a step (a second Ctrl-C, or one raised
@@ -544,9 +555,10 @@ def _checkpoint_on_interrupt(done: int | None, saved: int, steps: int, ckpt_path
     elif saved > 0:
         note = f"{ckpt_path} holds step {saved}"
     else:
-        log("interrupted before the first step finished: nothing to resume; start again with --overwrite (overwrite=True)")
+        log(f"interrupted before the first step finished: nothing to resume; start again with {_go_on(wording, 'overwrite')}")
         return
-    log(f"interrupted: {note} of {steps}; continue with --resume (resume=True) and the same --out")
+    same = "the same --out" if wording == "cli" else "the same config (out)"
+    log(f"interrupted: {note} of {steps}; continue with {_go_on(wording, 'resume')} and {same}")
 
 
 def str_or_none(path: Path | None) -> str | None:
