@@ -587,3 +587,30 @@ def test_the_interrupt_note_names_the_flag_on_the_command_line_and_the_argument_
     assert cli_main(_train_args(tiny, tiny / "cli0", "--steps", "4")) == 130
     assert ("interrupted before the first step finished: nothing to resume; start again with --overwrite\n"
             in capsys.readouterr().out)
+
+
+# ------------------------------------------------------------------ 12. stale temporary files of killed writes
+def test_the_next_run_removes_temporary_files_left_by_killed_checkpoint_writes(tiny):
+    from memseg.engine.checkpoint import read_checkpoint
+
+    out = tiny / "run"
+    train(_cfg(tiny, "run", steps=1), progress=False)
+    stale = [out / "checkpoints" / ".last.pt.k3x_9q2a.tmp", out / ".final.pt.ab12cd34.tmp"]
+    kept = [out / "checkpoints" / ".last.pt.notes.txt", out / ".other.tmp", out / "checkpoints" / "last.pt.tmp"]
+    for p in stale + kept:
+        p.write_bytes(b"\0" * 4096)
+    notes: list[str] = []
+    train(_cfg(tiny, "run", steps=2), progress=False, resume=True, log=notes.append)
+    assert notes[0] == (f"removed 2 temporary files left by an interrupted checkpoint write in {out}: .final.pt.ab12cd34.tmp, "
+                        "checkpoints/.last.pt.k3x_9q2a.tmp")
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)  # only the kit's own naming
+    assert read_checkpoint(out / "final.pt")["step"] == 2
+
+    # a folder holding nothing but such a leftover (a run killed while writing its first checkpoint) starts fresh
+    fresh = tiny / "fresh" / "checkpoints"
+    fresh.mkdir(parents=True)
+    (fresh / ".last.pt.zz99yy88.tmp").write_bytes(b"PK partial")
+    notes.clear()
+    res = train(_cfg(tiny, "fresh", steps=1), progress=False, log=notes.append)
+    assert notes[0].startswith("removed 1 temporary file left by an interrupted checkpoint write in ")
+    assert sorted(p.name for p in (tiny / "fresh" / "checkpoints").iterdir()) == ["last.pt"] and res.checkpoint.is_file()

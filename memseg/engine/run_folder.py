@@ -15,6 +15,7 @@ import csv
 import fcntl
 import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Callable, Iterator
@@ -199,6 +200,29 @@ def hold_run_folder(run_dir: str | Path, what: str = "run folder", flag: str = "
         if created:
             with contextlib.suppress(OSError):
                 run_dir.rmdir()  # only when empty: the run failed before writing anything
+
+
+# A checkpoint write's temporary file (memseg.engine.checkpoint.atomic_torch_save: tempfile.mkstemp's name).
+_STALE_TMP = re.compile(r"^\.(?:" + "|".join(re.escape(n) for n in (LAST_CHECKPOINT, FINAL_CHECKPOINT)) + r")\.[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_stale_temp_files(run_dir: str | Path, log: Callable[[str], None] = print) -> list[Path]:
+    """Remove what killed checkpoint writes left in ``run_dir``: ``.last.pt.*.tmp`` / ``.final.pt.*.tmp`` (up to a
+    checkpoint's size each), naming them through ``log``; returns them. Only while the folder is held
+    (:func:`hold_run_folder`): then no live run is writing them. Nothing else is touched; an emptied
+    ``checkpoints/`` folder is removed."""
+    run_dir = Path(run_dir)
+    found = [p for d in (run_dir, run_dir / CHECKPOINT_DIR) if d.is_dir()
+             for p in sorted(d.iterdir()) if _STALE_TMP.match(p.name) and p.is_file() and not p.is_symlink()]
+    for p in found:
+        p.unlink(missing_ok=True)
+    if found:
+        log(f"removed {len(found)} temporary file{'s' if len(found) > 1 else ''} left by an interrupted checkpoint "
+            f"write in {run_dir}: {_rel(found, run_dir)}")
+        ckpt_dir = run_dir / CHECKPOINT_DIR
+        if ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
+            ckpt_dir.rmdir()
+    return found
 
 
 # ------------------------------------------------------------------------------------ run folder

@@ -42,7 +42,7 @@ import torch
 from memseg.engine.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from memseg.engine.run_folder import (
     CHECKPOINT_DIR, CONFIG_YAML, FINAL_CHECKPOINT, LAST_CHECKPOINT, VALIDATION_JSON, StepLog,
-    check_run_dir, check_run_dir_path, hold_run_folder, remove_previous_run,
+    check_run_dir, check_run_dir_path, hold_run_folder, remove_previous_run, remove_stale_temp_files,
 )
 from memseg.engine.train_config import TrainConfig, check_resume_config
 from memseg.utils import normalize, seed_everything, select_device
@@ -359,6 +359,7 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
 
     run_dir = cfg.run_dir()
     ckpt_path = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    remove_stale_temp_files(run_dir, log)  # the folder is held: no live run writes these
     to_remove = check_run_dir(run_dir, resume=resume, overwrite=overwrite)  # before any work
     stored = None
     if resume:
