@@ -271,7 +271,7 @@ def test_every_option_has_help_and_defaults_are_shown(capsys):
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(sub.choices) == {"synth", "simulate", "train", "evaluate", "predict", "export", "benchmark"}
+    assert set(sub.choices) == {"synth", "simulate", "pretrain", "train", "evaluate", "predict", "export", "benchmark"}
     for name, p in sub.choices.items():
         for action in p._actions:
             if isinstance(action, argparse._HelpAction):

@@ -305,7 +305,7 @@ def thumbnail_grid(emb: EmbeddingSet, per_group: int = 8, title: str = "What the
     return fig
 
 
-def separation_by_encoder(settings, groups: EmbeddingSet, weights: Sequence[str] = ("random", "offline"), k: int = 5,
+def separation_by_encoder(settings, groups: EmbeddingSet, weights: Sequence[str] = ("random", "auto"), k: int = 5,
                           progress: bool = False) -> list[dict]:
     """The same three groups of images, embedded through notebook models that differ only in their encoder
     weights (each trained once and cached like the notebooks' model): the normal-vs-anomalous
@@ -318,7 +318,8 @@ def separation_by_encoder(settings, groups: EmbeddingSet, weights: Sequence[str]
 
     rows = []
     for w in weights:
-        cfg = train_config(settings, name=f"model-{w}", model_options={"weights": w})
+        # the notebooks' own model when the weights are the notebooks' (one cache, one training)
+        cfg = train_config(settings, name="model" if w == settings.weights else f"model-{w}", model_options={"weights": w})
         checkpoint, _ = cached_training(cfg, name=f"notebook model ({w} encoder)", progress=progress)
         model, info = load_checkpoint(checkpoint, device=settings.device)
         features = bottleneck_features(model, normalize(groups.images), progress=progress)
