@@ -6,6 +6,8 @@
   where they came from), ``to_dict``, ``field_names`` and ``from_yaml``; :func:`read_yaml_mapping` is the
   one YAML reader (a missing file, invalid YAML or a non-mapping is a one-line ``ValueError``/
   ``FileNotFoundError`` naming the file).
+- :func:`check_fits_in_memory` refuses, before anything is allocated, a size or count whose memory estimate
+  exceeds the machine's (:func:`machine_memory`), naming what asked for it and giving the estimate.
 
 This module imports no torch: the synthetic-data generator uses it too.
 
@@ -23,6 +25,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, Union
@@ -61,6 +64,51 @@ def as_size(size: SizeLike, what: str = "size", min_side: int = 1, multiple_of: 
     return h, w
 
 
+def format_bytes(n: float) -> str:
+    """``1.5 GB``, ``320 MB``, ``12.0 TB`` (decimal units)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def machine_memory(device: Any = "cpu") -> tuple[int, str]:
+    """``(bytes, what)``: the memory a run on ``device`` can have at most: a CUDA device's total memory, else the
+    machine's RAM (or the container's cgroup limit when lower). Imports torch only for a CUDA device."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            dev = torch.device(device)
+            index = dev.index if dev.index is not None else torch.cuda.current_device()
+            return int(torch.cuda.get_device_properties(index).total_memory), f"on {torch.cuda.get_device_name(index)}"
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    what = "of RAM"
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit_file) as f:
+                limit = int(f.read().strip())
+        except (OSError, ValueError):  # absent, or "max" (no limit)
+            continue
+        if 0 < limit < total:
+            total, what = limit, "(this container's memory limit)"
+    return int(total), what
+
+
+class NotEnoughMemoryError(ValueError):
+    """What was asked for needs more memory than the machine has (checked before allocating)."""
+
+
+def check_fits_in_memory(need: float, subject: str, hint: str, device: Any = "cpu") -> None:
+    """Refuse, before allocating, work whose memory estimate ``need`` (bytes, a lower bound) exceeds what
+    :func:`machine_memory` reports: a one-line :class:`NotEnoughMemoryError` ``"<subject> needs at least X;
+    this machine has Y <what>; <hint>"`` (``subject`` names the flag, file or argument that asked for it)."""
+    total, what = machine_memory(device)
+    if total and need > total:
+        raise NotEnoughMemoryError(f"{subject} needs at least {format_bytes(need)} of memory; this machine has "
+                                   f"{format_bytes(total)} {what}; {hint}")
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config keys") -> dict[str, Any]:
     """The top-level mapping of a YAML file (an empty file gives ``{}``).
 
@@ -72,9 +120,14 @@ def read_yaml_mapping(path: str | Path, what: str = "config keys") -> dict[str, 
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path} (expected a YAML file of {what})")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:  # a binary file (a checkpoint, an image) given as the YAML file
+        raise ValueError(f"{path}: not a text file (byte {err.start} is not UTF-8); expected a YAML file of "
+                         f"{what}") from None
+    try:
+        values = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(err).split())}; expected a YAML file of {what}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of {what} at the top level, got {type(values).__name__}")
     return values

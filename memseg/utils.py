@@ -10,6 +10,8 @@ import re
 import numpy as np
 import torch
 
+from memseg.config import NotEnoughMemoryError, check_fits_in_memory, format_bytes, machine_memory  # noqa: F401
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -17,19 +19,32 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def select_device(device: str | torch.device | None = "auto") -> torch.device:
     """`auto` -> cuda when available else cpu; `cpu`/`cuda`/`cuda:1` are taken as given.
 
-    Asking for cuda on a machine without it is an error, not a silent fallback.
+    Asking for cuda on a machine without it is an error, not a silent fallback; a name other than auto, cpu, cuda
+    or cuda:N is a one-line ``ValueError`` (:func:`check_device_name`), not torch's list of every backend.
     A CUDA device always comes back with its index (``cuda:0``, not ``cuda``), so it compares equal
     to the ``.device`` of the tensors placed on it.
     """
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = torch.device(device) if isinstance(device, torch.device) else torch.device(check_device_name(device))
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(f"device {str(device)!r} was requested but CUDA is not available on this machine; use --device cpu or auto")
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
     return dev
+
+
+DEVICE_NAMES = "auto, cpu, cuda or cuda:<index>"
+
+
+def check_device_name(device: object, source: str = "device") -> str:
+    """``device`` if it names a device the kit runs on (auto, cpu, cuda, cuda:N); else a one-line ``ValueError``
+    starting with ``source`` (the flag, file or argument it came from), never torch's list of every backend."""
+    text = str(device).strip() if isinstance(device, (str, torch.device)) else None
+    if text is None or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise ValueError(f"{source} {device!r} is not a device this kit runs on; expected {DEVICE_NAMES}")
+    return text
 
 
 def seed_everything(seed: int) -> torch.Generator:

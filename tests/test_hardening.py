@@ -614,3 +614,185 @@ def test_the_next_run_removes_temporary_files_left_by_killed_checkpoint_writes(t
     res = train(_cfg(tiny, "fresh", steps=1), progress=False, log=notes.append)
     assert notes[0].startswith("removed 1 temporary file left by an interrupted checkpoint write in ")
     assert sorted(p.name for p in (tiny / "fresh" / "checkpoints").iterdir()) == ["last.pt"] and res.checkpoint.is_file()
+
+
+# ------------------------------------------------------------------ 8. every message names its source and what is expected
+@pytest.fixture
+def no_data_loading(monkeypatch):
+    """Any image loading fails the test: what is checked here must be refused before the data is touched."""
+    import memseg.data
+
+    def no_loading(*_a, **_k):
+        raise AssertionError("the data was loaded although the input is invalid")
+
+    monkeypatch.setattr(memseg.data, "load_split", no_loading)
+
+
+@pytest.fixture
+def eight_gb(monkeypatch):
+    """The machine has 8 GB of RAM (so the estimates below are checked the same on every machine)."""
+    import memseg.config
+
+    monkeypatch.setattr(memseg.config, "machine_memory", lambda device="cpu": (8 * 10**9, "of RAM"), raising=False)
+
+
+def _one_error_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"memseg {command}: error: "), err
+    return err.strip()[len(f"memseg {command}: error: "):]
+
+
+def test_a_yaml_file_that_is_not_text_is_named_with_what_was_expected(tmp_path, capsys, no_data_loading):
+    config = tmp_path / "run.yaml"
+    config.write_bytes(b"\x80\x81PK\x03\x04 binary")  # e.g. a checkpoint given as --config
+    assert cli_main(["train", "--data", str(tmp_path), "--category", "x", "--config", str(config)]) == 2
+    assert _one_error_line(capsys, "train") == (f"{config}: not a text file (byte 0 is not UTF-8); expected a YAML file "
+                                                "of TrainConfig keys")
+    config.write_text("a: [1\n")
+    assert cli_main(["train", "--data", str(tmp_path), "--category", "x", "--config", str(config)]) == 2
+    line = _one_error_line(capsys, "train")
+    assert line.startswith(f"{config}: not valid YAML: ") and line.endswith("; expected a YAML file of TrainConfig keys")
+
+
+def test_an_unknown_device_names_the_flag_or_file_and_the_accepted_names(tmp_path, capsys, no_data_loading):
+    from memseg.utils import select_device
+
+    with pytest.raises(SystemExit) as info:
+        cli_main(["train", "--data", str(tmp_path), "--category", "x", "--device", "tpu"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "memseg train: error: argument --device: 'tpu' is not a device this kit runs on; expected auto, cpu, cuda or "
+        "cuda:<index>")  # was torch's list of every backend it knows (ipu, xpu, mkldnn, ... privateuseone)
+    config = tmp_path / "run.yaml"
+    config.write_text("device: tpu\n")
+    assert cli_main(["train", "--data", str(tmp_path), "--category", "x", "--config", str(config)]) == 2
+    assert _one_error_line(capsys, "train") == (f"{config}: device 'tpu' is not a device this kit runs on; expected "
+                                                "auto, cpu, cuda or cuda:<index>")
+    with pytest.raises(ValueError, match=r"^device 'tpu' is not a device this kit runs on; expected auto, cpu, cuda"):
+        select_device("tpu")
+
+
+def test_a_bad_hub_timeout_variable_is_one_line_before_any_work(tiny, capsys, monkeypatch, no_data_loading):
+    monkeypatch.setenv("MEMSEG_HUB_TIMEOUT", "abc")
+    assert cli_main(_train_args(tiny, tiny / "run", "--steps", "1")) == 2
+    assert _one_error_line(capsys, "train") == "MEMSEG_HUB_TIMEOUT must be a number of seconds > 0, got 'abc'"
+    assert not (tiny / "run").exists()
+
+
+@pytest.mark.parametrize("options, expected", [
+    ("{foo: 1, weights: random}", "model_options: unknown key(s) ['foo'] for the memseg model; valid keys: input_size, "
+                                  "memory_size, weights"),
+    ("{memory_size: many}", "model_options: memory_size must be an integer, got 'many'"),
+    ("{use_memory: maybe}", "model_options: use_memory must be true or false, got 'maybe'"),
+    ("{head: weird}", "model_options: head must be auto or one of"),
+])
+def test_model_options_are_checked_before_any_work_naming_the_file(tmp_path, capsys, no_data_loading, options, expected):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model_options: {options}\n")
+    assert cli_main(["train", "--data", str(tmp_path), "--category", "x", "--config", str(config), "--size", "32",
+                     "--out", str(tmp_path / "r")]) == 2
+    assert _one_error_line(capsys, "train").startswith(f"{config}: {expected}")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command, expected", [
+    (["train", "--size", "100000"], "--size 100000 (training memseg at 100000x100000 px, 8 images a batch) needs at "
+                                    "least 9.4 TB of memory; this machine has 8.0 GB of RAM; lower the size"),
+    (["pretrain", "--out", "enc.pt", "--size", "32", "--memory-size", "1000000"],
+     "--size 32, --memory-size 1000000 (training memseg at 32x32 px, 8 images a batch, memory_size 1000000) needs at "
+     "least 28.7 GB of memory; this machine has 8.0 GB of RAM; lower --size or --memory-size"),
+    (["synth", "--size", "1000000"], "--size 1000000 (one 1000000x1000000 px scene) needs at least 24.0 TB of memory; "
+                                     "this machine has 8.0 GB of RAM; choose a smaller --size (the default is 256)"),
+])
+def test_a_size_or_n_beyond_the_machine_is_refused_before_allocating_with_the_estimate(tmp_path, capsys, eight_gb,
+                                                                                        no_data_loading, command, expected):
+    name, *flags = command
+    where = ["--out", str(tmp_path / "s")] if name == "synth" else [
+        "--data", str(tmp_path), "--category", "x", "--device", "cpu", *(["--out", str(tmp_path / "r")] if name == "train" else [])]
+    flags = [str(tmp_path / f) if f.endswith(".pt") else f for f in flags]
+    assert cli_main([name, *where, *flags]) == 2  # at once: was "can't allocate 240000000000 bytes" (or a traceback)
+    assert _one_error_line(capsys, name).startswith(expected)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
+
+
+def test_simulate_refuses_an_n_it_cannot_hold_before_simulating(tiny, capsys, eight_gb):
+    args = ["simulate", "--data", str(tiny / "data"), "--category", "tiny", "--size", "256", "--device", "cpu"]
+    assert cli_main([*args, "--n", "10000000", "--out", str(tiny / "s")]) == 2
+    assert _one_error_line(capsys, "simulate") == (
+        "--size 256, --n 10000000 (kept until written), --batch-size 32 (8 images decoded at 256x256 px) needs at least "
+        "10.5 TB of memory; this machine has 8.0 GB of RAM; lower --size, --n or --batch-size (--no-save keeps nothing)")
+    assert not (tiny / "s").exists()
+
+
+def test_an_allocation_that_fails_anyway_is_one_line_naming_what_to_lower():
+    import numpy as np
+    import torch
+
+    from memseg.apps.cli import _error_text
+
+    with pytest.raises(MemoryError) as info:
+        np.empty((10**7, 10**7))  # 728 TiB: numpy's own MemoryError (was a traceback: not caught)
+    assert _error_text(info.value, "synth").startswith("out of memory: an allocation of 728 TiB failed (this machine has ")
+    assert _error_text(info.value, "synth").endswith("; lower --size")
+    with pytest.raises(RuntimeError) as info:
+        torch.empty(10**13, dtype=torch.uint8)
+    assert _error_text(info.value, "simulate").startswith("out of memory: an allocation of 10.0 TB failed")
+    assert _error_text(info.value, "simulate").endswith("; lower --size, --n or --batch-size")
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c.update(model_config=[1, 2]), "stored model_config and model_state are list and dict, not the mappings "
+                                              "`memseg train` writes; the file is damaged or was edited"),
+    (lambda c: c.update(model_state=[1]), "stored model_config and model_state are dict and list, not the mappings"),
+    (lambda c: c["model_config"].update(foo=1), "stored model_config: unknown key(s) ['foo'] for the memseg model; "
+                                                "valid keys: input_size, memory_size"),
+    (lambda c: c["model_config"].update(memory_size="abc"), "stored model_config: memory_size must be an integer, got 'abc'"),
+    (lambda c: c["model_config"].update(head="weird"), "stored model_config: head must be auto or one of"),
+    (lambda c: c["model_config"].update(input_size=[100000, 100000]),
+     "its memseg model (input size [100000, 100000], memory_size 2) needs at least 563.3 GB of memory; this machine "
+     "has 8.0 GB of RAM; the stored model_config asks for more than this machine has"),
+])
+def test_checkpoint_content_errors_name_the_file_and_what_is_expected(trained, tiny, capsys, eight_gb, edit, expected):
+    import copy
+
+    import torch
+
+    from memseg.engine.checkpoint import read_checkpoint
+
+    ckpt = copy.deepcopy(dict(read_checkpoint(trained)))
+    edit(ckpt)
+    bad = tiny / "bad.pt"
+    torch.save(ckpt, bad)
+    image = tiny / "data" / "tiny" / "test" / "good" / "000.png"
+    assert cli_main(["predict", "--checkpoint", str(bad), str(image), "--out", str(tiny / "p"), "--backend", "torch",
+                     "--device", "cpu"]) == 2  # was a TypeError traceback, "invalid literal for int()", can't allocate
+    assert _one_error_line(capsys, "predict").startswith(f"{bad}: {expected}")
+    assert not (tiny / "p").exists()
+
+
+def test_an_onnx_file_onnxruntime_cannot_load_or_run_is_named(tmp_path, capsys, eight_gb):
+    import onnx
+    import torch
+
+    from memseg.engine.export import load_onnx
+
+    meta = {"format": "memseg-kit-onnx", "model_name": "memseg", "input_size": [32, 32], "top_k": 10, "threshold": 0.5}
+    path = _tiny_onnx(tmp_path / "broken.onnx", meta)
+    proto = onnx.load(str(path))
+    proto.graph.node[0].op_type = "NoSuchOp"  # the graph's inputs and outputs still fit: onnxruntime refuses it
+    onnx.save(proto, str(path))
+    with pytest.raises(ValueError) as info:  # was onnxruntime's InvalidGraph (an Exception: a raw traceback in the CLI)
+        load_onnx(path)
+    assert str(info.value).startswith(f"{path}: onnxruntime cannot load the model (")
+    assert str(info.value).endswith("expected a file written by `memseg export` (export it again)")
+    assert len(str(info.value).splitlines()) == 1
+
+    model, _ = load_onnx(_tiny_onnx(tmp_path / "ok.onnx", meta))
+    with pytest.raises(RuntimeError) as info:  # a graph that fails while running names the model file, not the image
+        model.anomaly_map(torch.zeros(1, 2, 32, 32))
+    assert str(info.value).startswith(f"{tmp_path / 'ok.onnx'}: onnxruntime could not run the model (")
+
+    big = _tiny_onnx(tmp_path / "big.onnx", {**meta, "input_size": [100000, 100000]}, size=100000)
+    with pytest.raises(ValueError, match=r"big\.onnx: its stored input size \[100000, 100000\] .* needs at least 160\.0 GB"):
+        load_onnx(big)

@@ -75,8 +75,20 @@ def _version() -> str:
         return __version__
 
 
+def _device_name(text: str) -> str:
+    """argparse type: auto, cpu, cuda or cuda:N (argparse names the flag in its error; as
+    :func:`memseg.utils.check_device_name`, without importing torch while parsing)."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device this kit runs on; expected auto, cpu, cuda or "
+                                         "cuda:<index>")
+    return text.strip()
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu or cuda")
+    p.add_argument("--device", default="auto", type=_device_name,
+                   help="auto (cuda if available, else cpu), cpu, cuda or cuda:<index>")
 
 
 def _add_backend(p: argparse.ArgumentParser) -> None:
@@ -209,11 +221,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _error_text(err: BaseException) -> str:
-    """One line for an error: an OSError as ``<path>: <reason>``, anything else as its message."""
+# what each command's memory grows with: named when an allocation fails although the estimate let it start
+_MEMORY_FLAGS = {"synth": "--size", "simulate": "--size, --n or --batch-size", "pretrain": "--size or --memory-size",
+                 "train": "--size (or model_options.memory_size, batch_normal, batch_anomalous)",
+                 "evaluate": "--batch-size", "predict": "--max-pixels", "export": "the model's input size",
+                 "benchmark": "--size"}
+
+
+def _out_of_memory(err: BaseException, command: str) -> str | None:
+    """One line for a failed allocation (``MemoryError``, torch's ``can't allocate memory``), else None."""
+    import re
+
+    text = " ".join(str(err).split())
+    if not isinstance(err, MemoryError) and "can't allocate memory" not in text:
+        return None
+    from memseg.config import format_bytes, machine_memory
+
+    asked = re.search(r"allocate (\d+) bytes", text)
+    size = re.search(r"allocate ([\d.]+) ?([KMGTP]i?B)", text)
+    amount = (format_bytes(int(asked.group(1))) if asked else f"{size.group(1).rstrip('.')} {size.group(2)}" if size
+              else "more memory")
+    total, what = machine_memory()
+    return (f"out of memory: an allocation of {amount} failed (this machine has {format_bytes(total)} {what}); "
+            f"lower {_MEMORY_FLAGS.get(command, 'the size')}")
+
+
+def _error_text(err: BaseException, command: str = "") -> str:
+    """One line for an error: an OSError as ``<path>: <reason>``, a failed allocation as what to lower, anything
+    else as its message."""
     if isinstance(err, OSError) and err.strerror and err.filename is not None:
         target = f" -> {err.filename2}" if err.filename2 is not None else ""
         return f"{err.filename}{target}: {err.strerror}"
+    memory = _out_of_memory(err, command)
+    if memory is not None:
+        return memory
     text = str(err).strip() or type(err).__name__
     return " ".join(text.split())  # never more than one line
 
@@ -236,10 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     }[args.command]
     try:
         return int(handler(args) or 0)
-    except (OSError, ValueError, RuntimeError, ImportError) as err:
+    except (OSError, ValueError, RuntimeError, ImportError, MemoryError) as err:
         # Bad input or an unusable path (missing file, a file where a folder should be, no permission,
-        # disk full ...) gets a clear one-line message naming the path, not a traceback.
-        print(f"memseg {args.command}: error: {_error_text(err)}", file=sys.stderr)
+        # disk full, not enough memory ...) gets a clear one-line message naming the path, not a traceback.
+        print(f"memseg {args.command}: error: {_error_text(err, args.command)}", file=sys.stderr)
         return 2
 
 

@@ -23,11 +23,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from memseg.config import read_yaml_mapping
+from memseg.config import as_size, read_yaml_mapping
 from memseg.data.datasets import load_split
 from memseg.data.io import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageTooLargeError, is_image_file
-from memseg.data.synthetic import CATEGORIES, generate
-from memseg.engine.checkpoint import read_checkpoint
+from memseg.data.synthetic import CATEGORIES, check_scene_memory, generate
+from memseg.data.synthetic_scenes import scene_size
+from memseg.engine.checkpoint import model_state_bytes, read_checkpoint
 from memseg.engine.evaluation import METRICS_JSON, METRICS_MD, evaluate, f1_baseline, pct
 from memseg.engine.export import OPSET, export_onnx
 from memseg.engine.inference import CSV_COLUMNS, OVERLAY_SUFFIX, PREDICTIONS_CSV, Prediction, Predictor
@@ -36,13 +37,21 @@ from memseg.engine.train_config import ConfigValueError, TrainConfig, merge_over
 from memseg.engine.training import str_or_none, train
 from memseg.paths import locate_dtd
 from memseg.simulation import NO_DTD_WARNING, SOURCES, AnomalySimulator, SimulationResult
-from memseg.utils import check_output_dir, create_free_file, create_new_file, select_device
+from memseg.utils import (
+    check_device_name,
+    check_fits_in_memory,
+    check_output_dir,
+    create_free_file,
+    create_new_file,
+    select_device,
+)
 from memseg.viz import overlay
 
 
 # --------------------------------------------------------------------------------- memseg synth
 def run_synth(args: argparse.Namespace) -> int:
     """``memseg synth``: generate the dataset and print one line per category."""
+    check_scene_memory(scene_size(args.size), "--size")
     out = generate(args.out, categories=args.categories, seed=args.seed, size=args.size, n_train=args.n_train,
                    n_test=args.n_test, overwrite=args.overwrite, progress=True)
     for c in args.categories or CATEGORIES:
@@ -79,6 +88,14 @@ def run_simulate(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     size = (args.size, args.size)
     dataset = load_split(args.data, args.category, "train", size=size, layout=args.layout)
+    # before anything is allocated: the decoded pool (uint8), a batch's working copies (float32) and, when saving,
+    # every sample (image and mask, float32) until they are written
+    px = args.size * args.size
+    kept = 0 if args.no_save else args.n * px * 4 * 4
+    check_fits_in_memory(len(dataset) * 3 * px + min(args.batch_size, args.n) * px * 4 * 4 * 2 + kept,
+                         f"--size {args.size}, --n {args.n}" + ("" if args.no_save else " (kept until written)")
+                         + f", --batch-size {args.batch_size} ({len(dataset)} images decoded at {args.size}x{args.size} px)",
+                         "lower --size, --n or --batch-size (--no-save keeps nothing)", device)
     pool = dataset.load_images()  # uint8 (N, 3, H, W), decoded once
     if pool.shape[0] == 0:
         raise ValueError(f"no training images for category {args.category!r} under {args.data}")
@@ -106,7 +123,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed += time.perf_counter() - t0
-        results.append(SimulationResult(res.images.cpu(), res.masks.cpu(), res.delta.cpu(), res.source))
+        if out is not None:  # --no-save keeps nothing: its memory does not grow with --n
+            results.append(SimulationResult(res.images.cpu(), res.masks.cpu(), res.delta.cpu(), res.source))
     throughput = args.n / max(elapsed, 1e-9)
 
     if out is None:
@@ -151,12 +169,17 @@ def run_pretrain(args: argparse.Namespace) -> int:
     """`memseg pretrain`: make an encoder under MemSeg's objective; print where it and its provenance are."""
     from memseg.engine.pretrain import PretrainConfig, pretrain
 
+    check_hub_timeout()
     textures = locate_dtd(args.dtd, flag="--dtd")
     cfg = PretrainConfig.from_dict(dict(
         data=args.data, category=args.category, layout=args.layout, out=args.out, steps=args.steps,
         minutes=args.minutes, size=args.size, seed=args.seed, memory_size=args.memory_size,
         dtd_root=str_or_none(textures.path), device=args.device,
     ), source="memseg pretrain")
+    run = cfg.train_config()  # what pretrain trains
+    check_training_fits(run.model, run.model_options, run.input_size, run.batch_normal + run.batch_anomalous,
+                        options_source="--memory-size", size_source=f"--size {cfg.size}, --memory-size {cfg.memory_size}",
+                        hint="lower --size or --memory-size", device=cfg.device)
     budget = f", at most {args.minutes:g} min" if args.minutes else ""
     print(f"memseg pretrain: encoder from {cfg.category} ({cfg.data}), {cfg.steps} steps{budget}, size {cfg.size}, "
           f"device {select_device(cfg.device)}, run folder {cfg.run_dir()}")
@@ -198,6 +221,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.weights is not None:
         overrides["model_options"] = {"weights": args.weights}
     base: dict = {}
+    file_values: dict = {}
     origin: dict[str, str] = {}  # field -> where its value came from
     run_dir = Path(args.out) if args.out else Path("runs") / f"{args.category}-{args.model}"
     check_run_dir_path(run_dir)
@@ -214,19 +238,53 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         TrainConfig.check_keys(file_values, source=str(path))
         base = merge_overrides(base, file_values)
         origin.update(dict.fromkeys(file_values, str(path)))
+    options_origin = (str(args.config) if args.config and "model_options" in file_values else
+                      origin.get("model_options", "--weights"))  # unknown keys come from a file, never from --weights
     origin.update({k: _FLAGS[k] for k, v in overrides.items() if v is not None})
     try:
-        return TrainConfig.from_dict(merge_overrides(base, overrides), source=args.config or "command line")
+        cfg = TrainConfig.from_dict(merge_overrides(base, overrides), source=args.config or "command line")
     except ConfigValueError as err:
         where = origin.get(err.key, args.config or "command line")
         if where.startswith("--") and err.problem.startswith(err.key):
             raise ValueError(where + err.problem[len(err.key):]) from None  # "--steps must be >= 1, got 0"
         raise ValueError(f"{where}: {err.problem}") from None
+    where = {k: origin.get(k, args.config or "command line") for k in ("device", "size")}
+    check_device_name(cfg.device, "--device" if where["device"] == "--device" else f"{where['device']}: device")
+    size = f"--size {cfg.size}" if where["size"] == "--size" else f"{where['size']}: size {cfg.size}"
+    check_training_fits(cfg.model, cfg.model_options, cfg.input_size, cfg.batch_normal + cfg.batch_anomalous,
+                        options_source="--weights" if options_origin == "--weights" else f"{options_origin}: model_options",
+                        size_source=size, hint="lower the size (or model_options.memory_size, batch_normal, "
+                        "batch_anomalous)", device=cfg.device)
+    return cfg
+
+
+def check_training_fits(model: str, options: dict, input_size: tuple[int, int], batch: int, options_source: str,
+                        size_source: str, hint: str, device: str) -> None:
+    """Before any data is loaded: the model options build the model (unknown keys and wrong kinds are one line
+    naming ``options_source``), and the model's state (memory bank included, counted on the meta device) plus one
+    batch of float32 input images fits in the machine's memory (else one line naming ``size_source``, with the
+    estimate). A lower bound: training needs more (activations, gradients)."""
+    h, w = input_size
+    state = model_state_bytes(model, {**options, "input_size": (h, w)}, options_source)
+    n = options.get("memory_size")
+    bank = f", memory_size {n}" if n is not None else ""
+    check_fits_in_memory(state + batch * 3 * h * w * 4,
+                         f"{size_source} (training {model} at {h}x{w} px, {batch} images a batch{bank})", hint,
+                         select_device(device))
+
+
+def check_hub_timeout() -> None:
+    """$MEMSEG_HUB_TIMEOUT, when set, is checked before any work (one line naming it), not when the hub is asked."""
+    if "MEMSEG_HUB_TIMEOUT" in os.environ:
+        from memseg.models.encoder_weights import hub_timeout
+
+        hub_timeout()
 
 
 def run_train(args: argparse.Namespace) -> int:
     """`memseg train`: build the config, train, print where the run and checkpoint are."""
 
+    check_hub_timeout()
     cfg = config_from_args(args)
     flag = "--dtd" if args.dtd or not cfg.dtd_root else "dtd_root of the run's config"
     textures = locate_dtd(cfg.dtd_root, flag=flag)  # resolved once, printed, and recorded in the run's config
@@ -467,6 +525,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
     seeds = _comma_list(args.seeds, "--seeds", int)
     categories = _comma_list(args.categories, "--categories")
     check_output_dir(args.out, "--out")
+    check_hub_timeout()
+    if args.size is not None:  # a size the machine cannot hold is refused before any run starts
+        check_training_fits("memseg", {"memory_size": 1}, as_size(args.size, "--size"), 8, options_source="--size",
+                            size_source=f"--size {args.size}", hint="lower --size", device=args.device)
     textures = locate_dtd(args.dtd)
     print(textures.describe())
     try:

@@ -57,7 +57,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from memseg.config import SizeLike, as_size
+from memseg.config import SizeLike, as_size, check_fits_in_memory
 from memseg.data.io import IMAGE_SUFFIXES, is_image_file, load_image, load_mask, resize_mask, to_tensor
 
 LAYOUTS: tuple[str, ...] = ("mvtec", "btad", "folder")
@@ -348,6 +348,9 @@ class AnomalyDataset(Dataset):
     def load_images(self, indices: Sequence[int] | None = None, progress: bool = True) -> torch.Tensor:
         """Decode and resize the images once: ``uint8 Tensor (N, 3, H, W)`` (training cache, memory bank)."""
         idx = range(len(self)) if indices is None else list(indices)
+        h, w = self.size
+        check_fits_in_memory(len(idx) * 3 * h * w, f"size {(h, w)}: {len(idx)} images decoded at {w}x{h} px (uint8)",
+                             "choose a smaller size")  # before allocating: one line with the estimate
         out = torch.empty((len(idx), 3, *self.size), dtype=torch.uint8)
         for row, i in enumerate(tqdm(idx, desc="loading images", disable=not progress, leave=False)):
             x = to_tensor(load_image(self.records[i].image_path), self.size)  # (3, H, W)

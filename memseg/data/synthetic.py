@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from memseg.config import SizeLike
+from memseg.config import SizeLike, check_fits_in_memory
 from memseg.data.synthetic_scenes import CATEGORIES, DEFECTS, KINDS, check_categories, render_defect, render_normal, scene_size
 
 VERSION = 1
@@ -126,6 +126,18 @@ def _write_category(folder: Path, plan: dict, progress: bool) -> None:
     (folder / "dataset.json").write_text(json.dumps(plan, indent=2) + "\n")
 
 
+SCENE_BYTES_PER_PIXEL = 24
+"""A lower bound of what rendering one scene holds per pixel: its coordinate grid (int64, then float32)."""
+
+
+def check_scene_memory(hw: tuple[int, int], source: str = "size") -> None:
+    """Refuse, before rendering, a scene size whose memory (at least :data:`SCENE_BYTES_PER_PIXEL` per pixel)
+    exceeds the machine's: one line naming ``source`` (``--size`` on the command line) with the estimate."""
+    h, w = hw
+    check_fits_in_memory(SCENE_BYTES_PER_PIXEL * h * w, f"{source} {h if h == w else (h, w)} (one {w}x{h} px scene)",
+                         f"choose a smaller {source} (the default is {DEFAULT_SIZE})")
+
+
 def generate(
     out: str | Path,
     categories: Sequence[str] | None = None,
@@ -146,6 +158,7 @@ def generate(
     categories = list(CATEGORIES if categories is None else categories)
     check_categories(categories)
     hw = scene_size(size)
+    check_scene_memory(hw)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: output root exists and is not a folder")
     plans = {c: _plan(c, seed, hw, n_train, n_test) for c in categories}

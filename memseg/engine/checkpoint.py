@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from memseg.config import as_size
-from memseg.utils import select_device, unreadable_reason
+from memseg.utils import check_fits_in_memory, select_device, unreadable_reason
 
 FORMAT_VERSION = 2  # the newest format this code reads; 2 = the memory bank may be stored as its source images
 KIND = "memseg-kit-checkpoint"
@@ -326,12 +326,16 @@ def load_checkpoint(
     from memseg.models import MODEL_REGISTRY, build_model
 
     ckpt = read_checkpoint(path)
+    if not isinstance(ckpt.get("model_config") or {}, dict) or not isinstance(ckpt["model_state"], dict):
+        raise ValueError(f"{path}: stored model_config and model_state are {type(ckpt.get('model_config')).__name__} and "
+                         f"{type(ckpt['model_state']).__name__}, not the mappings `memseg train` writes; the file is "
+                         "damaged or was edited")
     check_expected(ckpt, path, model=model, input_size=input_size, memory_size=memory_size)
     mcfg = dict(ckpt.get("model_config") or {})
     name = ckpt["model_name"]
     try:
         accepts_init = "init_weights" in inspect.signature(MODEL_REGISTRY[name].__init__).parameters
-    except KeyError as err:
+    except (KeyError, TypeError) as err:
         raise ValueError(f"{path} holds an unknown model kind {name!r}; this memseg-kit knows {sorted(MODEL_REGISTRY)}") from err
     if name == "memseg":
         # Checkpoints written before these options existed hold the paper's head and literal attention.
@@ -340,10 +344,14 @@ def load_checkpoint(
     if not accepts_init and "weights" in mcfg:
         # The stored state replaces every weight: no need to load (or download) the initial ones.
         mcfg["weights"] = "random"
-    try:
-        net = build_model(name, mcfg, init_weights=False)
-    except (TypeError, KeyError) as err:
-        raise ValueError(f"{path}: cannot rebuild model {ckpt.get('model_name')!r} from the stored config {mcfg}: {err}") from err
+    dev = select_device(device)
+    # built on the meta device first: a bad stored config is named with the file, and a size that needs more
+    # memory than the machine has is refused with the estimate before anything is allocated
+    state_bytes = model_state_bytes(name, mcfg, f"{path}: stored model_config")
+    check_fits_in_memory(state_bytes, f"{path}: its {name} model (input size {mcfg.get('input_size')}, memory_size "
+                         f"{mcfg.get('memory_size')})", "the stored model_config asks for more than this machine has "
+                         "(use a machine with more memory, or a checkpoint trained at a smaller size)", dev)
+    net = build_model(name, mcfg, init_weights=False)
     state = ckpt["model_state"]
     if is_slim(ckpt):  # the bank's features are rebuilt below; keep load_state_dict strict about the rest
         current = net.state_dict()
@@ -354,13 +362,54 @@ def load_checkpoint(
         detail = " ".join(str(err).split())
         detail = detail if len(detail) < 600 else detail[:600] + " ..."
         raise ValueError(f"{path}: stored weights do not fit the {ckpt['model_name']!r} model built from its config: {detail}") from err
-    dev = select_device(device)
     net.to(dev).eval()
     if is_slim(ckpt):
         _rebuild_memory_bank(net, ckpt[MEMORY_IMAGES], path)
     info = {k: v for k, v in ckpt.items() if k != "model_state"}
     info["path"] = str(path)
     return net, info
+
+
+def check_model_options(name: str, options: Any, source: str) -> None:
+    """Model ``name``'s options (a ``model_config`` or ``model_options`` mapping): known keys, each of its field's
+    kind (an integer where the default is one, true/false, a number, a name, a list); else a one-line
+    ``ValueError`` starting with ``source`` (the file, flag or option they came from) saying what is expected."""
+    from memseg.models import MODEL_CONFIGS
+
+    if not isinstance(options, dict):
+        raise ValueError(f"{source}: expected a mapping of {name} model options, got {type(options).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(MODEL_CONFIGS[name])}
+    unknown = sorted(map(str, set(options) - set(fields)))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown} for the {name} model; valid keys: {', '.join(fields)}")
+    for key, value in options.items():
+        f = fields[key]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kind = (("true or false", lambda v: isinstance(v, bool)) if isinstance(default, bool) else
+                ("an integer", lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool))
+                if isinstance(default, int) else
+                ("a number", lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool))
+                if isinstance(default, float) else
+                ("a name (a string)", lambda v: isinstance(v, str)) if isinstance(default, str) else
+                ("a list", lambda v: isinstance(v, (list, tuple))) if isinstance(default, tuple) else None)
+        if kind is not None and key != "input_size" and not kind[1](value):
+            raise ValueError(f"{source}: {key} must be {kind[0]}, got {value!r}")
+
+
+def model_state_bytes(name: str, options: dict, source: str) -> int:
+    """Bytes of model ``name``'s parameters and buffers (memory bank included) for ``options``, found by building it on
+    the meta device (nothing is allocated). Options that cannot build the model are a one-line ``ValueError``
+    starting with ``source`` (the file or the option they came from) and saying what is expected."""
+    from memseg.models import build_model
+
+    check_model_options(name, options, source)
+    try:
+        with torch.device("meta"):
+            net = build_model(name, options, init_weights=False)
+    except (TypeError, KeyError, ValueError, AttributeError) as err:
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"{source}: {detail} (building the {name!r} model)") from None
+    return sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()])
 
 
 # ------------------------------------------------------------------------------------ RNG states (exact resume)

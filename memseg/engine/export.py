@@ -232,8 +232,18 @@ class OnnxRuntimeModel:
         return self
 
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().float().cpu().contiguous().numpy()})[0]
+        try:
+            out = self.session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().float().cpu().contiguous().numpy()})[0]
+        except Exception as err:  # onnxruntime's own exception types derive from Exception only
+            raise RuntimeError(f"{self.path}: onnxruntime could not run the model ({_first_line(err)}); the model file "
+                               "is damaged or was not written by `memseg export` (export it again)") from None
         return torch.from_numpy(out).to(x.device)
+
+
+def _first_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (onnxruntime's messages run over several lines)."""
+    text = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {' '.join(text.split())[:300]}"
 
 
 def _check_graph_io(proto: Any, path: str | os.PathLike, input_size: tuple[int, int]) -> None:
@@ -290,9 +300,20 @@ def load_onnx(path: str | os.PathLike, threads: int | None = None) -> tuple[Onnx
         raise ValueError(f"{path}: its '{METADATA_KEY}' metadata is not the JSON object `memseg export` writes "
                          "(with input_size, threshold, top_k); export the model again")
     check_carried_values(path, meta.get("threshold"), meta.get("input_size"), meta.get("top_k"), meta.get("category"))
-    _check_graph_io(proto, path, as_size(meta["input_size"]))
+    h, w = as_size(meta["input_size"])
+    _check_graph_io(proto, path, (h, w))
     del proto
-    model = OnnxRuntimeModel(path, meta, threads)
+    from memseg.config import check_fits_in_memory
+
+    check_fits_in_memory(h * w * 4 * 4, f"{path}: its stored input size {[h, w]} (one image and its map, float32)",
+                         "the model's metadata asks for more than this machine has; export it again")
+    try:
+        model = OnnxRuntimeModel(path, meta, threads)
+    except ImportError:
+        raise
+    except Exception as err:  # onnxruntime's InvalidGraph, Fail, NoSuchFile ... (they derive from Exception only)
+        raise ValueError(f"{path}: onnxruntime cannot load the model ({_first_line(err)}); expected a file written by "
+                         "`memseg export` (export it again)") from None
     info = {
         "model_name": meta.get("model_name"),
         "threshold": meta.get("threshold"),
