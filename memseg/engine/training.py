@@ -22,21 +22,16 @@ Design (PITFALLS "Speed", "Training and evaluation"):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import errno
 import json
 import math
 import re
-import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from memseg.engine.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -44,7 +39,9 @@ from memseg.engine.run_folder import (
     CHECKPOINT_DIR, CONFIG_YAML, FINAL_CHECKPOINT, LAST_CHECKPOINT, VALIDATION_JSON, StepLog,
     check_run_dir, check_run_dir_path, hold_run_folder, remove_previous_run, remove_stale_temp_files,
 )
+from memseg.engine.interrupts import checkpoint_on_interrupt, stop_after_step, with_kept_checkpoint
 from memseg.engine.train_config import TrainConfig, check_resume_config
+from memseg.engine.validation import validate, validation_batches  # noqa: F401  (validation_batches: re-exported)
 from memseg.utils import normalize, seed_everything, select_device
 
 
@@ -134,57 +131,6 @@ def _autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
-
-
-# ------------------------------------------------------------------------------------ validation
-@torch.no_grad()
-def validation_batches(images_u8: torch.Tensor, simulator, cfg: TrainConfig, device: torch.device):
-    """The validation split, batch by batch: ``(clean, simulated, masks)`` in [0, 1] on ``device``.
-
-    Deterministic from ``cfg.seed`` with a generator of its own, so it neither reads nor changes
-    the training RNG streams, and anyone can rebuild the exact split a threshold was picked on.
-    """
-    g = torch.Generator(device=device).manual_seed(cfg.seed + 2_000_003)
-    bs = max(cfg.batch_normal + cfg.batch_anomalous, 1)
-    for i in range(0, images_u8.shape[0], bs):
-        clean = images_u8[i:i + bs].to(device).float().div_(255.0)
-        sim = simulator.simulate(clean, generator=g)
-        yield clean, sim.images, sim.masks
-
-
-@torch.no_grad()
-def validate(model, images_u8: torch.Tensor, simulator, cfg: TrainConfig, device: torch.device) -> dict:
-    """Image scores on held-back normal images and their simulated-anomaly versions -> threshold.
-
-    The decision threshold is the F1-max threshold on this validation split (never the test set),
-    scored by :func:`memseg.engine.scoring.score_images` like ``evaluate`` and ``predict`` (float32).
-    The per-image ``scores`` and ``labels`` are returned too (normal batch, then its simulated twin).
-    """
-    from memseg.engine.scoring import score_images
-    from memseg.engine.metrics import f1_max, image_auroc, pixel_auroc
-
-    was_training = model.training
-    model.eval()
-    scores, labels, masks_all, maps_all = [], [], [], []
-    try:
-        for clean, simulated, masks in validation_batches(images_u8, simulator, cfg, device):
-            for x, m, y in ((clean, torch.zeros_like(masks), 0), (simulated, masks, 1)):
-                amap, s = score_images(model, x, cfg.top_k)  # float32, exactly as evaluate/predict score
-                scores.append(s.cpu())
-                labels += [y] * x.shape[0]
-                masks_all.append(m.cpu())
-                maps_all.append(amap.cpu())
-    finally:
-        model.train(was_training)
-    s = torch.cat(scores).numpy()
-    y = np.asarray(labels)
-    f1, thr = f1_max(y, s)
-    return {
-        "n_normal": int((y == 0).sum()), "n_simulated": int((y == 1).sum()),
-        "image_auroc": image_auroc(y, s), "pixel_auroc": pixel_auroc(torch.cat(masks_all), torch.cat(maps_all)),
-        "f1_max": f1, "threshold": thr,
-        "scores": [float(v) for v in s], "labels": [int(v) for v in y],
-    }
 
 
 # ------------------------------------------------------------------------------------- training
@@ -420,7 +366,7 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
             path = save_checkpoint(ckpt_path, model, optimizer, scheduler, config=cfg.to_dict(), step=step,
                                    extra=extra, threshold=threshold, weights_source=weights_source)
         except OSError as err:
-            raise _with_kept_checkpoint(err, ckpt_path, saved, wording) from None
+            raise with_kept_checkpoint(err, ckpt_path, saved, wording) from None
         saved = step
         return path
 
@@ -432,7 +378,7 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
     done: int | None = start  # the last step whose update is complete; None while a step is under way
     last_save = _now()
     try:
-        with _stop_after_step() as stop:
+        with stop_after_step() as stop:
             for step in range(start + 1, cfg.steps + 1):
                 done = None  # from here until the step's log line is written, the state is half a step
                 t0 = time.perf_counter()
@@ -479,87 +425,16 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
                                     extra={**base_extra, **({"validation": validation} if validation else {})},
                                     threshold=threshold, weights_source=weights_source, memory_images=memory_images)
         except OSError as err:
-            raise _with_kept_checkpoint(err, ckpt_path, saved, wording) from None
+            raise with_kept_checkpoint(err, ckpt_path, saved, wording) from None
     except KeyboardInterrupt:
         bar.close()
-        _checkpoint_on_interrupt(done, saved, cfg.steps, ckpt_path, checkpoint, log, wording)
+        checkpoint_on_interrupt(done, saved, cfg.steps, ckpt_path, checkpoint, log, wording)
         raise
     finally:
         bar.close()
         steplog.close()
     return TrainResult(run_dir=run_dir, checkpoint=final, history=history, threshold=threshold, validation=validation,
                        weights_source=weights_source, last=last, recipe=recipe)
-
-
-class _StopRequest:
-    """Set by the SIGINT/SIGTERM handler of :func:`_stop_after_step`."""
-
-    requested = False
-
-
-@contextlib.contextmanager
-def _stop_after_step():
-    """While the training loop runs, Ctrl-C (SIGINT) and SIGTERM (``kill``, ``docker stop``, a job
-    scheduler) ask it to stop after the step under way, so ``train`` can save that step; a second
-    signal interrupts at once. Signals that were ignored stay ignored; outside the main thread
-    (where handlers cannot be set) nothing changes."""
-    request = _StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield request
-        return
-
-    def handler(signum, _frame):
-        if request.requested:
-            raise KeyboardInterrupt
-        request.requested = True
-
-    previous = {}
-    for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
-        if signal.getsignal(sig) is default:
-            previous[sig] = signal.signal(sig, handler)
-    try:
-        yield request
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def _go_on(wording: str, what: str) -> str:
-    """How to resume (``what="resume"``) or start over (``"overwrite"``): the flag for the command line
-    (``wording="cli"``), the argument for the Python API."""
-    return f"--{what}" if wording == "cli" else f"{what}=True"
-
-
-def _with_kept_checkpoint(err: OSError, ckpt_path: Path, saved: int, wording: str = "api") -> OSError:
-    """A full disk (``ENOSPC``) while writing a checkpoint: the error, also saying which checkpoint is kept (the
-    failed write replaced nothing) and how to go on. Any other error is returned as it is."""
-    if err.errno != errno.ENOSPC:
-        return err
-    if saved > 0:
-        kept = (f"the last good checkpoint {ckpt_path} (step {saved}) is kept: free some space, then continue with "
-                f"{_go_on(wording, 'resume')}")
-    else:
-        kept = f"no checkpoint had been written yet: free some space and start again with {_go_on(wording, 'overwrite')}"
-    return OSError(errno.ENOSPC, f"{err.strerror}; {kept}", err.filename)
-
-
-def _checkpoint_on_interrupt(done: int | None, saved: int, steps: int, ckpt_path: Path,
-                             checkpoint: Callable[[int], Path], log: Callable[[str], None], wording: str = "api") -> None:
-    """Ctrl-C: save last.pt at the last completed step (when it is newer than the saved one) and say how to go on.
-
-    ``done`` is None when the interrupt came in the middle of a step (a second Ctrl-C, or one raised
-    by code): the state is then half a step and is not saved, the previous checkpoint stands.
-    """
-    if done is not None and done > saved:
-        checkpoint(done)
-        note = f"saved {ckpt_path} at step {done}"
-    elif saved > 0:
-        note = f"{ckpt_path} holds step {saved}"
-    else:
-        log(f"interrupted before the first step finished: nothing to resume; start again with {_go_on(wording, 'overwrite')}")
-        return
-    same = "the same --out" if wording == "cli" else "the same config (out)"
-    log(f"interrupted: {note} of {steps}; continue with {_go_on(wording, 'resume')} and {same}")
 
 
 def str_or_none(path: Path | None) -> str | None:
