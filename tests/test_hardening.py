@@ -796,3 +796,38 @@ def test_an_onnx_file_onnxruntime_cannot_load_or_run_is_named(tmp_path, capsys, 
     big = _tiny_onnx(tmp_path / "big.onnx", {**meta, "input_size": [100000, 100000]}, size=100000)
     with pytest.raises(ValueError, match=r"big\.onnx: its stored input size \[100000, 100000\] .* needs at least 160\.0 GB"):
         load_onnx(big)
+
+
+# ------------------------------------------------------------------ 9. the command line shows warnings as one plain line
+def _warning_lines(err: str, command: str) -> list[str]:
+    assert "UserWarning" not in err and ".py:" not in err, err  # no category, no file:line, no source line
+    return [ln for ln in err.replace("\r", "\n").splitlines() if "warning" in ln.lower()]
+
+
+def test_cli_warnings_are_one_plain_line_in_cli_terms_and_the_api_keeps_its_warnings(tiny, capsys):
+    import warnings
+
+    from memseg.simulation import AnomalySimulator
+
+    warnings.filterwarnings("default", message="no foreground preset")  # ignored elsewhere in this module; the subject here
+    args = ["simulate", "--data", str(tiny / "data"), "--category", "tiny", "--no-save", "--n", "2", "--size", "32",
+            "--device", "cpu", "--source", "structure"]
+    before = warnings.showwarning
+    assert cli_main(args) == 0
+    assert _warning_lines(capsys.readouterr().err, "simulate") == [
+        "memseg simulate: warning: no foreground preset for category 'tiny' (known: bottle, cable, capsule, carpet, grid, "
+        "hazelnut, leather, metal_nut, pill, screw, tile, toothbrush, toys, transistor, washer, weave, wood, zipper); "
+        "using none (M_I = all ones); simulated anomalies may land anywhere in the image"]  # no API advice
+    assert warnings.showwarning is before  # the API, in the same process, keeps Python's warnings and their advice
+    with pytest.warns(UserWarning, match=r"Pass foreground=ForegroundConfig\(\.\.\.\) to restrict anomalies"):
+        AnomalySimulator.for_category("tiny", size=(32, 32), device="cpu")
+
+
+@pytest.mark.filterwarnings("default")
+def test_evaluate_warns_in_one_plain_line_naming_the_checkpoint(trained, tiny, capsys):
+    make_tiny_dataset(tiny / "data", category="other", n_train=2, size=(32, 32))
+    args = ["evaluate", "--checkpoint", str(trained), "--data", str(tiny / "data"), "--category", "other",
+            "--out", str(tiny / "e"), "--backend", "torch", "--device", "cpu"]
+    assert cli_main(args) == 0  # was "commands.py:252: UserWarning: ... result = evaluate(..." on stderr
+    assert _warning_lines(capsys.readouterr().err, "evaluate") == [
+        f"memseg evaluate: warning: {trained} was trained on category 'tiny', evaluating it on 'other'"]

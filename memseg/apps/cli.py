@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import warnings
 
 from memseg.data.io import DECODE_MAX_PIXELS, MAX_IMAGE_PIXELS
 
@@ -259,6 +260,31 @@ def _error_text(err: BaseException, command: str = "") -> str:
     return " ".join(text.split())  # never more than one line
 
 
+# API advice inside the kit's warnings, in command-line terms (the API keeps the original wording)
+_CLI_WORDING = (
+    (". Pass foreground=ForegroundConfig(...) to restrict anomalies to the object.",
+     "; simulated anomalies may land anywhere in the image"),
+    (". Pass dtd_root=<folder with images/<category>/*.jpg> or set texture_prob=0.",
+     " (pass --dtd DIR or set MEMSEG_DTD: a folder holding images/<category>/*.jpg)"),
+)
+
+
+def _plain_warnings(command: str):
+    """A ``warnings.showwarning`` for the command line: each warning once, as one plain line
+    ``memseg <command>: warning: <message>`` (no category, file or source line; API advice in CLI terms)."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+        text = " ".join(str(message).split())
+        for api, cli in _CLI_WORDING:
+            text = text.replace(api, cli)
+        if text not in seen:
+            seen.add(text)
+            print(f"memseg {command}: warning: {text}", file=sys.stderr, flush=True)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -276,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": commands.run_benchmark,
     }[args.command]
     try:
-        return int(handler(args) or 0)
+        with warnings.catch_warnings():  # restored on return: API callers in this process keep Python's warnings
+            warnings.showwarning = _plain_warnings(args.command)
+            return int(handler(args) or 0)
     except (OSError, ValueError, RuntimeError, ImportError, MemoryError) as err:
         # Bad input or an unusable path (missing file, a file where a folder should be, no permission,
         # disk full, not enough memory ...) gets a clear one-line message naming the path, not a traceback.
