@@ -831,3 +831,89 @@ def test_evaluate_warns_in_one_plain_line_naming_the_checkpoint(trained, tiny, c
     assert cli_main(args) == 0  # was "commands.py:252: UserWarning: ... result = evaluate(..." on stderr
     assert _warning_lines(capsys.readouterr().err, "evaluate") == [
         f"memseg evaluate: warning: {trained} was trained on category 'tiny', evaluating it on 'other'"]
+
+
+# ------------------------------------------------------------------ 10. the dashboard: uploads it cannot score, bad model files
+@pytest.fixture
+def onnx_app(tiny):
+    """The dashboard on the tiny data and a small ONNX graph shaped like memseg export's (no training, no export)."""
+    pytest.importorskip("ipywidgets")
+    from memseg.apps.dashboard import DashboardApp
+    from memseg.apps.demo import DemoSettings
+
+    meta = {"format": "memseg-kit-onnx", "model_name": "memseg", "input_size": [32, 32], "top_k": 10, "threshold": 0.5,
+            "category": "tiny"}
+    runs = tiny / "runs"
+    runs.mkdir()
+    model = _tiny_onnx(runs / "model.onnx", meta)
+    settings = DemoSettings(data=tiny / "data", category="tiny", checkpoint=model, runs=runs, device="cpu", dtd=None,
+                            size=32)
+    app = DashboardApp(settings, debounce_s=0)
+    assert app.state.error_text == "" and app.state.result is not None
+    return app
+
+
+def _png(width: int, height: int) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 90, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _page(app) -> tuple:
+    return (app.state.source.name, app.state.result.score, app.state.result.caption, app.ui.panels["input"].value,
+            app.ui.image_dd.value)
+
+
+@pytest.mark.parametrize("name, width, height, size", [("tiny8.png", 8, 8, "8x8"), ("strip.png", 1000, 16, "1000x16")])
+def test_the_dashboard_refuses_an_upload_it_cannot_score_naming_the_file_and_keeps_the_page(onnx_app, name, width,
+                                                                                             height, size):
+    app = onnx_app
+    before = _page(app)
+    assert app.upload(name, _png(width, height)) is False  # was accepted: every later action then failed again
+    assert app.state.error_text == (f"upload rejected: {name}: image is {size} px (WxH); expected each side >= 16 px "
+                                    "and an aspect ratio (long side / short side) of at most 10")
+    assert _page(app) == before  # the panels, the caption and the picker still show the previous image
+    app.set_threshold(0.3)  # later actions work on the image the page shows
+    app.ui.next_btn.click()
+    assert app.state.error_text == "" and app.state.source.name != before[0]
+
+
+def test_a_failed_model_run_names_the_image_and_the_page_goes_back_to_the_shown_one(onnx_app, monkeypatch):
+    app = onnx_app
+    before = _page(app)
+    real_predict = app.state.predictor.predict
+
+    def refuse(image, threshold=None):
+        if getattr(image, "shape", (0, 0))[:2] == (48, 64):
+            raise ValueError("float pixel values span [0, 3]; expected finite float pixel values in [0, 1]")
+        return real_predict(image, threshold)
+
+    monkeypatch.setattr(app.state.predictor, "predict", refuse)
+    assert app.upload("mine.png", _png(64, 48)) is True
+    assert app.state.error_text == "mine.png: float pixel values span [0, 3]; expected finite float pixel values in [0, 1]"
+    assert _page(app) == before and app.state.source is app.state.shown_source
+    app.set_simulation(enabled=False)  # the next action does not fail again: it runs on the shown image
+    assert app.state.error_text == "" and app.state.source.name == before[0]
+
+
+def test_a_bad_onnx_in_the_model_picker_is_one_line_and_no_traceback(onnx_app, tiny, capsys):
+    app = onnx_app
+    model, before = app.state.predictor, _page(app)
+    meta = {"format": "memseg-kit-onnx", "model_name": "memseg", "input_size": [32, 32], "top_k": 10, "threshold": 0.5}
+    for name, changed in (("scores.onnx", {"validation_scores": ["high"]}), ("count.onnx", {"validation_scores": 5})):
+        bad = _tiny_onnx(tiny / name, {**meta, **changed})
+        capsys.readouterr()
+        app.select_checkpoint(bad)  # was "ValueError: could not convert string to float" / a TypeError, and a traceback
+        assert app.state.error_text.startswith(f"cannot load model: {bad}: stored validation scores "), app.state.error_text
+        assert len(app.state.error_text.splitlines()) == 1
+        assert "Traceback" not in capsys.readouterr().err
+        assert app.state.predictor is model and _page(app) == before
+    bad = tiny / "foreign.onnx"
+    bad.write_bytes(b"\x08\x07 not a protobuf of a model")
+    app.select_checkpoint(bad)
+    assert app.state.error_text == (f"cannot load model: {bad} is not an ONNX model (DecodeError); expected a file "
+                                    "written by `memseg export`")

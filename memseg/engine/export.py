@@ -300,6 +300,10 @@ def load_onnx(path: str | os.PathLike, threads: int | None = None) -> tuple[Onnx
         raise ValueError(f"{path}: its '{METADATA_KEY}' metadata is not the JSON object `memseg export` writes "
                          "(with input_size, threshold, top_k); export the model again")
     check_carried_values(path, meta.get("threshold"), meta.get("input_size"), meta.get("top_k"), meta.get("category"))
+    scores = meta.get("validation_scores", [])
+    if not isinstance(scores, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores):
+        raise ValueError(f"{path}: stored validation scores {str(scores)[:80]} are not a list of numbers (the image scores "
+                         "of the validation split); the file is damaged or was edited (export it again)")
     h, w = as_size(meta["input_size"])
     _check_graph_io(proto, path, (h, w))
     del proto

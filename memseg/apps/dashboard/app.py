@@ -73,6 +73,7 @@ class DashboardApp:
         self.ui = DashboardWidgets(have_dtd, self.max_upload_bytes, self.max_upload_pixels)
         self.widget = self.ui.widget
         self._generation = 0
+        self._run_failed = False  # the error box holds a failed model run's message
         self._timer: asyncio.TimerHandle | None = None
         self.ui.connect(self)
         self._populate()
@@ -214,11 +215,35 @@ class DashboardApp:
         self.guard(self.update)
 
     def update(self) -> None:
-        """Run the model on the current (real or simulated) image and redraw every panel."""
+        """Run the model on the current (real or simulated) image and redraw every panel.
+
+        An image the model cannot score is named in the error box, and the page goes back to the image its
+        panels show (so the next action works on that one instead of failing again)."""
         if self.state.predictor is not None and self.state.source is not None:
             simulation = self.ui.simulation_params() if self.ui.simulating else None
-            self.state.run(simulation, self.ui.category_dd.value)
+            source = self.state.source
+            try:
+                self.state.run(simulation, self.ui.category_dd.value)
+            except ValueError as err:  # the image's fault (size, values): the model and the page stay as they were
+                text = " ".join(str(err).split())
+                self.show_error(text if source.name in text else f"{source.name}: {text}")
+                self._run_failed = True
+                self._back_to_shown()
+                return
+            if self._run_failed:  # the page works again: the failed image's error is no longer news
+                self._run_failed = False
+                self.show_error("")
         self.render()
+
+    def _back_to_shown(self) -> None:
+        """The current image becomes the one the panels show again (the picker too)."""
+        shown = self.state.shown_source
+        self.state.source = shown
+        index = None
+        if shown is not None and shown.kind == "test":
+            names = [Path(r.image_path).name for r in self.state.records]
+            index = names.index(shown.name) if shown.name in names else None
+        self.ui.set_quietly(self.ui.image_dd, index)
 
     def render(self) -> None:
         """Draw the panels, score, verdict and timing from the state's result at the current threshold."""

@@ -153,6 +153,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be loaded; the message names the file."""
 
 
+def checkpoint_error_text(path: Path, err: BaseException) -> str:
+    """One line: why the model file ``path`` cannot be used (the kit's own messages name the file already)."""
+    text = " ".join(str(err).split())
+    if isinstance(err, (OSError, ValueError, RuntimeError)) and text:
+        return f"cannot load model: {text}" if str(path) in text else f"cannot load model {path}: {text}"
+    return (f"cannot load model {path}: its content is not what `memseg train` or `memseg export` writes "
+            f"({type(err).__name__}: {text or 'no detail'})")
+
+
 class DashboardState:
     """The page's model, images and last result.
 
@@ -183,6 +192,7 @@ class DashboardState:
         self.error_text = ""
         self.updates_run = 0  # how many model runs happened (the debounce test counts them)
         self.warmup_ms: float | None = None  # the loaded model's warm-up forward (see load_checkpoint)
+        self.shown_source: ImageSource | None = None  # the image of :attr:`result`
         self._simulators: dict[tuple, Any] = {}
 
     # ------------------------------------------------------------------ model
@@ -211,16 +221,18 @@ class DashboardState:
         """
         from memseg.engine.inference import Predictor
 
-        try:
+        try:  # loading, the warm-up and the colour scale all read the file's content: any failure is the file's
             predictor = Predictor.from_checkpoint(path, device=self.settings.device)
-        except (FileNotFoundError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"cannot load checkpoint {path}: {err}") from err
-        self.warmup_ms = self._warm_up(predictor)
+            warmup_ms = self._warm_up(predictor)
+            scale = self._model_scale(predictor, picked_category)
+        except Exception as err:  # noqa: BLE001 - one line naming the file, never a traceback in the page's log
+            raise CheckpointError(checkpoint_error_text(path, err)) from None
+        self.warmup_ms = warmup_ms
         self.predictor, self.checkpoint = predictor, path
         self.checkpoint_info = dict(predictor.info or {})
         self.input_size = tuple(predictor.input_size)
         self._simulators.clear()
-        self.colour_scale = self._model_scale(predictor, picked_category)
+        self.colour_scale = scale
 
     @staticmethod
     def _warm_up(predictor: Predictor) -> float:
@@ -356,6 +368,7 @@ class DashboardState:
             caption = f"{kind}: {src.name}"
         pred = self.predictor.predict(x)
         self.updates_run += 1
+        self.shown_source = src  # the image the panels show (a failed run leaves the previous one)
         self.result = Result(
             image=resize_rgb(image, hw),
             truth=truth,

@@ -1,4 +1,5 @@
-"""Uploaded files: size limits checked before decoding, then a bounded decode to RGB (or one clear error)."""
+"""Uploaded files: size limits (bytes, pixels, sides the model can score) checked before decoding, then a bounded
+decode to RGB (or one clear error naming the file)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def decode_upload(
     bounded display size anyway, and a 50 Mpx upload then costs tens of MB, not gigabytes.
 
     Raises:
-        UploadError: empty, too large (bytes or pixels), not a PNG/JPEG, truncated or corrupt data,
-            or an image mode that cannot be shown as RGB.
+        UploadError: empty, too large (bytes or pixels), not a PNG/JPEG, a size the model cannot score
+            (:func:`memseg.engine.inference.check_image_size`: a side under 16 px, an aspect ratio over 10),
+            truncated or corrupt data, or an image mode that cannot be shown as RGB.
 
     Examples:
         >>> decode_upload("empty.png", b"")
@@ -48,6 +50,7 @@ def decode_upload(
         decode_bounded,
         pil_to_rgb_array,
     )
+    from memseg.engine.inference import check_image_size
 
     expected = "a PNG or JPEG image"
     size = len(data)
@@ -67,6 +70,10 @@ def decode_upload(
                 )
             if img.format not in ("PNG", "JPEG", "MPO"):
                 raise UploadError(f"{name}: a {img.format} file; expected {expected}")
+            try:  # a size the model cannot score (8x8, 1000x16) is refused here, not at the first model run
+                check_image_size(h, w, name)
+            except ValueError as err:
+                raise UploadError(str(err)) from None
             img = decode_bounded(img, DECODE_MAX_PIXELS)  # full (downscaled) decode: truncated data fails here
     except UploadError:
         raise
