@@ -122,14 +122,15 @@ def test_dashboard_in_headless_chromium(demo_env: dict[str, str], tmp_path: Path
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     port = _free_port()
+    token = secrets.token_urlsafe(16)
     env = {**os.environ, **demo_env, "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
-           "IPYTHONDIR": str(tmp_path / "ipython"), "PYTHONUNBUFFERED": "1"}
+           "IPYTHONDIR": str(tmp_path / "ipython"), "PYTHONUNBUFFERED": "1",
+           "JUPYTER_TOKEN": token}  # as docker/entrypoint.sh passes it: never on the command line
     log_path = tmp_path / "voila.log"
     log = open(log_path, "w")
-    token = secrets.token_urlsafe(16)
     cull_after_s = 30  # voila.json says 120; short here. Long enough for the page to connect after the render.
     server = subprocess.Popen(
-        [str(voila), str(NOTEBOOK), f"--port={port}", "--Voila.ip=127.0.0.1", "--no-browser", f"--token={token}",
+        [str(voila), str(NOTEBOOK), f"--port={port}", "--Voila.ip=127.0.0.1", "--no-browser", "--Voila.auto_token=True",
          f"--MappingKernelManager.cull_idle_timeout={cull_after_s}", "--MappingKernelManager.cull_interval=5"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )

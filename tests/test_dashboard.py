@@ -432,8 +432,15 @@ print(json.dumps({"unknown": unknown, "kernel_manager": type(km).__mro__[1].__na
     assert not settings["Voila"].get("tornado_settings", {}).get("disable_check_xsrf")  # XSRF protection stays on
 
 
+def _voila_token(tmp_path: Path) -> str | None:
+    """The JUPYTER_TOKEN the stubbed voila of the last :func:`_run_entrypoint` had in its environment."""
+    path = tmp_path / "voila-token"
+    return path.read_text() if path.exists() else None
+
+
 def _run_entrypoint(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, list[str] | None]:
-    """Run docker/entrypoint.sh with `python -m memseg.apps.demo` and `voila` stubbed: (result, voila's argv or None)."""
+    """Run docker/entrypoint.sh with `python -m memseg.apps.demo` and `voila` stubbed: (result, voila's argv or None);
+    :func:`_voila_token` gives the token voila found in its environment."""
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("bash not found")
@@ -442,11 +449,14 @@ def _run_entrypoint(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Com
     argv_file = tmp_path / "voila-argv"
     (stubs / "python").write_text(  # the real python for the token; the demo's heavy steps are stubbed
         f'#!/bin/sh\ncase "$*" in *secrets*) exec "{sys.executable}" "$@";; esac\necho "stub python $*"\n')
-    (stubs / "voila").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{argv_file}"\n')
+    (stubs / "voila").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{argv_file}"\n'
+                                 f'printf "%s" "${{JUPYTER_TOKEN:-}}" > "{tmp_path / "voila-token"}"\n')
     for stub in ("python", "voila"):
         (stubs / stub).chmod(0o755)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MEMSEG_", "VOILA_"))}
     run_env = {**base, "PATH": f"{stubs}:{base.get('PATH', '')}", "PORT": "9999", **env}
+    for leftover in (argv_file, tmp_path / "voila-token"):
+        leftover.unlink(missing_ok=True)
     res = subprocess.run([bash, str(ROOT / "docker" / "entrypoint.sh"), "--debug"], env=run_env,
                          capture_output=True, text=True, timeout=60, check=False)
     argv = argv_file.read_text().splitlines() if argv_file.exists() else None
@@ -454,38 +464,113 @@ def _run_entrypoint(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Com
 
 
 def test_the_container_entrypoint_requires_a_token_unless_opted_out(tmp_path: Path) -> None:
-    # default: a generated token, printed with the URL, and given to voila
+    # default: a generated token, printed with the URL, and given to voila through its environment
     res, argv = _run_entrypoint(tmp_path, {})
     assert res.returncode == 0, res.stderr
-    tokens = [a.split("=", 1)[1] for a in argv if a.startswith("--token=")]
-    assert len(tokens) == 1 and len(tokens[0]) >= 24
-    assert f"http://localhost:9999/?token={tokens[0]}" in res.stdout
+    token = _voila_token(tmp_path)
+    assert token and len(token) >= 24 and "--Voila.auto_token=True" in argv
+    assert not [a for a in argv if token in a or a.startswith("--token")]  # never on the command line (process list)
+    assert f"http://localhost:9999/?token={token}" in res.stdout
     assert "--Voila.ip=0.0.0.0" in argv and "--port=9999" in argv and argv[-1] == "--debug"
     _res, argv2 = _run_entrypoint(tmp_path, {})
-    assert [a for a in argv2 if a.startswith("--token=")] != [f"--token={tokens[0]}"]  # a new one per start
+    assert _voila_token(tmp_path) != token  # a new one per start
     # a token from the environment is used as given and not echoed
-    res, argv = _run_entrypoint(tmp_path, {"MEMSEG_TOKEN": "room-42.demo"})
-    assert "--token=room-42.demo" in argv and "room-42.demo" not in res.stdout and "<your MEMSEG_TOKEN>" in res.stdout
-    res, argv = _run_entrypoint(tmp_path, {"VOILA_TOKEN": "v-token"})
-    assert "--token=v-token" in argv
+    res, argv = _run_entrypoint(tmp_path, {"MEMSEG_TOKEN": "room-42.demo-0123"})
+    assert _voila_token(tmp_path) == "room-42.demo-0123" and not [a for a in argv if "room-42" in a]
+    assert "room-42.demo-0123" not in res.stdout and "<your MEMSEG_TOKEN>" in res.stdout
+    res, argv = _run_entrypoint(tmp_path, {"VOILA_TOKEN": "v-token-0123456789"})
+    assert _voila_token(tmp_path) == "v-token-0123456789"
     # explicit opt-out: no token, and a warning
-    res, argv = _run_entrypoint(tmp_path, {"MEMSEG_NO_TOKEN": "1"})
-    assert res.returncode == 0 and not [a for a in argv if a.startswith("--token")]
+    res, argv = _run_entrypoint(tmp_path, {"MEMSEG_NO_TOKEN": "1", "JUPYTER_TOKEN": "inherited-0123456789"})
+    assert res.returncode == 0 and not [a for a in argv if "token" in a] and _voila_token(tmp_path) == ""
     assert "WITHOUT a token" in res.stdout
     # a bad setting stops before any work, with one line naming it
-    (tmp_path / "voila-argv").unlink()
     res, argv = _run_entrypoint(tmp_path, {"MEMSEG_NO_TOKEN": "maybe"})
     assert res.returncode == 2 and argv is None and "stub python" not in res.stdout
     assert res.stderr.strip() == ("memseg demo: error: MEMSEG_NO_TOKEN=maybe; expected 1 (serve without a token) "
-                                  "or 0/unset (require one)")
-    res, argv = _run_entrypoint(tmp_path, {"MEMSEG_TOKEN": "has space"})
+                                  "or unset (require one)")
+    res, argv = _run_entrypoint(tmp_path, {"MEMSEG_TOKEN": "has space and more than 16"})
     assert res.returncode == 2 and argv is None and "MEMSEG_TOKEN" in res.stderr and len(res.stderr.splitlines()) == 1
     # `make demo`'s default loopback host: only this machine can connect, no token; any other host needs one
     res, argv = _run_entrypoint(tmp_path, {"MEMSEG_HOST": "127.0.0.1"})
-    assert res.returncode == 0 and "--Voila.ip=127.0.0.1" in argv and not [a for a in argv if a.startswith("--token")]
+    assert res.returncode == 0 and "--Voila.ip=127.0.0.1" in argv and not [a for a in argv if "token" in a]
     assert "http://127.0.0.1:9999/" in res.stdout
     res, argv = _run_entrypoint(tmp_path, {"MEMSEG_HOST": "192.168.1.5"})
-    assert "--Voila.ip=192.168.1.5" in argv and len([a for a in argv if a.startswith("--token=")]) == 1
+    assert "--Voila.ip=192.168.1.5" in argv and len(_voila_token(tmp_path)) >= 24
+
+
+@pytest.mark.parametrize("value", ["maybe", "true", "yes", "TRUE", "0", "no", " 1"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_memseg_no_token_must_be_exactly_1_or_unset_on_every_host(tmp_path: Path, value: str, host: str) -> None:
+    """README: MEMSEG_NO_TOKEN=1 serves without a token; any other value stops the container at once (a loopback
+    host used to skip the check and accept anything)."""
+    res, argv = _run_entrypoint(tmp_path, {"MEMSEG_NO_TOKEN": value, "MEMSEG_HOST": host})
+    assert res.returncode == 2 and argv is None and "stub python" not in res.stdout
+    assert res.stderr.strip() == (f"memseg demo: error: MEMSEG_NO_TOKEN={value}; expected 1 (serve without a token) "
+                                  "or unset (require one)")
+
+
+@pytest.mark.parametrize("variable", ["MEMSEG_TOKEN", "VOILA_TOKEN"])
+def test_a_token_shorter_than_16_characters_is_refused(tmp_path: Path, variable: str) -> None:
+    res, argv = _run_entrypoint(tmp_path, {variable: "short-token-15ch"[:15]})
+    assert res.returncode == 2 and argv is None and "stub python" not in res.stdout
+    assert res.stderr.strip() == (f"memseg demo: error: {variable} is 15 characters long; expected at least 16 (letters, "
+                                  "digits and - _ . ~), or unset it for a generated one")
+    res, argv = _run_entrypoint(tmp_path, {variable: "exactly-16-chars"})
+    assert res.returncode == 0 and _voila_token(tmp_path) == "exactly-16-chars"
+
+
+def test_the_entrypoint_protects_the_real_voila_with_a_token_kept_out_of_the_process_list(tmp_path: Path) -> None:
+    """docker/entrypoint.sh (demo preparation stubbed) starting the real voila on a non-loopback-listed address: without
+    the token the server sends to the login form, with it not; the token is not on voila's command line (the process
+    list, readable by every user of the machine; it was ``--token=...``)."""
+    import http.client
+    import socket
+    import time
+
+    bash, bin_dir = shutil.which("bash"), Path(sys.executable).parent
+    if bash is None or not (bin_dir / "voila").exists():
+        pytest.skip("bash or voila not found")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.2", 0))  # a loopback address the entrypoint does not exempt: a token is required
+        port = sock.getsockname()[1]
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "python").write_text('#!/bin/sh\necho "stub python $*"\n')  # the demo's preparation
+    (stubs / "python").chmod(0o755)
+    token = "t0ken-from-the-environment"
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MEMSEG_", "VOILA_", "JUPYTER_TOKEN"))}
+    env = {**base, "PATH": f"{stubs}:{bin_dir}:{base.get('PATH', '')}", "PORT": str(port), "MEMSEG_HOST": "127.0.0.2",
+           "MEMSEG_TOKEN": token}
+    proc = subprocess.Popen([bash, str(ROOT / "docker" / "entrypoint.sh")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # bash execs voila: proc.pid becomes voila's
+
+    def redirect(path: str) -> str:
+        """Where the server sends a GET of ``path`` (no redirect followed; no kernel is started)."""
+        conn = http.client.HTTPConnection("127.0.0.2", port, timeout=10)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().getheader("Location") or ""
+        finally:
+            conn.close()
+
+    try:
+        t0 = time.monotonic()
+        while True:
+            try:
+                login = redirect("/api/kernels")
+                break
+            except OSError:
+                if time.monotonic() - t0 > 60 or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        assert "/login" in login
+        assert "/login" not in redirect(f"/api/kernels?token={token}")
+        assert "/login" in redirect("/api/kernels?token=another-token-0123456789")
+        assert token not in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_make_demo_serves_through_the_entrypoint() -> None:
