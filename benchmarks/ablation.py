@@ -22,6 +22,7 @@ of an older commit, given as ``PYTHONPATH``) under its own label. The page is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -31,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from memseg.simulation.foreground import TIRE  # noqa: E402
 
 FULL = {"attention": "calibrated", "head": "no_relu"}
 VARIANTS: dict[str, dict] = {
@@ -42,6 +45,8 @@ VARIANTS: dict[str, dict] = {
     "blocks 1-3 train too": {**FULL, "train_encoder": True},
     "memory shift 1": {**FULL, "memory_shift": 1},
     "literal, memory shift 1": {**FULL, "attention": "literal", "memory_shift": 1},
+    "tyre foreground": {**FULL, "simulation": {"foreground": dataclasses.asdict(TIRE)}},
+    "literal, tyre foreground": {**FULL, "attention": "literal", "simulation": {"foreground": dataclasses.asdict(TIRE)}},
 }
 """Rows of the table: explicit ``model_options`` (so the rows keep their meaning if defaults change)."""
 
@@ -91,8 +96,9 @@ def run_one(args, label: str, options: dict, seed: int) -> dict:
     if done.is_file():
         return json.loads(done.read_text())
     opts = {"weights": args.weights, **options}
+    simulation = opts.pop("simulation", {})  # a variant may change the simulation (e.g. the foreground mask M_I)
     cfg = TrainConfig(data=args.data, category=args.category, size=args.size, steps=args.steps, seed=seed,
-                      device=args.device, dtd_root=args.dtd, out=str(run_dir), model_options=opts,
+                      device=args.device, dtd_root=args.dtd, out=str(run_dir), model_options=opts, simulation=simulation,
                       checkpoint_every=max(args.steps // 3, 1), log_every=max(args.steps // 20, 1))
     t0 = time.perf_counter()
     ckpt = run_dir / "checkpoints" / "last.pt"
@@ -107,7 +113,7 @@ def run_one(args, label: str, options: dict, seed: int) -> dict:
     preds = collect_predictions(model, dataset, device=args.device, top_k=cfg.top_k, progress=False)
     m = compute_metrics(preds.labels, preds.scores, preds.masks, preds.maps, defects=preds.defects)["overall"]
     row = {
-        "variant": label, "options": opts, "seed": seed, "category": args.category, "steps": args.steps,
+        "variant": label, "options": {**opts, **({"simulation": simulation} if simulation else {})}, "seed": seed, "category": args.category, "steps": args.steps,
         "size": args.size, "weights_source": info.get("weights_source"),
         **{k: float(m[k]) for k in METRICS},
         **ceiling_figures(preds.maps, preds.masks, preds.scores, preds.labels),
