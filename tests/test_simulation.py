@@ -548,17 +548,17 @@ def test_warmth_foreground_finds_a_grey_object_on_a_blue_cloth() -> None:
     from memseg.simulation.foreground import TIRE, ForegroundConfig, foreground_mask
 
     g = torch.Generator().manual_seed(0)
-    img = torch.empty(2, 3, 64, 64)
+    img = torch.empty(2, 3, 128, 128)
     img[:, 0], img[:, 1], img[:, 2] = 0.05, 0.07, 0.09  # dark blue cloth (grey ~0.065)
-    img[:, :, 16:48, 20:44] = 0.07  # a dark grey object of the same grey level
+    img[:, :, 32:96, 40:88] = 0.07  # a dark grey object of the same grey level
     img = (img + 0.01 * torch.randn(img.shape, generator=g)).clamp(0, 1)  # sensor noise
-    truth = torch.zeros(2, 1, 64, 64)
-    truth[:, :, 16:48, 20:44] = 1
-    far = torch.ones(2, 1, 64, 64)
-    far[:, :, 12:52, 16:48] = 0  # the cloth more than 4 px away from the object
+    truth = torch.zeros(2, 1, 128, 128)
+    truth[:, :, 32:96, 40:88] = 1
+    far = torch.ones(2, 1, 128, 128)
+    far[:, :, 24:104, 32:96] = 0  # the cloth more than 8 px away from the object
     m = foreground_mask(img, TIRE)
-    assert m[truth.bool()].mean() > 0.95 and m[far.bool()].mean() < 0.02
+    assert m[truth.bool()].mean() > 0.85 and m[far.bool()].mean() < 0.02
     grey = foreground_mask(img, ForegroundConfig(threshold="otsu"))
-    assert grey[truth.bool()].mean() < 0.8 or grey[far.bool()].mean() > 0.2  # grey levels cannot tell them apart
+    assert grey[truth.bool()].mean() < 0.5  # grey levels cannot tell them apart
     with pytest.raises(ValueError, match="measure must be 'grey' or 'warmth'"):
         ForegroundConfig(measure="hue")
