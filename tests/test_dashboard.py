@@ -174,6 +174,7 @@ def test_a_decision_near_a_bf16_score_is_taken_on_the_float32_score(app: Dashboa
     from memseg.engine import mixed_precision
     from memseg.engine.inference import Predictor
 
+    app.state.predictor.wait_for_route(timeout=300)  # the route the dashboard exports in the background
     if app.state.predictor.backend != mixed_precision.MIXED_BACKEND:
         pytest.skip("the dashboard's model is not on the bf16 route (no native bf16 or no OpenVINO here)")
     app.ui.image_dd.value = _anomalous_index(app)

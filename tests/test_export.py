@@ -98,7 +98,10 @@ def test_cli_predict_runs_a_checkpoint_through_its_cached_graph(trained, tmp_pat
     from memseg.engine.checkpoint import save_checkpoint
     from memseg.engine.export import CACHE_ENV, cached_onnx
 
+    from memseg.engine import inference
+
     monkeypatch.setattr(mixed_precision, "native_bf16", lambda: False)
+    monkeypatch.setattr(inference, "EXPORT_WORTH_IMAGES", 1)  # one image is a job worth exporting for, here
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     data, ckpt = trained
     image = next((Path(data) / "tiny" / "test" / "spot").glob("*.png"))

@@ -917,3 +917,123 @@ def test_a_bad_onnx_in_the_model_picker_is_one_line_and_no_traceback(onnx_app, t
     app.select_checkpoint(bad)
     assert app.state.error_text == (f"cannot load model: {bad} is not an ONNX model (DecodeError); expected a file "
                                     "written by `memseg export`")
+
+
+# ------------------------------------------------------------------ 14. the first predict on a new checkpoint: the route follows the work
+@pytest.fixture
+def no_export_here(monkeypatch, tmp_path):
+    """A fresh export cache, and any export in this process fails the test (pytest.fail is no Exception: the
+    routes' fallbacks cannot swallow it)."""
+    from memseg.engine import export, mixed_precision
+
+    monkeypatch.setenv(export.CACHE_ENV, str(tmp_path / "fresh-cache"))
+    monkeypatch.setattr(export, "_SAID", set())
+    monkeypatch.setattr(export, "export_onnx", lambda *a, **k: pytest.fail("exported before scoring a small job"))
+    monkeypatch.setattr(mixed_precision, "export_halves", lambda *a, **k: pytest.fail("exported before scoring a small job"))
+
+
+def _stop_background(predictor) -> None:
+    """End a background export a test started (it would otherwise outlive the test: that is its point)."""
+    pending = getattr(predictor, "_pending", None)
+    if pending is not None and pending.proc.poll() is None:
+        pending.proc.kill()
+        pending.proc.wait()
+
+
+def test_predict_on_a_few_images_of_a_new_checkpoint_answers_in_torch_without_exporting(trained, tiny, capsys,
+                                                                                       no_export_here):
+    from memseg.engine.inference import Predictor
+
+    images = sorted((tiny / "data" / "tiny" / "test" / "good").glob("*.png"))[:2]
+    args = ["predict", "--checkpoint", str(trained), *map(str, images), "--out", str(tiny / "p"), "--device", "cpu"]
+    assert cli_main(args) == 0  # was: 10-20 s exporting ONNX graphs before the first score
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[0] == (f"memseg: 2 images: {trained} runs with torch (exporting it for the faster "
+                                            "CPU route takes 10-20 s, once; that pays off from 200 images)")
+    assert "run by torch" in captured.err.splitlines()[-1] and not (tiny / "fresh-cache").exists()
+    torch_score = Predictor.from_checkpoint(trained, device="cpu", backend="torch").predict(images[0]).score
+    assert float(captured.out.splitlines()[0].split("\t")[1]) == pytest.approx(torch_score, abs=1e-4)
+
+
+def test_a_large_job_or_a_cached_export_takes_the_fast_route(trained, monkeypatch, no_export_here):
+    from memseg.engine import inference
+
+    taken: list[str] = []
+
+    def fast_route(checkpoint, model, info, threads):
+        taken.append(str(checkpoint))
+        return model, {**info, "backend": "fast"}
+
+    monkeypatch.setattr(inference, "_fast_cpu_route", fast_route)
+    big = inference.Predictor.from_checkpoint(trained, device="cpu", images=inference.EXPORT_WORTH_IMAGES)
+    assert big.backend == "fast" and taken == [str(trained)]  # worth exporting for: exported (here: faked) first
+    files = inference._cpu_route_files(trained, big.info)
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"cached")
+    assert inference.Predictor.from_checkpoint(trained, device="cpu", images=1).backend == "fast"  # cached: any job
+    assert inference.Predictor.from_checkpoint(trained, device="cpu", images=1, backend="torch").backend == "torch"
+
+
+def test_unknown_work_answers_in_torch_at_once_while_the_export_runs_in_another_process(trained, capsys,
+                                                                                       no_export_here):
+    import time
+
+    import numpy as np
+
+    from memseg.engine.inference import Predictor
+
+    t0 = time.perf_counter()
+    predictor = Predictor.from_checkpoint(trained, device="cpu")  # images=None: an interactive session
+    try:
+        score = predictor.predict(np.full((32, 32, 3), 90, np.uint8)).score
+        assert time.perf_counter() - t0 < 8  # no export in the way (it takes 10-20 s)
+        assert predictor.backend == "torch" and 0.0 <= score <= 1.0
+        assert capsys.readouterr().err.splitlines() == [
+            f"memseg: {trained} runs with torch while its faster CPU route is exported in the background (10-20 s, "
+            "once; cached for the next run)"]
+        assert predictor._pending.proc.poll() is None  # a separate, low-priority process exports it
+    finally:
+        _stop_background(predictor)
+
+
+@pytest.mark.slow  # a real export in the background process (10-20 s)
+def test_the_background_export_is_adopted_between_calls_and_cached_for_the_next_run(trained, tmp_path, monkeypatch,
+                                                                                    capsys):
+    import numpy as np
+
+    from memseg.engine import export
+    from memseg.engine.inference import Predictor
+
+    monkeypatch.setenv(export.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(export, "_SAID", set())
+    image = np.full((32, 32, 3), 90, np.uint8)
+    predictor = Predictor.from_checkpoint(trained, device="cpu")
+    try:
+        first = predictor.predict(image).score
+        assert predictor.wait_for_route(timeout=300) != "torch"
+        assert predictor.predict(image).score == pytest.approx(first, abs=1e-4)  # the same answer, faster route
+        assert f"memseg: {trained} now runs with {predictor.backend} (exported in the background)" in capsys.readouterr().err
+        assert Predictor.from_checkpoint(trained, device="cpu").backend == predictor.backend  # cached: at once
+    finally:
+        _stop_background(predictor)
+
+
+def test_the_dashboards_first_click_does_not_wait_for_an_export(trained, tiny, no_export_here):
+    import time
+
+    pytest.importorskip("ipywidgets")
+    from memseg.apps.dashboard import DashboardApp
+    from memseg.apps.demo import DemoSettings
+
+    settings = DemoSettings(data=tiny / "data", category="tiny", checkpoint=trained, runs=tiny / "none", device="cpu",
+                            dtd=None, size=32)
+    t0 = time.perf_counter()
+    app = DashboardApp(settings, debounce_s=0)  # was: the checkpoint exported (10-20 s) before the first view
+    try:
+        assert app.state.error_text == "" and app.state.predictor.backend == "torch" and app.state.result is not None
+        app.ui.next_btn.click()  # the first click
+        assert app.state.error_text == "" and app.state.updates_run >= 2
+        assert time.perf_counter() - t0 < 10
+    finally:
+        _stop_background(app.state.predictor)

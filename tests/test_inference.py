@@ -13,7 +13,7 @@ from PIL import Image
 from memseg.engine.checkpoint import save_checkpoint
 from memseg.data import ImageLoadError, load_split
 from memseg.engine.scoring import collect_predictions
-from memseg.engine.inference import DEFAULT_THRESHOLD, Prediction, Predictor
+from memseg.engine.inference import DEFAULT_THRESHOLD, EXPORT_WORTH_IMAGES, Prediction, Predictor
 from memseg.models import build_model
 from memseg.utils import normalize
 from tiny_data import make_tiny_dataset
@@ -47,7 +47,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(checkpoint):
-    return Predictor.from_checkpoint(checkpoint[0], device="cpu")
+    return Predictor.from_checkpoint(checkpoint[0], device="cpu", images=EXPORT_WORTH_IMAGES)  # a job worth exporting for
 
 
 def test_attributes(predictor, checkpoint):
@@ -185,10 +185,10 @@ def test_the_export_is_cached_by_content(checkpoint, onnx_cache, tmp_path, monke
 
     copy = tmp_path / "copy.pt"
     copy.write_bytes(checkpoint[1].read_bytes())
-    first = Predictor.from_checkpoint(copy, device="cpu")
+    first = Predictor.from_checkpoint(copy, device="cpu", images=EXPORT_WORTH_IMAGES)
     assert capsys.readouterr().err.strip() == f"memseg: exporting {copy} for onnxruntime, once (cached as {first.info['onnx_path']})"
     monkeypatch.setattr(export, "export_onnx", lambda *a, **k: pytest.fail("a cached graph was exported again"))
-    again = Predictor.from_checkpoint(copy, device="cpu")
+    again = Predictor.from_checkpoint(copy, device="cpu", images=1)  # cached: taken for any job
     assert again.info["onnx_path"] == first.info["onnx_path"] and capsys.readouterr().err == ""
     assert all(p.parent == onnx_cache / "onnx" for p in onnx_cache.rglob("*.onnx"))  # nothing beside the checkpoints
     assert list(tmp_path.iterdir()) == [copy]
@@ -217,6 +217,6 @@ def test_a_failed_export_falls_back_to_torch_with_one_line(checkpoint, monkeypat
 
     monkeypatch.setattr(export, "cached_onnx", broken)
     monkeypatch.setattr(export, "_SAID", set())
-    assert Predictor.from_checkpoint(checkpoint[0], device="cpu").backend == "torch"
+    assert Predictor.from_checkpoint(checkpoint[0], device="cpu", images=EXPORT_WORTH_IMAGES).backend == "torch"
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [f"memseg: the onnxruntime route failed for {checkpoint[0]} (RuntimeError: exporter crashed); running it with torch"]

@@ -11,7 +11,7 @@ import torch
 
 from memseg.engine import mixed_precision
 from memseg.engine.checkpoint import save_checkpoint
-from memseg.engine.inference import Predictor
+from memseg.engine.inference import EXPORT_WORTH_IMAGES, Predictor
 from memseg.engine.scoring import image_scores
 from memseg.models import build_model
 from memseg.utils import normalize
@@ -97,7 +97,7 @@ needs_bf16 = pytest.mark.skipif(not mixed_precision.native_bf16(),
 
 @needs_bf16
 def test_default_cpu_route_is_mixed_precision_and_its_verdicts_are_float32(checkpoint, export_cache):
-    fast = Predictor.from_checkpoint(checkpoint, device="cpu")
+    fast = Predictor.from_checkpoint(checkpoint, device="cpu", images=EXPORT_WORTH_IMAGES)
     exact = Predictor.from_checkpoint(checkpoint, device="cpu", backend="torch")
     assert fast.backend == mixed_precision.MIXED_BACKEND and str(export_cache) in fast.info["onnx_path"]
     x = _images(6)
@@ -160,7 +160,7 @@ def test_without_openvino_the_route_is_onnxruntime_float32(checkpoint, monkeypat
     pytest.importorskip("onnxscript")
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` fails, find_spec says missing
     assert not mixed_precision.native_bf16()
-    pred = Predictor.from_checkpoint(checkpoint, device="cpu")
+    pred = Predictor.from_checkpoint(checkpoint, device="cpu", images=EXPORT_WORTH_IMAGES)
     assert pred.backend == "onnxruntime" and getattr(pred.model, "verdict_margin", 0.0) == 0.0
 
 
@@ -176,7 +176,7 @@ def test_a_failed_export_of_the_halves_falls_back_with_one_line(checkpoint, monk
     monkeypatch.setattr(mixed_precision, "missing_modules", lambda *modules: [])
     monkeypatch.setattr(mixed_precision, "cached_halves", broken)
     monkeypatch.setattr(export, "_SAID", set())
-    pred = Predictor.from_checkpoint(checkpoint, device="cpu")
+    pred = Predictor.from_checkpoint(checkpoint, device="cpu", images=EXPORT_WORTH_IMAGES)
     assert pred.backend == "onnxruntime"
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0] == (f"memseg: the bf16 CPU route failed for {checkpoint} (RuntimeError: exporter crashed); "

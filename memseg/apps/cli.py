@@ -95,7 +95,8 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 def _add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
                    help="what runs the model: auto runs a .onnx file in onnxruntime, and a .pt checkpoint on the CPU through "
-                        "its ONNX export (made once, cached in $MEMSEG_CACHE_DIR or ~/.cache/memseg; torch without the "
+                        "its ONNX export (made once, cached in $MEMSEG_CACHE_DIR or ~/.cache/memseg; predict exports only "
+                        "for 200 images or more and runs fewer in torch until it is cached; torch without the "
                         "deploy extra), on a GPU in torch; torch or onnxruntime insist on one. On a CPU with native bf16, "
                         "predict's auto route runs the decoder half in bf16 (OpenVINO) and scores images near the threshold "
                         "again in float32; --backend torch keeps everything in float32")

@@ -462,7 +462,8 @@ def run_predict(args: argparse.Namespace) -> int:
     for msg in problems:
         print(f"memseg predict: error: {msg}", file=sys.stderr)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, backend=getattr(args, "backend", "auto"),
-                                          max_pixels=getattr(args, "max_pixels", MAX_IMAGE_PIXELS))
+                                          max_pixels=getattr(args, "max_pixels", MAX_IMAGE_PIXELS),
+                                          images=len(paths))  # the route follows the work (export or not)
     root = _mirror_root(paths)
     table = _PredictionTable(out)
     failed, written = len(problems), 0

@@ -16,7 +16,9 @@ exported once (parity-checked) into a cache keyed by the checkpoint's bytes, the
 torch version (:func:`cache_dir`); :meth:`memseg.engine.inference.Predictor.from_checkpoint` takes
 it by default on a CPU without native bf16 (256², batch 1, 2-core development CPU: 89 ms on 1 thread,
 58 ms on 2, against 134 and 77 ms in torch eager; maps within 1e-4; ``benchmarks/bench_public_kit.py``),
-and falls back to torch with one stderr line when the ``deploy`` extra is missing or the export fails.
+and falls back to torch with one stderr line when the ``deploy`` extra is missing or the export fails. A checkpoint
+not exported yet is exported first only for a job worth it (``images`` >= ``EXPORT_WORTH_IMAGES``); fewer images
+run in torch, and an unknown amount of work (the dashboard) runs in torch while a background process exports it.
 Where the CPU has native bf16, :mod:`memseg.engine.mixed_precision` is the default route instead.
 
 Examples:
@@ -373,6 +375,12 @@ def cache_key(checkpoint: Path) -> str:
     return digest.hexdigest()[:20]
 
 
+def cached_onnx_path(checkpoint: str | os.PathLike, key: str | None = None) -> Path:
+    """Where :func:`cached_onnx` keeps ``checkpoint``'s graph (``key``: its :func:`cache_key`, computed when None)."""
+    checkpoint = Path(checkpoint)
+    return cache_dir() / f"{checkpoint.stem}-{key or cache_key(checkpoint)}.onnx"
+
+
 def cached_onnx(checkpoint: str | os.PathLike) -> Path:
     """``checkpoint`` exported by :func:`export_onnx` (parity-checked) into :func:`cache_dir`, once.
 
@@ -380,7 +388,7 @@ def cached_onnx(checkpoint: str | os.PathLike) -> Path:
     changed model code or another torch gets a fresh export; nothing outside the cache is written.
     """
     checkpoint = Path(checkpoint)
-    out = cache_dir() / f"{checkpoint.stem}-{cache_key(checkpoint)}.onnx"
+    out = cached_onnx_path(checkpoint)
     if not out.is_file():
         print(f"memseg: exporting {checkpoint} for onnxruntime, once (cached as {out})", file=sys.stderr, flush=True)
         export_onnx(checkpoint, out, overwrite=True)  # the cache's own name: a concurrent export may land first

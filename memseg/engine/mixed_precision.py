@@ -158,12 +158,24 @@ def export_halves(model: nn.Module, compare_out: str | os.PathLike, segment_out:
                     os.unlink(leftover)
 
 
+def route_applies(info: dict) -> bool:
+    """Whether :func:`mixed_precision_route` applies to a checkpoint with this ``info`` on this machine."""
+    return info.get("model_name") == "memseg" and not missing_modules(*ROUTE_MODULES) and native_bf16()
+
+
+def cached_halves_paths(checkpoint: str | os.PathLike, key: str | None = None) -> tuple[Path, Path]:
+    """Where :func:`cached_halves` keeps ``checkpoint``'s two halves (``key``: its :func:`cache_key`, computed when None)."""
+    checkpoint = Path(checkpoint)
+    stem = cache_dir() / f"{checkpoint.stem}-{key or cache_key(checkpoint)}"
+    return stem.with_name(stem.name + ".compare.onnx"), stem.with_name(stem.name + ".segment.onnx")
+
+
 def cached_halves(checkpoint: str | os.PathLike, model: nn.Module) -> tuple[Path, Path]:
     """``checkpoint``'s two halves (``model``, loaded from it) exported by :func:`export_halves` into the export cache, once."""
     checkpoint = Path(checkpoint)
-    stem = cache_dir() / f"{checkpoint.stem}-{cache_key(checkpoint)}"
-    compare, segment = stem.with_name(stem.name + ".compare.onnx"), stem.with_name(stem.name + ".segment.onnx")
+    compare, segment = cached_halves_paths(checkpoint)
     if not (compare.is_file() and segment.is_file()):
+        stem = compare.with_name(compare.name[: -len(".compare.onnx")])
         print(f"memseg: exporting {checkpoint} for the CPU route, once (cached as {stem}.*.onnx)", file=sys.stderr, flush=True)
         export_halves(model, compare, segment)
     return compare, segment
@@ -233,7 +245,7 @@ def mixed_precision_route(checkpoint: str | os.PathLike, model: nn.Module, info:
     It applies to MemSeg checkpoints on a CPU with native bf16, with the ``deploy`` extra installed.
     When the export or its parity check fails, one stderr line says so and None comes back.
     """
-    if info.get("model_name") != "memseg" or missing_modules(*ROUTE_MODULES) or not native_bf16():
+    if not route_applies(info):
         return None
     try:
         compare, segment = cached_halves(checkpoint, model.to("cpu"))
