@@ -243,6 +243,7 @@ def test_dockerignore_excludes_local_state():
     lines = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
     for entry in (".venv", "data", "runs", ".git"):
         assert entry in lines, f".dockerignore does not exclude {entry}"
+    assert "!weights/*.pt" in lines, "the container must keep the kit's offline encoder (weights/)"
 
 
 # -------------------------------------------------------------------------------------- Makefile, CI
