@@ -110,3 +110,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Background ONNX exports that Predictors started (they outlive their caller on purpose) end with the
+    test session: none keeps a core busy after the tests, or in the next test session."""
+    import sys
+
+    inference = sys.modules.get("memseg.engine.inference")
+    if inference is None:
+        return
+    for proc in list(inference._BackgroundRoute._running.values()):
+        if proc.poll() is None:
+            proc.terminate()
