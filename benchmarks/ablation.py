@@ -47,6 +47,7 @@ VARIANTS: dict[str, dict] = {
     "literal, memory shift 1": {**FULL, "attention": "literal", "memory_shift": 1},
     "tyre foreground": {**FULL, "simulation": {"foreground": dataclasses.asdict(TIRE)}},
     "literal, tyre foreground": {**FULL, "attention": "literal", "simulation": {"foreground": dataclasses.asdict(TIRE)}},
+    "tyre foreground, memory shift 1": {**FULL, "memory_shift": 1, "simulation": {"foreground": dataclasses.asdict(TIRE)}},
 }
 """Rows of the table: explicit ``model_options`` (so the rows keep their meaning if defaults change)."""
 

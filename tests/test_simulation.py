@@ -363,8 +363,9 @@ def test_presets_and_category_lookup():
         assert FOREGROUND_PRESETS[tex] is None
     assert FOREGROUND_PRESETS["washer"].threshold == "otsu"
     assert AnomalySimulator.for_category("carpet", size=(H, W), textures=random_textures()).foreground is None
-    with pytest.warns(UserWarning, match="no foreground preset for category 'tire'"):
-        assert foreground_preset("tire") is None
+    assert foreground_preset("tire").measure == "warmth"  # MVTec 3D-AD tire: R - B, not grey levels
+    with pytest.warns(UserWarning, match="no foreground preset for category 'tyre'"):
+        assert foreground_preset("tyre") is None
     with pytest.raises(ValueError, match="threshold"):
         ForegroundConfig(threshold=3.0)
 
@@ -565,3 +566,20 @@ def test_warmth_foreground_finds_a_grey_object_on_a_blue_cloth() -> None:
     assert grey[truth.bool()].mean() < 0.5  # grey levels cannot tell them apart
     with pytest.raises(ValueError, match="measure must be 'grey' or 'warmth'"):
         ForegroundConfig(measure="hue")
+
+
+def test_tire_preset_keeps_the_real_defects_and_leaves_the_cloth(tire_root) -> None:
+    """On MVTec 3D-AD tire: the real defects lie inside M_I (simulated ones should land where real ones do),
+    and M_I is the tyre, about a third of the picture, not the cloth."""
+    from memseg.data import load_split
+    from memseg.simulation.foreground import foreground_mask
+
+    test = load_split(tire_root, "tire", split="test", size=(128, 128))
+    idx = [i for i, y in enumerate(test.labels) if y][::6]
+    items = [test[i] for i in idx]
+    images = torch.stack([it["image"] for it in items])
+    masks = torch.stack([it["mask"].reshape(1, 128, 128) for it in items]) > 0.5
+    m = foreground_mask(images, foreground_preset("tire")) > 0.5
+    assert m[masks].float().mean() > 0.9
+    share = m.float().mean(dim=(1, 2, 3))
+    assert ((share > 0.25) & (share < 0.5)).all(), share
