@@ -141,7 +141,8 @@ def foreground_text(category: str) -> str:
     if fg is None:
         return "texture: anomalies anywhere"
     level = fg.threshold if isinstance(fg.threshold, str) else f"{fg.threshold:.3f}"
-    return f"grey {'<' if fg.invert else '>'} {level}"
+    measure = "grey" if fg.measure == "grey" else "R - B"
+    return f"{measure} {'<' if fg.invert else '>'} {level}"
 
 
 # ------------------------------------------------------------------------------ one (category, seed)
