@@ -25,6 +25,7 @@ METRICS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": 
 
 
 def cell(values: list[float]) -> str:
+    """mean ± sample std in %, over the seeds."""
     if not values:
         return "–"
     v = 100 * np.asarray(values)
@@ -43,10 +44,17 @@ def table(sources: dict[str, list[dict]], category: str, variants: list[str]) ->
     return "\n".join(lines)
 
 
+def load_rows(path: Path) -> list[dict]:
+    """An ablation page's ``results.json``, or an ablation ``--runs`` folder (every ``*/*/seed*/result.json``)."""
+    if path.is_dir():
+        return [json.loads(p.read_text()) for p in sorted(path.glob("*/*/seed*/result.json"))]
+    return json.loads(path.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", nargs="+", required=True, metavar="NAME=RESULTS_JSON",
-                   help="one ablation.py results.json per encoder, named")
+    p.add_argument("--results", nargs="+", required=True, metavar="NAME=PATH",
+                   help="per encoder: an ablation.py page's results.json or its --runs folder, named")
     p.add_argument("--variants", nargs="+", default=["full", "literal eq. (5)-(7)"])
     p.add_argument("--out", required=True, help="folder of the page (README.md)")
     p.add_argument("--title", default="MemSeg with a random and with trained frozen encoders, at a CPU budget")
@@ -57,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         name, _, path = item.partition("=")
         if not path:
             p.error(f"--results: expected NAME=RESULTS_JSON, got {item!r}")
-        sources[name] = json.loads(Path(path).read_text())
+        sources.setdefault(name, []).extend(load_rows(Path(path)))  # a name may come from several places
     cats = sorted({r["category"] for rows in sources.values() for r in rows})
     command = " ".join(["python", "benchmarks/compare_encoders.py", *(argv if argv is not None else sys.argv[1:])])
     parts = [f"# {args.title}", "",
@@ -70,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         parts += ["", Path(args.notes).read_text().strip()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    rows = [{"encoder": name, **r} for name, rs in sources.items() for r in rs]
+    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "README.md").write_text("\n".join(parts) + "\n")
     print(out / "README.md")
     return 0
