@@ -589,3 +589,14 @@ def _without_recipe(notes: list[str]) -> list[str]:
     """train's notes less the first one, which says the recipe its encoder resolved to (tested in test_pretrain)."""
     assert notes and notes[0].startswith("recipe for encoder weights "), notes[:1]
     return notes[1:]
+
+
+def test_a_category_preset_sets_model_options_that_model_options_override():
+    from memseg.engine.training import model_config_for
+
+    tire = TrainConfig(data="d", category="tire", size=64)
+    assert model_config_for(tire)["attention"] == "literal"  # pose-varying tyre: eq. (5)-(7) as written
+    assert model_config_for(TrainConfig(data="d", category="tire", size=64,
+                                        model_options={"attention": "calibrated"}))["attention"] == "calibrated"
+    assert "attention" not in model_config_for(TrainConfig(data="d", category="washer", size=64))
+    assert "attention" not in model_config_for(TrainConfig(data="d", category="tire", size=64, model="draem"))
