@@ -284,8 +284,11 @@ def test_mmr_config_validation_and_defaults():
 def test_mmr_teacher_weights_from_local_file(tmp_path):
     src = _mmr()
     path = tmp_path / "resnet18.pth"
-    torch.save(src.teacher.state_dict(), path)  # timm key names, no layer4/fc: not a full resnet18
-    with pytest.raises(ValueError, match="missing keys"):
+    torch.save(src.teacher.state_dict(), path)  # timm key names, no layer4/fc: the stem and blocks 1-3 suffice
+    assert torch.equal(MMR(dataclasses.replace(src.config, weights=str(path))).teacher.layer3[0].conv1.weight,
+                       src.teacher.layer3[0].conv1.weight)
+    torch.save({k: v for k, v in src.teacher.state_dict().items() if not k.startswith("layer3")}, path)
+    with pytest.raises(ValueError, match="missing keys.*layer3"):
         MMR(dataclasses.replace(src.config, weights=str(path)))
     import timm
 
