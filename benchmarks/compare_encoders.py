@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--results: expected NAME=RESULTS_JSON, got {item!r}")
         sources.setdefault(name, []).extend(load_rows(Path(path)))  # a name may come from several places
     cats = sorted({r["category"] for rows in sources.values() for r in rows})
-    command = " ".join(["python", "benchmarks/compare_encoders.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["python", "benchmarks/compare_encoders.py", *(argv if argv is not None else sys.argv[1:])])
     parts = [f"# {args.title}", "",
              "300 steps, batch 4 normal + 4 simulated, 128×128, final checkpoint of every run; mean ± std over the "
              "seeds (in %). Each encoder's runs come from its own `benchmarks/ablation.py` page (the files below); "
