@@ -27,6 +27,7 @@ def _images(n: int, h: int = H, w: int = W, seed: int = 0) -> torch.Tensor:
 
 def _model(n: int = 3, seed: int = 0, **kw) -> MemSeg:
     torch.manual_seed(seed)
+    kw.setdefault("weights", "random")  # the unit tests' encoder: what "auto" gave before the kit shipped its own
     model = MemSeg(MemSegConfig(input_size=(H, W), memory_size=n, **kw))
     model.prepare(_images(n, seed=100 + seed))
     return model
