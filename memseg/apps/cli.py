@@ -106,6 +106,13 @@ def _add_layout(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "btad", "folder"], help=_LAYOUT_HELP)
 
 
+def _add_data(p: argparse.ArgumentParser, category_help: str = "category folder under --data") -> None:
+    """--data, --category and --layout: the dataset a command reads."""
+    p.add_argument("--data", required=True, help="dataset root (holds one folder per category)")
+    p.add_argument("--category", required=True, help=category_help)
+    _add_layout(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memseg", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
@@ -126,9 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing category folder")
 
     p = add("simulate", "simulate anomalies on a dataset's normal images (paper §3.1)")
-    p.add_argument("--data", required=True, help="dataset root (holds one folder per category)")
-    p.add_argument("--category", required=True, help="category folder under --data")
-    _add_layout(p)
+    _add_data(p)
     p.add_argument("--n", type=_positive_int, default=16, help="number of simulated samples")
     p.add_argument("--out", default=None, help="output folder for PNGs and summary.json (required unless --no-save)")
     p.add_argument("--no-save", action="store_true", help="write nothing; print throughput (samples/s) last")
@@ -146,9 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("pretrain", "make a ResNet18 encoder without downloading anything: stem and blocks 1-3 trained end to "
                         "end under MemSeg's objective on a category's normal images (resumable, with a time budget); "
                         "use the file with train --weights FILE")
-    p.add_argument("--data", required=True, help="dataset root (holds one folder per category)")
-    p.add_argument("--category", required=True, help="category folder under --data whose normal images it learns from")
-    _add_layout(p)
+    _add_data(p, "category folder under --data whose normal images it learns from")
     p.add_argument("--out", required=True, help="the encoder file to write (.pt; its provenance goes to the .json beside "
                    "it, the resumable run to <out>.run/)")
     p.add_argument("--steps", type=_positive_int, default=3000, help="length of the schedule")
@@ -163,9 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
 
     p = add("train", "train a model on a category")
-    p.add_argument("--data", required=True, help="dataset root (holds one folder per category)")
-    p.add_argument("--category", required=True, help="category folder under --data")
-    _add_layout(p)
+    _add_data(p)
     p.add_argument("--model", default="memseg", choices=["memseg", "draem", "mmr"], help="model to train")
     p.add_argument("--config", default=None, help="YAML file with training/model options (TrainConfig keys)")
     p.add_argument("--out", default=None, help="run folder (checkpoints, logs) (default: runs/<category>-<model>)")
@@ -181,9 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("evaluate", "evaluate a checkpoint on the test split")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by train: <run>/final.pt (or the resumable <run>/checkpoints/last.pt)")
-    p.add_argument("--data", required=True, help="dataset root (holds one folder per category)")
-    p.add_argument("--category", required=True, help="category folder under --data")
-    _add_layout(p)
+    _add_data(p)
     p.add_argument("--out", default=None, help="where to write metrics.json and metrics.md "
                    "(default: <run>/eval-<category>, or a fresh eval-<category>-2 ... when taken)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="test images per forward pass")
