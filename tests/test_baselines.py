@@ -445,3 +445,13 @@ def test_baselines_notebook_runs(tmp_path):
     env = quick_env(tmp_path)
     env["MEMSEG_RUNS"] = str(tmp_path / "runs")  # never share a persistent model cache with 01-05
     execute_notebook(NOTEBOOK, env)
+
+
+def test_mmr_auto_teacher_is_imagenet_or_random_never_the_memseg_offline_encoder(monkeypatch, capsys):
+    from memseg.models import encoder_weights as ew
+
+    monkeypatch.setenv("MEMSEG_OFFLINE", "1")
+    monkeypatch.setattr(ew, "hub_weights_cached", lambda tag=ew.IMAGENET_TAG: False)
+    assert ew.offline_weights_path().is_file()  # the kit ships it, and MemSeg's auto takes it
+    assert MMR(dataclasses.replace(_mmr().config, weights="auto")).weights_source == "random"
+    assert "RANDOM ENCODER WEIGHTS" in capsys.readouterr().err

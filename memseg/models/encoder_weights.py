@@ -151,8 +151,12 @@ def hub_reachable(timeout: float | None = None) -> bool:
         return False
 
 
-def resolve_auto() -> tuple[WeightSpec, str]:
-    """``"auto"`` -> (ImageNet | the shipped offline encoder | random, why), without downloading anything."""
+def resolve_auto(offline_fallback: bool = True) -> tuple[WeightSpec, str]:
+    """``"auto"`` -> (ImageNet | the shipped offline encoder | random, why), without downloading anything.
+
+    ``offline_fallback=False`` (a model the offline encoder was not made for, e.g. MMR's teacher) skips the
+    shipped encoder: ImageNet, else random.
+    """
     imagenet = resolve_name("imagenet")
     if hub_weights_cached(IMAGENET_TAG):
         return imagenet, "ImageNet weights found in the local cache"
@@ -162,6 +166,8 @@ def resolve_auto() -> tuple[WeightSpec, str]:
         why = f"the weights hub ({HUB_HOST[0]}) cannot be reached and no ImageNet weights are cached"
     else:
         return imagenet, "the weights hub is reachable"
+    if not offline_fallback:
+        return WeightSpec("random"), why
     if offline_weights_path().is_file():
         return resolve_name("offline"), why
     return WeightSpec("random"), f"{why}, and the kit's offline encoder {OFFLINE_FILE} is missing"
@@ -270,7 +276,7 @@ def create_timm_resnet18(tag: str | None) -> nn.Module:
                              out_indices=(0, 1, 2, 3, 4), zero_init_last=False)
 
 
-def create_backbone(weights: str | os.PathLike = "auto") -> tuple[nn.Module, str]:
+def create_backbone(weights: str | os.PathLike = "auto", offline_fallback: bool = True) -> tuple[nn.Module, str]:
     """Build timm's resnet18 (``features_only``) with the named weights.
 
     Returns:
@@ -283,13 +289,14 @@ def create_backbone(weights: str | os.PathLike = "auto") -> tuple[nn.Module, str
     """
     spec = resolve_name(weights)
     if spec.kind == "auto":
-        spec, reason = resolve_auto()
+        spec, reason = resolve_auto(offline_fallback)
         if spec.kind == "timm":
             try:
                 return create_timm_resnet18(spec.tag), spec.source
             except Exception as err:  # the hub answered but the download failed
                 reason = f"the ImageNet download failed: {type(err).__name__}"
-                spec = resolve_name("offline") if offline_weights_path().is_file() else WeightSpec("random")
+                spec = (resolve_name("offline") if offline_fallback and offline_weights_path().is_file()
+                        else WeightSpec("random"))
         print(fallback_banner(spec, reason), file=sys.stderr, flush=True)
     if spec.kind == "random":
         return create_timm_resnet18(None), "random"

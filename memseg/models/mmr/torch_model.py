@@ -39,9 +39,10 @@ class MMRConfig(ConfigBase):
     """MMR hyper-parameters. Defaults: ViT-B-like student for GPU; :meth:`small` trains in minutes on CPU.
 
     - ``input_size``: (H, W), multiples of ``patch_size`` and of 16 (teacher block 3 stride).
-    - ``weights``: teacher (ResNet-18) initialisation exactly as MemSeg's encoder: "imagenet"
-      (timm download), a local resnet18 state dict (timm or torchvision names) or "random"
-      (reported in checkpoints as ``weights_source``). MMR itself uses an ImageNet teacher.
+    - ``weights``: teacher (ResNet-18) initialisation, named as for MemSeg's encoder ("imagenet", "timm:<tag>",
+      a local resnet18 state dict, "random"; reported in checkpoints as ``weights_source``), except that "auto"
+      without ImageNet falls back to random, not to the kit's offline encoder (made for MemSeg). MMR itself uses
+      an ImageNet teacher.
     - ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``: the ViT student.
     - ``mask_ratio``: fraction of patches masked during training (MMR: 0.4).
     - ``smoothing_sigma``: Gaussian sigma (pixels) applied to the anomaly map (4 as in MMR).
@@ -105,9 +106,11 @@ class ResNetTeacher(nn.Module):
 
     def __init__(self, weights: str = "random") -> None:
         super().__init__()
-        from memseg.models.memseg.encoder import create_backbone
+        from memseg.models.encoder_weights import create_backbone
 
-        backbone, self.weights_source = create_backbone(weights)  # "random" | "imagenet" | local file
+        # "auto" without ImageNet is random here: the kit's offline encoder was made for MemSeg (measured with MMR
+        # in notebook 06's quick run: pixel AUROC 0.28 on washer, below chance)
+        backbone, self.weights_source = create_backbone(weights, offline_fallback=False)
         for name in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3"):
             self.add_module(name, getattr(backbone, name))
         for p in self.parameters():
