@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -37,7 +35,7 @@ from typing import Callable
 import torch
 
 from memseg.config import ConfigBase, as_size
-from memseg.engine.checkpoint import read_checkpoint
+from memseg.engine.checkpoint import atomic_torch_save, read_checkpoint
 from memseg.engine.run_folder import CHECKPOINT_DIR, LAST_CHECKPOINT
 from memseg.engine.train_config import TrainConfig
 from memseg.engine.training import train
@@ -112,18 +110,6 @@ def encoder_state_from_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], 
     return state, int(stored.get("step", 0))
 
 
-def _write_new(path: Path, data: bytes, overwrite: bool) -> None:
-    """Write ``data`` to ``path`` atomically; never replace an existing file unless ``overwrite``."""
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: exists; pass --overwrite to replace it")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "xb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -173,9 +159,7 @@ def pretrain(config: PretrainConfig, progress: bool = True, *, resume: bool = Fa
             raise
     state, step = encoder_state_from_checkpoint(last)
     seconds = time.monotonic() - started
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    _write_new(out, buf.getvalue(), overwrite=overwrite)
+    atomic_torch_save(state, out)  # existence was checked before training (overwrite or refused)
     record = {
         "made_by": PROVENANCE_MAKER,
         "what": "ResNet18 stem + blocks 1-3 (timm key names, float16), trained end to end under MemSeg's objective "
@@ -189,7 +173,7 @@ def pretrain(config: PretrainConfig, progress: bool = True, *, resume: bool = Fa
         "date": time.strftime("%Y-%m-%d"),
     }
     prov = provenance_path(out)
-    _write_new(prov, (json.dumps(record, indent=2) + "\n").encode(), overwrite=True)
+    prov.write_text(json.dumps(record, indent=2) + "\n")
     if step < cfg.steps:
         log(f"time budget of {cfg.minutes} min spent at step {step} of {cfg.steps}: the encoder is written from there; "
             "--resume with a larger --minutes goes on")
