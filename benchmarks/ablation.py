@@ -48,6 +48,9 @@ VARIANTS: dict[str, dict] = {
     "tyre foreground": {**FULL, "simulation": {"foreground": dataclasses.asdict(TIRE)}},
     "literal, tyre foreground": {**FULL, "attention": "literal", "simulation": {"foreground": dataclasses.asdict(TIRE)}},
     "tyre foreground, memory shift 1": {**FULL, "memory_shift": 1, "simulation": {"foreground": dataclasses.asdict(TIRE)}},
+    "literal, tyre foreground, blocks 1-3 train too": {
+        **FULL, "attention": "literal", "train_encoder": True, "simulation": {"foreground": dataclasses.asdict(TIRE)}
+    },
 }
 """Rows of the table: explicit ``model_options`` (so the rows keep their meaning if defaults change)."""
 

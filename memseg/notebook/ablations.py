@@ -125,3 +125,45 @@ def measured_ablations(results: str | Path | None = None) -> list[dict]:
             row[label] = f"{100 * s[k]:.1f}{std}"
         table.append(row)
     return table
+
+
+MEMORY_SIZE_RESULTS = "docs/results/memory-size-300-128"
+"""The committed AUROC-against-N study (paper Fig. 8) that ``benchmarks/memory_size.py`` wrote."""
+
+
+def memory_size_figure(results: str | Path | None = None, title: str | None = None):
+    """Fig. 8: image and pixel AUROC (mean ± std over seeds) against the number of memory samples N.
+
+    Reads ``results.json`` (one row per run, with ``memory_size``) written by ``benchmarks/memory_size.py``
+    (default :data:`MEMORY_SIZE_RESULTS` under the project folder); trains nothing.
+
+    Examples:
+        >>> fig = memory_size_figure()  # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+
+    path = Path(results) if results is not None else project_root() / MEMORY_SIZE_RESULTS
+    path = path / "results.json" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"no memory-size results at {path}; write them with benchmarks/memory_size.py --out {path.parent}")
+    rows = json.loads(path.read_text())
+    categories = sorted({r["category"] for r in rows})
+    fig, axes = plt.subplots(1, len(categories), figsize=(7 * len(categories), 5), layout="constrained", squeeze=False)
+    for ax, category in zip(axes[0], categories):
+        summary = sorted(summarise_runs([r for r in rows if r["category"] == category], list(METRICS), by=["memory_size"]),
+                         key=lambda s: s["memory_size"])
+        ns = [s["memory_size"] for s in summary]
+        for key, color in (("image_auroc", "#2e86ab"), ("pixel_auroc", "#e4572e")):
+            mean = np.array([100 * s[key] for s in summary])
+            std = np.nan_to_num(np.array([100 * s[f"{key}_std"] for s in summary]))
+            ax.errorbar(ns, mean, yerr=std, marker="o", capsize=4, lw=2, color=color, label=METRICS[key])
+        ax.set_xticks(ns)
+        ax.set_xlabel("memory samples N")
+        ax.set_ylabel("AUROC (%)")
+        ax.set_title(f"{category}: {summary[0]['n']} seeds, {rows[0]['steps']} steps at {rows[0]['size']} px")
+        ax.legend(frameon=False)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    autosave(fig, "memory_size")
+    return fig
