@@ -96,3 +96,99 @@ def test_only_the_apps_know_argparse() -> None:
 def test_modules_stay_readable(path: Path) -> None:
     n = len(path.read_text().splitlines())
     assert n <= MAX_LINES, f"{path.relative_to(PACKAGE.parent)} has {n} lines (> {MAX_LINES}): split it by concept"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the ``memseg`` modules it imports: every ``import`` statement anywhere in the file, at the top,
+    inside a function (imported when called, still a dependency) or under ``if TYPE_CHECKING:`` (a type checker
+    follows it; a circle there is the one a later edit turns into an ImportError). ``from memseg.x import y``
+    points at the module ``memseg.x.y`` when there is one, else at ``memseg.x`` (its ``__init__``); relative
+    imports are resolved. A module is not linked to its parent package: Python runs the ``__init__`` first,
+    which is not a circle even when the ``__init__`` imports the module back."""
+    modules = {_module_name(p): p for p in _modules()}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in modules:  # memseg.x.attribute -> memseg.x
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    found.add(target)
+        graph[name] = found
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One circle per strongly connected group of modules (Tarjan), each as a path back to its start."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = set()
+            while True:
+                w = stack.pop()
+                group.add(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    circles = []
+    for group in groups:  # a shortest way from the group's first module back to itself, inside the group
+        start = min(group)
+        paths = {start: [start]}
+        queue = [start]
+        while queue:
+            v = queue.pop(0)
+            if start in graph[v]:
+                circles.append([*paths[v], start])
+                break
+            for w in sorted(graph[v] & group):
+                if w not in paths:
+                    paths[w] = [*paths[v], w]
+                    queue.append(w)
+    return circles
+
+
+def test_the_cycle_finder_finds_a_circle() -> None:
+    """The finder itself: a circle of three, a self-standing chain, and a package importing its own module."""
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "p": {"p.m"}, "p.m": set()}
+    assert _cycles(graph) == [["a", "b", "c", "a"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_inside_the_package() -> None:
+    """No module of ``memseg`` reaches itself through its imports (see :func:`_import_graph` for what counts)."""
+    circles = _cycles(_import_graph())
+    assert not circles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in circles)

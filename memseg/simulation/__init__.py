@@ -1,5 +1,6 @@
 """Anomaly simulation (paper §3.1, Fig. 3, eq. (1)-(2)), one concept per module, read in this order:
 
+    simulation_config.py  SimulationConfig: every parameter of the steps below (the ``simulation:`` schema)
     sampling.py    random draws from one torch.Generator (same seed -> same anomalies, CPU or CUDA)
     perlin.py      Perlin noise P and its mask M_P = P > T
     foreground.py  foreground masks M_I (binarise + opening/closing, per-category presets)
@@ -26,11 +27,11 @@ from memseg.simulation.pixels import (
     mirror_rotate_index,
     random_mirror_rotate,
 )
+from memseg.simulation.simulation_config import SimulationConfig
 from memseg.simulation.simulator import (
     NO_DTD_WARNING,
     SOURCES,
     AnomalySimulator,
-    SimulationConfig,
     SimulationResult,
     composite,
 )

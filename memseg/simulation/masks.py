@@ -25,7 +25,7 @@ from memseg.simulation.perlin import perlin_mask, perlin_noise
 from memseg.simulation.sampling import random_choice
 
 if TYPE_CHECKING:
-    from memseg.simulation.simulator import SimulationConfig
+    from memseg.simulation.simulation_config import SimulationConfig
 
 __all__ = ["AnomalyMasks", "blob_masks", "draw_anomaly_masks", "resolve_foreground"]
 

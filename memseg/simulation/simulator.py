@@ -42,6 +42,11 @@ from memseg.simulation.foreground import ForegroundConfig, foreground_preset
 from memseg.simulation.masks import draw_anomaly_masks, resolve_foreground
 from memseg.simulation.pixels import PixelSource
 from memseg.simulation.sampling import random_uniform
+from memseg.simulation.simulation_config import (  # noqa: F401  (re-exported)
+    THRESHOLD_RANGE,
+    SimulationConfig,
+    check_perlin_threshold,
+)
 from memseg.simulation.structure import draw_structure_params, structure_pixels
 from memseg.simulation.textures import TextureBank, draw_texture_params, texture_pixels
 from memseg.utils import select_device
@@ -51,83 +56,6 @@ __all__ = ["NO_DTD_WARNING", "SOURCES", "AnomalySimulator", "SimulationConfig", 
 SOURCES = ("texture", "structure")
 # Start of the warning when no DTD root is given (callers that already said so in their own words filter it).
 NO_DTD_WARNING = "no DTD root given (dtd_root=None)"
-
-
-THRESHOLD_RANGE = (-1.0, 1.0)
-"""Open interval of usable Perlin thresholds T: P lies in about [-1, 1], so T >= 1 leaves (almost) every mask
-empty (each redrawn ``max_resample`` times, then a fallback blob: 100x slower) and T <= -1 masks everything."""
-
-
-def check_perlin_threshold(threshold, what: str = "threshold", finite_only: bool = False) -> None:
-    """Raise ``ValueError`` naming ``what`` unless the Perlin threshold T (a float or a tensor) is finite and
-    within :data:`THRESHOLD_RANGE` (exclusive); ``finite_only``: only finiteness (``simulate(threshold=...)``
-    may force the empty-mask fallback on purpose)."""
-    t = torch.as_tensor(threshold, dtype=torch.float32) if not isinstance(threshold, torch.Tensor) else threshold.float()
-    lo, hi = THRESHOLD_RANGE
-    if t.numel() == 0 or not bool(torch.isfinite(t).all()) or (
-            not finite_only and (float(t.min()) <= lo or float(t.max()) >= hi)):
-        shown = threshold if not isinstance(threshold, torch.Tensor) or threshold.numel() > 8 else threshold.tolist()
-        where = "" if finite_only else f" in ({lo:g}, {hi:g}) (the Perlin noise P lies in about [-1, 1]; the paper uses 0.5)"
-        raise ValueError(f"{what} must be a finite number{where}, got {shown!r}")
-
-
-@dataclass
-class SimulationConfig:
-    """Parameters of the simulation; the first eight are the paper's/ARCHITECTURE.md's.
-
-    threshold: Perlin threshold T (M_P = P > T); P is in about [-1, 1].
-    delta_range: δ ~ U[delta_range] (eq. 1).
-    scale_exp_range: Perlin period exponents per axis, inclusive (2^0..2^5 cells).
-    grid: (rows, cols) of the structural tile shuffle (paper: 4×8).
-    texture_prob: probability of a DTD texture source (else structural); 0 => structure only.
-    rotate: rotate the Perlin sampling coordinates by a random angle.
-    max_resample: how often an empty M is redrawn before falling back to a blob.
-    foreground: ForegroundConfig for M_I; None => the category preset (or no mask).
-    brightness, saturation: multiplicative factor ranges of the structural colour jitter.
-    hue: hue rotation range, in turns (0.1 = 36°).
-    mirror_prob: probability of each horizontal/vertical mirror (structure and texture).
-    rot90: random multiples of 90° (180° only for non-square images).
-    max_angle: extra small rotation of the structure source, ±degrees (0 = off; costs a resample).
-    samples_per_cell: Perlin coarse-grid density (see `memseg.simulation.perlin.perlin_noise`).
-    blob_radius: radius of the fallback blob as a fraction of min(H, W).
-    sparse_max_fraction: composite only the masked pixels when M covers at most this fraction
-        of the batch (same result, much faster); 0 = always build the full noise image.
-    """
-
-    threshold: float = 0.5
-    delta_range: tuple[float, float] = (0.15, 1.0)
-    scale_exp_range: tuple[int, int] = (0, 5)
-    grid: tuple[int, int] = (4, 8)
-    texture_prob: float = 0.5
-    rotate: bool = True
-    max_resample: int = 10
-    foreground: ForegroundConfig | None = None
-    brightness: tuple[float, float] = (0.8, 1.2)
-    saturation: tuple[float, float] = (0.8, 1.2)
-    hue: tuple[float, float] = (-0.1, 0.1)
-    mirror_prob: float = 0.5
-    rot90: bool = True
-    max_angle: float = 0.0
-    samples_per_cell: float = 4.0
-    blob_radius: float = 0.06
-    sparse_max_fraction: float = 0.3
-
-    def __post_init__(self) -> None:
-        if isinstance(self.foreground, dict):  # from YAML / asdict
-            self.foreground = ForegroundConfig(**self.foreground)
-        self.delta_range = (float(self.delta_range[0]), float(self.delta_range[1]))
-        self.scale_exp_range = (int(self.scale_exp_range[0]), int(self.scale_exp_range[1]))
-        self.grid = (int(self.grid[0]), int(self.grid[1]))
-        lo, hi = self.delta_range
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"delta_range must satisfy 0 <= low <= high <= 1, got {self.delta_range}")
-        check_perlin_threshold(self.threshold, "threshold")
-        if not 0.0 <= self.texture_prob <= 1.0:
-            raise ValueError(f"texture_prob must be in [0, 1], got {self.texture_prob}")
-        if min(self.grid) < 1:
-            raise ValueError(f"grid must be (rows >= 1, cols >= 1), got {self.grid}")
-        if self.max_resample < 0:
-            raise ValueError(f"max_resample must be >= 0, got {self.max_resample}")
 
 
 @dataclass

@@ -34,7 +34,7 @@ from memseg.simulation.pixels import (
 from memseg.simulation.sampling import random_permutation, random_uniform
 
 if TYPE_CHECKING:
-    from memseg.simulation.simulator import SimulationConfig
+    from memseg.simulation.simulation_config import SimulationConfig
 
 __all__ = [
     "StructureParams", "colour_jitter_matrix", "draw_structure_params", "render_structure", "shuffle_tiles",
