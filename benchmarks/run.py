@@ -54,9 +54,9 @@ REFERENCE_BATCH = 8
 # Targets printed beside the measurements (paper, project goals, the known public kit on the 2-core CPU).
 TARGETS: dict[str, dict[str, Any]] = {
     "paper_rtx3090_batch1_img_per_s": {"value": 31.34, "note": "MemSeg paper, RTX 3090, batch 1"},
-    "gpu_batch1_img_per_s": {"value": 667.0, "note": "issue 14: batch-1 latency <= 1.5 ms on an H100 (667 img/s)"},
-    "gpu_batched_bf16_img_per_s": {"value": 8000.0, "note": "issue 14: >= 8,000 img/s batched bf16 on an H100"},
-    "gpu_train_2700_steps_s": {"value": 60.0, "note": "issue 14: 2700 steps (paper schedule) <= 60 s wall on an H100"},
+    "gpu_batch1_img_per_s": {"value": 667.0, "note": "project goal: batch-1 latency <= 1.5 ms on an H100 (667 img/s)"},
+    "gpu_batched_bf16_img_per_s": {"value": 8000.0, "note": "project goal: >= 8,000 img/s batched bf16 on an H100"},
+    "gpu_train_2700_steps_s": {"value": 60.0, "note": "project goal: 2700 steps (paper schedule) <= 60 s wall on an H100"},
     "cpu_train_step_s": {"value": 2.1, "note": "project goal on the 2-core CPU (known kit: 6.3 s)"},
     "cpu_infer_ms_per_img": {"value": 100.0, "note": "project goal on the 2-core CPU (known kit: ~200 ms)"},
     "cpu_sim_1thread_samples_per_s": {"value": 400.0, "note": "project goal per CPU thread (known kit: ~40)"},
