@@ -11,13 +11,21 @@ Two guards against a stalled run, each ending in one fresh retry of the notebook
 - a per-cell timeout, ``$MEMSEG_NB_TIMEOUT`` seconds (default 900: the longest quick cell, a training
   run, takes ~150 s on an idle 2-core machine).
 
-``MEMSEG_NB_OUT=<dir>`` writes the executed notebook there for review.
+Executed copies are kept for reuse within the test session: each committed notebook that runs without error
+is saved (with :func:`memseg.notebook.publish.save_executed`, which marks its source digest) into
+:func:`executed_dir`, a temporary folder of this session or ``$MEMSEG_NB_OUT``; the slide and site tests take
+them from there and execute only what is missing (:func:`executed`). With ``MEMSEG_NB_OUT=<dir>`` the copies
+stay after the session (``make docs`` reuses them with ``--executed <dir>``), a failed run is written there
+for review, and a notebook run from elsewhere (e.g. 07 with its solutions) goes to ``<dir>/<its folder>/``.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import warnings
@@ -26,6 +34,35 @@ from pathlib import Path
 import pytest
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+_SESSION_DIR: Path | None = None
+
+
+def executed_dir() -> Path:
+    """Where executed committed notebooks are saved for reuse: ``$MEMSEG_NB_OUT``, else one temporary folder
+    per test session (removed at exit)."""
+    global _SESSION_DIR
+    if os.environ.get("MEMSEG_NB_OUT"):
+        return Path(os.environ["MEMSEG_NB_OUT"])
+    if _SESSION_DIR is None:
+        _SESSION_DIR = Path(tempfile.mkdtemp(prefix="memseg-executed-"))
+        atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
+    return _SESSION_DIR
+
+
+def executed(names, env: dict) -> list:
+    """``[(name, executed notebook)]`` for committed notebooks: the copies saved in this session, the others
+    executed now (so a test that needs them never depends on the order the tests ran in)."""
+    from memseg.notebook.publish import load_executed
+
+    out = []
+    for name in names:
+        nb = load_executed(name, executed_dir())
+        if nb is None:
+            execute_notebook(name, env)
+            nb = load_executed(name, executed_dir())
+        assert nb is not None, f"{name} ran but left no executed copy in {executed_dir()}"
+        out.append((name, nb))
+    return out
 
 
 def quick_env(base: Path) -> dict:
@@ -107,6 +144,23 @@ class IdleKernelWatchdog:
                 return
 
 
+def _committed(name: str | Path) -> bool:
+    return (NOTEBOOK_DIR / name).resolve().parent == NOTEBOOK_DIR.resolve()
+
+
+def _save_for_reuse(nb, name: str | Path) -> bool:
+    """Save a committed notebook that ran every cell without error into :func:`executed_dir`; True if saved."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    ok = all(c.get("execution_count") is not None for c in code) and not any(
+        o.get("output_type") == "error" for c in code for o in c.get("outputs", []))
+    if not (ok and _committed(name)):
+        return False
+    from memseg.notebook.publish import save_executed
+
+    save_executed(nb, executed_dir(), Path(name).name)
+    return True
+
+
 def execute_notebook(name: str | Path, env: dict):
     """Run ``notebooks/<name>`` (or the notebook at an absolute path) top to bottom; fail on any error output; return the executed notebook."""
     nbformat = pytest.importorskip("nbformat")
@@ -138,9 +192,13 @@ def execute_notebook(name: str | Path, env: dict):
                           stacklevel=2)
         finally:
             out = os.environ.get("MEMSEG_NB_OUT")
-            if out:
-                Path(out).mkdir(parents=True, exist_ok=True)
-                nbformat.write(nb, Path(out) / Path(name).name)
+            saved = _save_for_reuse(nb, name)
+            if not saved and _committed(name):
+                (executed_dir() / Path(name).name).unlink(missing_ok=True)  # never reuse an older run of it
+            if out and not saved:  # for review
+                folder = Path(out) if _committed(name) else Path(out) / Path(name).parent.name
+                folder.mkdir(parents=True, exist_ok=True)
+                nbformat.write(nb, folder / Path(name).name)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors
     # the final check cell ran (and printed or passed silently) without error
