@@ -75,3 +75,204 @@ def test_read_yaml_mapping_errors_name_the_file(tmp_path) -> None:
         read_yaml_mapping(tmp_path / "bad.yaml")
     (tmp_path / "empty.yaml").write_text("")
     assert read_yaml_mapping(tmp_path / "empty.yaml") == {}
+
+
+# ------------------------------------------------------------------ one road: typed by the schema, checked at the door
+from typing import Literal, Union  # noqa: E402
+
+import yaml  # noqa: E402
+
+from memseg.apps.cli import build_parser  # noqa: E402
+from memseg.apps.cli import main as cli_main  # noqa: E402
+from memseg.config import parse_typed, schema_of  # noqa: E402
+from memseg.engine.config_sources import option_type, parse_assignments  # noqa: E402
+from memseg.engine.train_config import model_config_for  # noqa: E402
+from memseg.models import config_from_dict  # noqa: E402
+from memseg.simulation import ForegroundConfig, SimulationConfig  # noqa: E402
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("text, hint, expected", [
+    ("1e-3", float, 0.001), ("7", int, 7), ("off", bool, False), ("True", bool, True), ("literal", str, "literal"),
+    ("null", float | None, None), ("0.5", float | None, 0.5), ("[2, 4]", tuple[int, int], (2, 4)),
+    ("0.1,0.9", tuple[float, float], (0.1, 0.9)), ("[64, 32, 16, 8, 8]", tuple[int, ...], (64, 32, 16, 8, 8)),
+    ("warmth", Literal["grey", "warmth"], "warmth"), ("otsu", Union[float, Literal["otsu"]], "otsu"),
+    ("0.2", Union[float, Literal["otsu"]], 0.2), ("128", int | list, 128), ("[64, 96]", int | list, [64, 96]),
+    ("{threshold: 0.3}", dict, {"threshold": 0.3}),
+])
+def test_text_is_read_as_the_type_its_field_declares(text, hint, expected) -> None:
+    value = parse_typed(text, hint)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("text, hint, message", [
+    ("fast", float, "lr must be a number, got 'fast'"),
+    ("2.5", int, "lr must be an integer, got '2.5'"),
+    ("maybe", bool, "lr must be true or false, got 'maybe'"),
+    ("[1, 2, 3]", tuple[int, int], "lr must be a list of 2 (an integer, an integer), got '[1, 2, 3]'"),
+    ("blue", Literal["grey", "warmth"], "lr must be one of 'grey', 'warmth', got 'blue'"),
+])
+def test_text_that_is_not_of_the_type_says_what_was_expected(text, hint, message) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_typed(text, hint, "lr")
+    assert str(info.value) == message
+
+
+def _every_option() -> list[tuple[str, str, object]]:
+    """(model, dotted path, default) of every option of TrainConfig, each model's config and the simulation."""
+    options = []
+    for model, cls in sorted(MODEL_CONFIGS.items()):
+        options += [(model, f"model_options.{f.name}", _default(f)) for f in dataclasses.fields(cls)]
+    options += [("memseg", f.name, _default(f)) for f in dataclasses.fields(TrainConfig)
+                if f.name not in ("model_options", "simulation")]
+    options += [("memseg", f"simulation.{f.name}", _default(f)) for f in dataclasses.fields(SimulationConfig)]
+    options += [("memseg", f"simulation.foreground.{f.name}", _default(f)) for f in dataclasses.fields(ForegroundConfig)]
+    return options
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _as_text(value) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else (
+        "[" + ",".join(map(str, value)) + "]" if isinstance(value, (list, tuple)) else str(value))
+
+
+@pytest.mark.parametrize("model, path, default", _every_option(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_option_is_reachable_from_the_command_line_typed_by_its_field(model, path, default) -> None:
+    """`--set <path>=<default as text>` reads back the default, with the field's type: no option lacks a road."""
+    values = parse_assignments([f"{path}={_as_text(default)}"], model)
+    for key in path.split("."):
+        values = values[key]
+    assert values == default or (isinstance(default, tuple) and tuple(values) == default)
+    assert type(values) is type(default) or default is None or isinstance(default, tuple)
+
+
+@pytest.mark.parametrize("path, message", [
+    ("learning_rate=1", "--set learning_rate=1: unknown TrainConfig key 'learning_rate'; valid keys: data, category"),
+    ("model_options.atention=literal", "--set model_options.atention=literal: unknown model_options (MemSegConfig) "
+                                       "key 'atention'; valid keys: input_size, memory_size, weights"),
+    ("simulation.foreground.mesure=warmth", "--set simulation.foreground.mesure=warmth: unknown "
+                                            "simulation.foreground (ForegroundConfig) key 'mesure'; valid keys: "
+                                            "threshold, invert"),
+    ("lr.warm=1", "--set lr.warm=1: lr is a number, not a mapping: it has no key 'warm'"),
+    ("lr", "--set 'lr': expected key.path=value, e.g. --set model_options.attention=literal"),
+])
+def test_a_set_of_an_unknown_key_names_it_and_the_keys_that_exist(path, message) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_assignments([path])
+    assert str(info.value).startswith(message)
+
+
+def _cli_config(tmp_path, *flags: str, yaml_text: str | None = None):
+    from memseg.apps.commands import config_from_args
+
+    extra = []
+    if yaml_text is not None:
+        (tmp_path / "run.yaml").write_text(yaml_text)
+        extra = ["--config", str(tmp_path / "run.yaml")]
+    args = build_parser().parse_args(["train", "--data", str(tmp_path), "--category", "x", "--out",
+                                      str(tmp_path / "r"), "--device", "cpu", *extra, *flags])
+    return config_from_args(args)
+
+
+def test_precedence_defaults_then_yaml_then_set_then_flags(tmp_path) -> None:
+    yaml_text = "steps: 10\nlr: 0.01\nseed: 3\nmodel_options: {memory_size: 5, attention: calibrated}\n" \
+                "simulation: {threshold: 0.2, foreground: {threshold: 0.3}}\n"
+    cfg = _cli_config(tmp_path, "--size", "64", "--set", "lr=1e-3", "--set", "steps=20", "--steps", "30",
+                      "--set", "model_options.attention=literal", "--set", "simulation.foreground.measure=warmth",
+                      yaml_text=yaml_text)
+    assert (cfg.steps, cfg.lr, cfg.seed, cfg.momentum) == (30, 0.001, 3, 0.9)  # flag > --set > YAML > default
+    assert cfg.model_options == {"memory_size": 5, "attention": "literal"}  # merged key by key
+    assert cfg.simulation == {"threshold": 0.2, "foreground": {"threshold": 0.3, "measure": "warmth"}}
+    model = config_from_dict("memseg", model_config_for(cfg))
+    assert (model.attention, model.memory_size, model.head, model.input_size) == ("literal", 5, "auto", (64, 64))
+    assert SimulationConfig(**cfg.simulation).foreground == ForegroundConfig(threshold=0.3, measure="warmth")
+    assert _cli_config(tmp_path, "--set", "model=draem", "--size", "64").model == "draem"  # --set reaches every field
+    assert _cli_config(tmp_path, "--size", "64", "--model", "memseg", yaml_text="model: draem\n").model == "memseg"
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Reading the data set (listing or decoding it) fails the test: what is checked must be refused before."""
+    import memseg.data
+    import memseg.data.datasets
+
+    def refuse(*_a, **_k):
+        raise AssertionError("the data was read although the config is invalid")
+
+    monkeypatch.setattr(memseg.data, "load_split", refuse)
+    monkeypatch.setattr(memseg.data.datasets, "find_records", refuse)
+
+
+@pytest.mark.parametrize("yaml_text, flags, expected", [
+    ("model_options: {atention: literal}\n", [], "{config}: model_options: unknown key(s) ['atention'] for the memseg "
+                                                 "model; valid keys: input_size, memory_size, weights"),
+    ("model_options: {attention: bogus}\n", [], "{config}: model_options: attention must be auto or one of "
+                                                "('calibrated', 'literal'), got 'bogus'"),
+    ("simulation: {treshold: 0.3}\n", [], "{config}: simulation: unknown key(s) ['treshold'] for the simulation "
+                                          "(SimulationConfig); valid keys: threshold, delta_range"),
+    ("simulation: {foreground: {measure: blue}}\n", [],
+     "{config}: simulation.foreground: measure must be one of 'grey', 'warmth', got 'blue'"),
+    ("simulation: {texture_prob: often}\n", [], "{config}: simulation: texture_prob must be a number, got 'often'"),
+    ("", ["--set", "model_options.attention=bogus"],
+     "--set model_options.attention=bogus: attention must be auto or one of ('calibrated', 'literal'), got 'bogus'"),
+    ("", ["--set", "simulation.threshold=1.5"], "--set simulation.threshold=1.5: threshold must be a finite number "
+                                                "in (-1, 1)"),
+    ("", ["--set", "lr=-1"], "--set lr=-1.0: lr must be > 0, got -1.0"),
+    ("", ["--set", "model_options.memory_size=many"], "--set model_options.memory_size=many: memory_size must be an "
+                                                      "integer, got 'many'"),
+    ("", ["--size", "100"], "--size 100: MemSeg input_size must be (H, W) with both sides positive multiples of 32"),
+    ("size: 100\n", [], "{config}: size 100: MemSeg input_size must be (H, W)"),
+    ("", ["--model", "mmr", "--set", "model_options.embed_dim=100", "--size", "64"],
+     "--set model_options.embed_dim=100: MMRConfig.embed_dim (100) must be divisible by num_heads (12)"),
+])
+def test_the_whole_config_is_checked_before_any_data_naming_its_source(tmp_path, capsys, no_data, yaml_text, flags,
+                                                                        expected) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml_text)
+    args = ["train", "--data", str(tmp_path), "--category", "x", "--out", str(tmp_path / "r"), "--device", "cpu",
+            "--config", str(config), *flags]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"memseg train: error: {expected.format(config=config)}"), err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("options, key", [
+    ({"model_options": {"attention": "bogus"}}, "model_options.attention"),
+    ({"simulation": {"treshold": 0.3}}, "simulation.treshold"),
+    ({"simulation": {"foreground": {"measure": "blue"}}}, "simulation.foreground.measure"),
+    ({"device": "tpu"}, "device"),
+    ({"model": "mmr", "model_options": {"patch_size": 3}}, "model_options.patch_size"),
+])
+def test_the_python_api_checks_the_whole_config_before_any_data(tmp_path, no_data, options, key) -> None:
+    from memseg.engine.train_config import ConfigValueError
+    from memseg.engine.training import train
+
+    cfg = TrainConfig(data=str(tmp_path), category="x", size=64, out=str(tmp_path / "r"), **options)
+    with pytest.raises(ConfigValueError) as info:
+        train(cfg, progress=False)
+    assert info.value.key == key and str(info.value).startswith("config: ")
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_default_yaml_file_is_the_schema_defaults() -> None:
+    """configs/memseg_default.yaml spells out defaults that live in the schema: every value it holds equals the
+    schema's, and it trains exactly the model the defaults train."""
+    values = yaml.safe_load((ROOT / "configs" / "memseg_default.yaml").read_text())
+    defaults = TrainConfig()
+    model_defaults = MODEL_CONFIGS[defaults.model]()
+    for key, value in values.items():
+        if key == "model_options":
+            assert value == {k: getattr(model_defaults, k) for k in value}
+        elif key == "simulation":
+            assert value == {k: getattr(SimulationConfig(), k) for k in value}
+        else:
+            assert TrainConfig.from_dict({key: value}).to_dict()[key] == getattr(defaults, key), key
+    from_file = TrainConfig.from_yaml(ROOT / "configs" / "memseg_default.yaml")
+    assert {**from_file.to_dict(), "model_options": {}} == defaults.to_dict()
+    assert config_from_dict("memseg", model_config_for(from_file)) == config_from_dict("memseg", model_config_for(defaults))

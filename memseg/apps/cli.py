@@ -167,8 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("train", "train a model on a category")
     _add_data(p)
-    p.add_argument("--model", default="memseg", choices=["memseg", "draem", "mmr"], help="model to train")
-    p.add_argument("--config", default=None, help="YAML file with training/model options (TrainConfig keys)")
+    p.add_argument("--model", default=None, choices=["memseg", "draem", "mmr"],
+                   help="model to train (default: the --config file's, else memseg)")
+    p.add_argument("--config", default=None, help="YAML file of options: TrainConfig keys, model_options: (the model's "
+                   "config) and simulation: (SimulationConfig); see configs/memseg_default.yaml")
+    p.add_argument("--set", action="append", default=None, metavar="KEY.PATH=VALUE",
+                   help="set any option, typed by its field (repeatable), e.g. --set lr=1e-3 --set "
+                        "model_options.attention=literal --set simulation.foreground.measure=warmth; precedence: "
+                        "defaults < --config < --set < the flags above and below")
     p.add_argument("--out", default=None, help="run folder (checkpoints, logs) (default: runs/<category>-<model>)")
     p.add_argument("--steps", type=int, default=None,
                    help="training iterations (default: the --config file's, else 2700 as in the paper)")

@@ -16,7 +16,6 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,15 +28,15 @@ from memseg.data.datasets import load_split
 from memseg.data.synthetic import CATEGORIES, check_scene_memory, generate
 from memseg.data.synthetic_scenes import scene_size
 from memseg.engine.checkpoint import model_state_bytes, read_checkpoint
+from memseg.engine.config_sources import SET_FLAG, ConfigSources, parse_assignments
 from memseg.engine.evaluation import METRICS_JSON, METRICS_MD, evaluate, f1_baseline, pct
 from memseg.engine.export import OPSET, export_onnx
 from memseg.engine.run_folder import CHECKPOINT_DIR, LAST_CHECKPOINT, LOG_CSV, LOG_JSONL, check_run_dir_path
-from memseg.engine.train_config import ConfigValueError, TrainConfig, merge_overrides
+from memseg.engine.train_config import TrainConfig
 from memseg.engine.training import str_or_none, train
 from memseg.paths import locate_dtd
 from memseg.simulation import NO_DTD_WARNING, SOURCES, AnomalySimulator, SimulationResult
 from memseg.utils import (
-    check_device_name,
     check_fits_in_memory,
     check_output_dir,
     create_new_file,
@@ -195,63 +194,51 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------- memseg train
-# TrainConfig field -> the `memseg train` flag that sets it
-_FLAGS = {"data": "--data", "category": "--category", "model": "--model", "out": "--out", "steps": "--steps",
-          "dtd_root": "--dtd", "size": "--size", "seed": "--seed", "layout": "--layout", "device": "--device",
-          "model_options": "--weights"}
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from `memseg train` flags: stored run config (with --resume) < --config file < flags.
+    """TrainConfig from `memseg train` flags, one road (:mod:`memseg.engine.config_sources`): the schema's defaults <
+    the stored run config (with --resume) < the --config file < each --set key.path=value < the named flags.
 
-    An invalid value is reported against where it came from: the flag (``--steps must be >= 1, got 0``),
-    the ``--config`` file or the resumed checkpoint.
+    The whole config (model options and simulation included) is checked here, before any data is read; an invalid
+    value is reported against where it came from: the flag (``--steps must be >= 1, got 0``), the ``--set``
+    (``--set lr=fast: lr must be a number, got 'fast'``), the ``--config`` file or the resumed checkpoint.
     """
-    overrides: dict[str, Any] = {
-        "data": args.data, "category": args.category, "model": args.model, "out": args.out,
-        "steps": args.steps, "dtd_root": args.dtd, "size": args.size, "seed": args.seed,
-    }
-    if getattr(args, "layout", "auto") != "auto":
-        overrides["layout"] = args.layout
-    if getattr(args, "device", "auto") != "auto":
-        overrides["device"] = args.device
-    if args.weights is not None:
-        overrides["model_options"] = {"weights": args.weights}
-    base: dict = {}
-    file_values: dict = {}
-    origin: dict[str, str] = {}  # field -> where its value came from
-    run_dir = Path(args.out) if args.out else Path("runs") / f"{args.category}-{args.model}"
+    file_values = read_yaml_mapping(args.config, "TrainConfig keys") if args.config else {}
+    if args.config:
+        TrainConfig.check_keys(file_values, source=str(args.config))
+    assignments = list(getattr(args, "set", None) or [])
+    set_model = [a.partition("=")[2].strip() for a in assignments if a.partition("=")[0].strip() == "model"]
+    model = args.model or (set_model[-1] if set_model else None) or file_values.get("model") or "memseg"
+    out = args.out or next((a.partition("=")[2] for a in reversed(assignments) if a.startswith("out=")), None) \
+        or file_values.get("out")
+    run_dir = Path(out) if out else Path("runs") / f"{args.category}-{model}"
     check_run_dir_path(run_dir)
+    sources = ConfigSources()
     if args.resume:
         ckpt = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
         if not ckpt.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} (start a fresh run without --resume)")
-        base = dict(read_checkpoint(ckpt).get("config", {}))
-        base.pop("device", None)
-        origin.update(dict.fromkeys(base, str(ckpt)))
+        stored = dict(read_checkpoint(ckpt).get("config", {}))
+        stored.pop("device", None)
+        sources.add(stored, str(ckpt), check_keys=False)
     if args.config:
-        path = Path(args.config)
-        file_values = read_yaml_mapping(path, "TrainConfig keys")
-        TrainConfig.check_keys(file_values, source=str(path))
-        base = merge_overrides(base, file_values)
-        origin.update(dict.fromkeys(file_values, str(path)))
-    options_origin = (str(args.config) if args.config and "model_options" in file_values else
-                      origin.get("model_options", "--weights"))  # unknown keys come from a file, never from --weights
-    origin.update({k: _FLAGS[k] for k, v in overrides.items() if v is not None})
-    try:
-        cfg = TrainConfig.from_dict(merge_overrides(base, overrides), source=args.config or "command line")
-    except ConfigValueError as err:
-        where = origin.get(err.key, args.config or "command line")
-        if where.startswith("--") and err.problem.startswith(err.key):
-            raise ValueError(where + err.problem[len(err.key):]) from None  # "--steps must be >= 1, got 0"
-        raise ValueError(f"{where}: {err.problem}") from None
-    where = {k: origin.get(k, args.config or "command line") for k in ("device", "size")}
-    check_device_name(cfg.device, "--device" if where["device"] == "--device" else f"{where['device']}: device")
-    size = f"--size {cfg.size}" if where["size"] == "--size" else f"{where['size']}: size {cfg.size}"
+        sources.add(file_values, str(args.config))
+    sources.add(parse_assignments(assignments, model if isinstance(model, str) else "memseg"), SET_FLAG)
+    sources.add_flags({
+        "data": ("--data", args.data), "category": ("--category", args.category), "model": ("--model", args.model),
+        "out": ("--out", args.out), "steps": ("--steps", args.steps), "dtd_root": ("--dtd", args.dtd),
+        "size": ("--size", args.size), "seed": ("--seed", args.seed),
+        "layout": ("--layout", None if getattr(args, "layout", "auto") == "auto" else args.layout),
+        "device": ("--device", None if getattr(args, "device", "auto") == "auto" else args.device),
+        "model_options.weights": ("--weights", args.weights),
+    })
+    default = str(args.config) if args.config else "command line"
+    cfg = sources.build(default)
+    size_from, options_from = sources.where("size", default), sources.where("model_options", default)
+    size = f"--size {cfg.size}" if size_from == "--size" else f"{size_from}: size {cfg.size}"
+    options = options_from if options_from.startswith("--") else f"{options_from}: model_options"
     check_training_fits(cfg.model, cfg.model_options, cfg.input_size, cfg.batch_normal + cfg.batch_anomalous,
-                        options_source="--weights" if options_origin == "--weights" else f"{options_origin}: model_options",
-                        size_source=size, hint="lower the size (or model_options.memory_size, batch_normal, "
-                        "batch_anomalous)", device=cfg.device)
+                        options_source=options, size_source=size, hint="lower the size (or model_options.memory_size, "
+                        "batch_normal, batch_anomalous)", device=cfg.device)
     return cfg
 
 

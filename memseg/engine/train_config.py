@@ -1,8 +1,11 @@
 """The training recipe as data: :class:`TrainConfig` (paper §4.1 defaults), read from YAML and flags.
 
 Every field has a default from the paper (2700 steps, 256x256, 4 normal + 4 simulated images per
-batch, SGD lr 0.04 with warm-up and cosine decay); :meth:`TrainConfig.validate` names the field and
-where its value came from (``ConfigValueError``), so ``memseg train`` can name the flag or the file.
+batch, SGD lr 0.04 with warm-up and cosine decay). ``model_options`` are the fields of the model's config
+(:data:`memseg.models.MODEL_CONFIGS`, e.g. ``MemSegConfig``) and ``simulation`` those of
+:class:`memseg.simulation.SimulationConfig`: their defaults live there, once. :meth:`TrainConfig.validate`
+checks all three before any data is read and names the option at fault (``ConfigValueError.key``, a dotted
+path such as ``model_options.attention``), so ``memseg train`` can name the flag, the ``--set`` or the file.
 
 Examples:
     >>> cfg = TrainConfig(data="data/synthetic", category="toys", steps=300, size=128)
@@ -12,8 +15,8 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +24,7 @@ from typing import Any
 
 import yaml
 
-from memseg.config import ConfigBase, as_size, read_yaml_mapping
-
+from memseg.config import ConfigBase, OptionError, as_size, check_mapping, read_yaml_mapping
 
 MODEL_NAMES = ("memseg", "draem", "mmr")
 
@@ -43,15 +45,17 @@ _RESUME_MUTABLE = {"steps", "device", "out", "data", "dtd_root", "log_every", "c
 
 
 class ConfigValueError(ValueError):
-    """A TrainConfig value is invalid: ``key`` is the field, ``problem`` the message without a source.
+    """A TrainConfig value is invalid: ``key`` is the option (a field, or a dotted path into ``model_options`` or
+    ``simulation``), ``problem`` the message without a source, ``detail`` the same without its section
+    (``"attention must be ..."`` where ``problem`` is ``"model_options: attention must be ..."``).
 
-    ``str(err)`` is ``"<source>: <problem>"``; `memseg.apps.commands.config_from_args` re-words it to name the flag
-    (``--steps must be >= 1, got 0``) or the file a value came from.
+    ``str(err)`` is ``"<source>: <problem>"``; :func:`memseg.engine.config_sources.train_config_from` re-words it
+    to name the flag (``--steps must be >= 1, got 0``), the ``--set`` or the file a value came from.
     """
 
-    def __init__(self, source: str, key: str, problem: str):
+    def __init__(self, source: str, key: str, problem: str, detail: str | None = None):
         super().__init__(f"{source}: {problem}")
-        self.key, self.problem = key, problem
+        self.key, self.problem, self.detail = key, problem, problem if detail is None else detail
 
 
 @dataclass
@@ -104,8 +108,8 @@ class TrainConfig(ConfigBase):
         Raises:
             ConfigValueError: naming ``source`` and the field (``err.key``).
         """
-        def bad(key: str, problem: str) -> ConfigValueError:
-            return ConfigValueError(source, key, problem)
+        def bad(key: str, problem: str, detail: str | None = None) -> ConfigValueError:
+            return ConfigValueError(source, key, problem, detail)
 
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -156,19 +160,39 @@ class TrainConfig(ConfigBase):
             raise bad("warmup_steps", f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.seed < 2**32:
             raise bad("seed", f"seed must be in [0, 2**32), got {self.seed}")
-        if self.simulation:  # checked now, not after the images are loaded
-            from memseg.simulation import SimulationConfig
-
-            try:
-                SimulationConfig(**self.simulation)
-            except (TypeError, ValueError) as err:
-                raise bad("simulation", f"simulation: {err}") from None
         if "input_size" in self.model_options:
-            raise bad("model_options", "set the input size with `size`, not model_options.input_size")
+            raise bad("model_options.input_size", "set the input size with `size`, not model_options.input_size")
         try:
             self.input_size  # noqa: B018  (validates size)
         except ValueError as err:
             raise bad("size", str(err)) from None
+        from memseg.utils import check_device_name  # torch: imported only when a config is checked
+
+        try:
+            check_device_name(self.device, "device")
+        except ValueError as err:
+            raise bad("device", str(err)) from None
+        self._check_sections(bad)
+
+    def _check_sections(self, bad) -> None:
+        """``model_options`` against the model's config and ``simulation`` against ``SimulationConfig``, each key
+        by its type and the config's own checks (:func:`memseg.config.check_mapping`): before any data is read."""
+        from memseg.models import MODEL_CONFIGS
+        from memseg.simulation.simulation_config import SimulationConfig
+
+        model_cls = MODEL_CONFIGS[self.model]
+        try:
+            model_cls(input_size=self.input_size)
+        except ValueError as err:
+            raise bad("size", f"size {self.size}: {err}") from None
+        preset = CATEGORY_MODEL_OPTIONS.get(self.model, {}).get(self.category, {})
+        sections = (("model_options", model_cls, f"the {self.model} model", {"input_size": self.input_size, **preset}),
+                    ("simulation", SimulationConfig, "the simulation (SimulationConfig)", {}))
+        for name, cls, what, base in sections:
+            try:
+                setattr(self, name, check_mapping(cls, getattr(self, name), name, what, base))
+            except OptionError as err:
+                raise bad(err.key, str(err), err.detail) from None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -183,6 +207,18 @@ class TrainConfig(ConfigBase):
 
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def model_config_for(cfg: TrainConfig) -> dict:
+    """The model config dict handed to ``build_model``: input size, the category's preset
+    (:data:`CATEGORY_MODEL_OPTIONS`), then ``model_options``.
+
+    Examples:
+        >>> model_config_for(TrainConfig(category="tire", size=64))
+        {'input_size': (64, 64), 'attention': 'literal'}
+    """
+    preset = CATEGORY_MODEL_OPTIONS.get(cfg.model, {}).get(cfg.category, {})
+    return {"input_size": cfg.input_size, **preset, **cfg.model_options}
 
 
 def merge_overrides(values: dict, overrides: dict) -> dict:

@@ -40,7 +40,7 @@ from memseg.engine.run_folder import (
     check_run_dir, check_run_dir_path, hold_run_folder, remove_previous_run, remove_stale_temp_files,
 )
 from memseg.engine.interrupts import checkpoint_on_interrupt, stop_after_step, with_kept_checkpoint
-from memseg.engine.train_config import CATEGORY_MODEL_OPTIONS, TrainConfig, check_resume_config
+from memseg.engine.train_config import TrainConfig, check_resume_config, model_config_for
 from memseg.engine.validation import validate, validation_batches  # noqa: F401  (validation_batches: re-exported)
 from memseg.utils import normalize, seed_everything, select_device
 
@@ -88,13 +88,6 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     return opt, sched
-
-
-def model_config_for(cfg: TrainConfig) -> dict:
-    """The model config dict handed to ``build_model``: input size, the category's preset
-    (:data:`memseg.engine.train_config.CATEGORY_MODEL_OPTIONS`), then ``model_options``."""
-    preset = CATEGORY_MODEL_OPTIONS.get(cfg.model, {}).get(cfg.category, {})
-    return {"input_size": cfg.input_size, **preset, **cfg.model_options}
 
 
 def split_indices(n: int, cfg: TrainConfig, memory_size: int) -> dict[str, list[int]]:
