@@ -10,14 +10,16 @@ PORT   ?= 8866
 HOST   ?= 127.0.0.1
 PYTEST_ARGS ?=
 
-.PHONY: setup demo lab test test-fast bench browser-deps clean help
+.PHONY: setup demo lab test test-fast bench browser-deps slides docs clean help
 
 help:
 	@echo "make demo   - set up, build the synthetic dataset, train a quick model if none is cached, serve the Voila dashboard"
 	@echo "make test   - set up and run the whole test suite (unit, integration, notebooks, browser)"
 	@echo "make lab    - JupyterLab on notebooks/"
+	@echo "make slides - the notebooks as reveal.js slide decks that work offline, in build/slides (needs npm)"
+	@echo "make docs   - a static site of the executed notebooks and the docs/ pages, in build/site (needs npm)"
 	@echo "make bench  - benchmarks (simulation, inference, training step, memory size)"
-	@echo "make setup  - create $(VENV) and install memseg with its notebook and dev extras"
+	@echo "make setup  - create $(VENV) and install memseg with its notebooks, deploy, dev and docs extras"
 
 setup: $(STAMP)
 
@@ -29,7 +31,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch, torchvision; torchvision.ops.nms" 2>/dev/null || \
 	    $(BIN)/python -m pip install --quiet torchvision
-	$(BIN)/python -m pip install --quiet -e ".[notebooks,deploy,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[notebooks,deploy,dev,docs]"
 	$(BIN)/python -c "import torch, torchvision, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__)"
 	touch $(STAMP)
 
@@ -51,6 +53,16 @@ bench: setup
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
+
+# Slides and site (memseg.notebook.publish): each notebook executes once into $(EXECUTED) (QUICK mode, on DATA)
+# and is reused there until it or the memseg package changes; reveal.js and MathJax come from the npm registry
+# (cached in build/vendor) and are copied beside the pages, which load nothing from the network.
+EXECUTED ?= build/executed
+slides: setup
+	MEMSEG_DATA="$(abspath $(DATA))" $(BIN)/python -m memseg.notebook.publish slides --out build/slides --executed "$(EXECUTED)"
+
+docs: setup
+	MEMSEG_DATA="$(abspath $(DATA))" $(BIN)/python -m memseg.notebook.publish docs --out build/site --executed "$(EXECUTED)"
 
 # The container's entrypoint does the serving (prepare, then voila): one place decides about the token
 # (none on a loopback HOST; on any other, MEMSEG_TOKEN or a generated one, printed).
