@@ -276,3 +276,38 @@ def test_the_default_yaml_file_is_the_schema_defaults() -> None:
     from_file = TrainConfig.from_yaml(ROOT / "configs" / "memseg_default.yaml")
     assert {**from_file.to_dict(), "model_options": {}} == defaults.to_dict()
     assert config_from_dict("memseg", model_config_for(from_file)) == config_from_dict("memseg", model_config_for(defaults))
+
+
+def test_the_demo_settings_are_a_thin_layer_over_the_schema(tmp_path) -> None:
+    """configs/demo.yaml sets only what makes the demo model quick; everything else is the schema's default."""
+    from memseg.apps import demo
+
+    values = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    schema = {"size": TrainConfig().size, "steps": TrainConfig().steps, "lr": TrainConfig().lr,
+              "seed": TrainConfig().seed, "memory_size": MODEL_CONFIGS["memseg"]().memory_size,
+              "weights": MODEL_CONFIGS["memseg"]().weights,
+              "batch_size": TrainConfig().batch_normal + TrainConfig().batch_anomalous}
+    restated = {k: v for k, v in values.items() if k in schema and v == schema[k]}
+    assert not restated, f"configs/demo.yaml restates schema defaults: {restated}"
+    settings = demo.load_settings(env={}, root=ROOT)
+    cfg = demo._train_config(settings, tmp_path / "run")
+    assert (cfg.size, cfg.steps) == (values["size"], values["steps"])
+    defaults = TrainConfig()
+    assert (cfg.batch_normal, cfg.batch_anomalous, cfg.lr, cfg.seed) == (
+        defaults.batch_normal, defaults.batch_anomalous, defaults.lr, defaults.seed)
+    model = config_from_dict("memseg", model_config_for(cfg))
+    assert (model.memory_size, model.weights) == (MODEL_CONFIGS["memseg"]().memory_size, MODEL_CONFIGS["memseg"]().weights)
+    bigger = demo._train_config(demo.DemoSettings(memory_size=7, batch_size=6, seed=2), tmp_path / "run")
+    assert (bigger.model_options, bigger.batch_normal, bigger.batch_anomalous, bigger.seed) == ({"memory_size": 7}, 3, 3, 2)
+
+
+def test_the_notebook_settings_take_the_full_run_from_the_schema(tmp_path) -> None:
+    from memseg.notebook.settings import FULL_SIZE, NotebookSettings
+
+    full = NotebookSettings(data_root=tmp_path, category="x", device="cpu", quick=False, repo=tmp_path, runs=tmp_path,
+                            dtd_root=None)
+    assert (full.train_steps, full.memory_size, full.weights) == (
+        TrainConfig().steps, MODEL_CONFIGS["memseg"]().memory_size, MODEL_CONFIGS["memseg"]().weights)
+    assert FULL_SIZE == TrainConfig().input_size
+    quick = dataclasses.replace(full, quick=True)
+    assert quick.train_steps < full.train_steps and quick.memory_size < full.memory_size

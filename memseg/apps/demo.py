@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from memseg.config import ConfigBase, read_yaml_mapping
+from memseg.config import ConfigBase, coerce, parse_typed, read_yaml_mapping, schema_of
 from memseg.paths import locate_dtd, project_root
 
 __all__ = [
@@ -59,8 +59,11 @@ DEFAULT_CONFIG = Path("configs") / "demo.yaml"
 class DemoSettings(ConfigBase):
     """Everything the demo needs to know: where the data and the model are, and how to train one.
 
-    The `size`, `steps`, `batch_size`, `memory_size`, `lr` and `seed` fields only matter when
-    `prepare` has to train the quick demo model.
+    The `size`, `steps`, `batch_size`, `memory_size`, `weights`, `lr`, `seed` and `extra_train` fields only matter
+    when `prepare` has to train the quick demo model. They are a thin layer over the training schema: `size` and
+    `steps` make the model quick on purpose; every other None leaves the option to its one default in
+    :class:`memseg.engine.train_config.TrainConfig` or :class:`memseg.models.memseg.MemSegConfig`, and
+    `extra_train` passes any further TrainConfig option (``model_options``, ``simulation`` included) as given.
     """
 
     data: Path = Path("data/synthetic")
@@ -70,13 +73,13 @@ class DemoSettings(ConfigBase):
     runs: Path = Path("runs")  # the dashboard lists every *.pt under this folder
     dtd: Path | None = None  # None -> auto-detect data/dtd or ../shared/data/dtd, else structure-only
     device: str = "auto"
-    size: int = 128
-    steps: int = 300
-    batch_size: int = 8
-    memory_size: int = 30
-    weights: str = "auto"  # encoder init: auto (ImageNet when reachable, else random + banner), random, imagenet or a file
-    lr: float | None = None  # None -> the training room's default
-    seed: int = 0
+    size: int = 128  # the quick model: half the paper's side ...
+    steps: int = 300  # ... and a ninth of its steps
+    batch_size: int | None = None  # images per step, half normal and half simulated; None: TrainConfig's 4 + 4
+    memory_size: int | None = None  # None: MemSegConfig's
+    weights: str | None = None  # encoder init (MemSegConfig.weights); None: its default, auto
+    lr: float | None = None  # None: TrainConfig's
+    seed: int | None = None  # None: TrainConfig's (also seeds the synthetic data generated when missing)
     extra_train: dict[str, Any] = field(default_factory=dict)  # passed on to TrainConfig as given
 
     def as_dict(self) -> dict[str, Any]:
@@ -93,16 +96,18 @@ def _as_path(value: Any, root: Path) -> Path | None:
 
 
 def _coerce(name: str, value: Any) -> Any:
-    """Convert a YAML/env value to the type of the DemoSettings field `name`."""
-    if name in ("size", "steps", "batch_size", "memory_size", "seed"):
-        return int(value)
-    if name == "lr":
-        return None if value in (None, "", "null", "none") else float(value)
+    """Convert a YAML/env value to the type of the DemoSettings field `name` (a one-line error naming it)."""
     if name == "extra_train":
         if not isinstance(value, Mapping):
             raise ValueError(f"demo settings: 'extra_train' must be a mapping of TrainConfig options, got {value!r}")
         return dict(value)
-    return value if value is None else str(value)
+    hint = schema_of(DemoSettings)[name]
+    if name in _PATH_FIELDS or value is None:
+        return value if value is None else str(value)
+    try:
+        return coerce(value, hint, f"demo settings: {name}")
+    except ValueError:
+        return parse_typed(str(value), hint, f"demo settings: {name}")
 
 
 def load_settings(
@@ -206,8 +211,9 @@ def _ensure_data(settings: DemoSettings, log: Callable[[str], None]) -> None:
 
     folder = settings.data / settings.category
     t0 = time.perf_counter()
-    if generate_synthetic_if_missing(settings.data, settings.category, seed=settings.seed, categories=CATEGORIES,
-                                     log=lambda msg: log(f"data: {msg}")):
+    seed = {} if settings.seed is None else {"seed": settings.seed}
+    if generate_synthetic_if_missing(settings.data, settings.category, categories=CATEGORIES,
+                                     log=lambda msg: log(f"data: {msg}"), **seed):
         log(f"data: done in {time.perf_counter() - t0:.1f} s")
     elif folder.is_dir():
         log(f"data: {folder} (found)")
@@ -230,16 +236,17 @@ def _train_config(settings: DemoSettings, out: Path):
         "out": str(out),
         "steps": settings.steps,
         "size": settings.size,
-        "batch_normal": max(1, settings.batch_size // 2),
-        "batch_anomalous": max(1, settings.batch_size - settings.batch_size // 2),
-        "model_options": {"memory_size": settings.memory_size, "weights": settings.weights},
-        "seed": settings.seed,
         "device": settings.device,
         "dtd_root": str(settings.dtd) if settings.dtd else None,
         "checkpoint_every": max(50, settings.steps // 4),
     }
-    if settings.lr is not None:
-        values["lr"] = settings.lr
+    if settings.batch_size is not None:
+        values.update(batch_normal=max(1, settings.batch_size // 2),
+                      batch_anomalous=max(1, settings.batch_size - settings.batch_size // 2))
+    values.update({k: v for k, v in (("lr", settings.lr), ("seed", settings.seed)) if v is not None})
+    options = {k: v for k, v in (("memory_size", settings.memory_size), ("weights", settings.weights)) if v is not None}
+    if options:
+        values["model_options"] = options
     values = train_config.merge_overrides(values, settings.extra_train)
     return train_config.TrainConfig.from_dict(values, source="demo settings")
 
@@ -279,7 +286,8 @@ def prepare(
     # Read it once (torch.load, weights_only): a corrupt or foreign file fails here with a clear message,
     # not in the page. The model itself is built by the dashboard.
     from memseg.engine.checkpoint import read_checkpoint
-    from memseg.engine.export import is_onnx, load_onnx
+    from memseg.engine.backends import is_onnx
+    from memseg.engine.onnx_runtime import load_onnx
 
     if is_onnx(ckpt):
         load_onnx(ckpt)  # an exported model: its metadata and the onnxruntime session

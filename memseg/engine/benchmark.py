@@ -38,12 +38,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from memseg.config import as_size, read_yaml_mapping
+from memseg.config import as_size, field_default, read_yaml_mapping
 from memseg.data.datasets import find_records, list_categories
 from memseg.engine.evaluation import METRICS_JSON, evaluate, pct
 from memseg.engine.run_folder import CHECKPOINT_DIR, CONFIG_YAML, FINAL_CHECKPOINT, LAST_CHECKPOINT, hold_run_folder
 from memseg.engine.train_config import TrainConfig
 from memseg.engine.training import split_indices, train
+from memseg.models.memseg import MemSegConfig
 from memseg.simulation.foreground import FOREGROUND_PRESETS
 
 RESULTS_JSON = "results.json"
@@ -56,7 +57,7 @@ METRIC_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aup
 # since the orientation of the screws [...] is randomly arranged, we increased the number of their memory
 # samples [...]; the sample size of toothbrushes in the training set is too small, so we use only 10".
 # The paper gives no number for screw; 70 is the largest N of its Fig. 8 (N = 1, 15, 30, 70).
-MEMORY_SIZE = 30
+MEMORY_SIZE = field_default(MemSegConfig, "memory_size")  # the paper's 30, kept in MemSegConfig
 MEMORY_SIZES = {"screw": 70, "toothbrush": 10}
 
 PAPER_SOURCE = ("MemSeg, arXiv 2205.00908: Table 1 (MVTec AD) and Table 2 (BTAD), column 'Ours', "

@@ -14,11 +14,14 @@ Examples:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from memseg.config import as_size, field_default
+from memseg.engine.train_config import TrainConfig
+from memseg.models.memseg import MemSegConfig
 from memseg.paths import locate_dtd, project_root
 from memseg.utils import seed_everything, select_device
 
@@ -27,7 +30,9 @@ ENV_DATA, ENV_CATEGORY, ENV_QUICK, ENV_DEVICE, ENV_RUNS, ENV_STEPS, ENV_WEIGHTS,
     "MEMSEG_DATA", "MEMSEG_CATEGORY", "MEMSEG_QUICK", "MEMSEG_DEVICE", "MEMSEG_RUNS", "MEMSEG_STEPS",
     "MEMSEG_WEIGHTS", "MEMSEG_TIRE",
 )
-QUICK_SIZE, FULL_SIZE = (128, 128), (256, 256)
+# QUICK: what makes the notebooks' model train in minutes on a CPU; the full run keeps the training schema's defaults
+QUICK_SIZE, QUICK_STEPS, QUICK_MEMORY_SIZE = (128, 128), 300, 10
+FULL_SIZE = as_size(field_default(TrainConfig, "size"))
 
 
 def env_flag(name: str, default: bool) -> bool:
@@ -71,20 +76,21 @@ class NotebookSettings:
     seed: int = 0
     size: tuple[int, int] = FULL_SIZE
     synthetic: bool = False
-    weights: str = "auto"
+    weights: str = field(default_factory=lambda: field_default(MemSegConfig, "weights"))
     steps: int | None = None  # $MEMSEG_STEPS: overrides train_steps
 
     @property
     def train_steps(self) -> int:
-        """Training iterations of the notebooks' model (paper: 2700; QUICK: 300; ``$MEMSEG_STEPS`` overrides)."""
+        """Training iterations of the notebooks' model (TrainConfig's, the paper's; QUICK: 300; ``$MEMSEG_STEPS``
+        overrides)."""
         if self.steps is not None:
             return self.steps
-        return 300 if self.quick else 2700
+        return QUICK_STEPS if self.quick else field_default(TrainConfig, "steps")
 
     @property
     def memory_size(self) -> int:
-        """N memory samples (paper: 30)."""
-        return 10 if self.quick else 30
+        """N memory samples (MemSegConfig's, the paper's; QUICK: 10)."""
+        return QUICK_MEMORY_SIZE if self.quick else field_default(MemSegConfig, "memory_size")
 
     def describe(self) -> str:
         dtd = str(self.dtd_root) if self.dtd_root else "absent -> structural anomalies only (set MEMSEG_DTD)"
@@ -162,7 +168,8 @@ def setup(
     settings = NotebookSettings(
         data_root=root, category=category, device=select_device(device), quick=quick, repo=repo, runs=runs,
         dtd_root=locate_dtd(None, root=repo).path, seed=seed, size=QUICK_SIZE if quick else FULL_SIZE,
-        synthetic=category in SYNTHETIC_CATEGORIES, weights=os.environ.get(ENV_WEIGHTS, "auto"), steps=env_int(ENV_STEPS),
+        synthetic=category in SYNTHETIC_CATEGORIES, steps=env_int(ENV_STEPS),
+        weights=os.environ.get(ENV_WEIGHTS) or field_default(MemSegConfig, "weights"),
     )
     seed_everything(seed)
     if verbose:
