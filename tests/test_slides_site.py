@@ -92,6 +92,8 @@ def test_links_between_pages_are_rewritten_and_links_outside_the_site_become_tex
     assert '<a href="results/a/README.html">r</a>' in out
     assert '<span class="memseg-repo-file" title="README.md in the repository">readme</span>' in out
     assert 'href="https://arxiv.org/abs/2205.00908"' in out and 'href="#top"' in out and 'src="results/a/fig.png"' in out
+    script = '<script>var s = \'<a href="\' + url + \'">x</a>\';</script>'  # an output's JavaScript is left alone
+    assert site.relink(script + body, "docs/cli.md").startswith(script)
 
 
 def test_a_notebook_without_an_executed_copy_is_named(tmp_path):

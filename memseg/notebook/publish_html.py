@@ -31,6 +31,7 @@ _NO_CDN = """{%- block html_head_js -%}{%- endblock html_head_js -%}
 SLIDES_TEMPLATE = "{%- extends 'index.html.j2' -%}\n" + _NO_CDN + """
 {%- block html_head_css -%}
 <style>
+:root { --jp-content-font-size1: 24px; --jp-ui-font-size1: 22px; --jp-code-font-size: 20px; }
 .reveal .slides { text-align: left; }
 .reveal .jp-RenderedImage img, .reveal .jp-OutputArea-output img { max-width: 100%; max-height: 660px; width: auto; }
 .reveal .jp-RenderedHTMLCommon table { font-size: 18px; }
@@ -173,6 +174,7 @@ def slides_index(notebooks) -> str:
 
 _ANCHOR = re.compile(r'<a\s([^>]*?)href="([^"]*)"([^>]*)>(.*?)</a>', re.S)
 _SRC = re.compile(r'(<img\s[^>]*?src=")([^"]*)(")')
+_SCRIPT = re.compile(r"(<script\b.*?</script>)", re.S | re.I)
 _EXTERNAL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")  # http:, https:, mailto:, data:
 
 
@@ -218,7 +220,9 @@ class Site:
             target = self._target(src, href)
             return m.group(1) + html.escape(self._rel(src, target) if target else href) + m.group(3)
 
-        return _SRC.sub(image, _ANCHOR.sub(anchor, body))
+        # outside <script> only: an output's inline JavaScript (plotly.js) may hold "<a href=" strings
+        parts = _SCRIPT.split(body)
+        return "".join(p if i % 2 else _SRC.sub(image, _ANCHOR.sub(anchor, p)) for i, p in enumerate(parts))
 
     def nav(self, src: str) -> str:
         links = [f'<a href="{self._rel(src, "index.html")}">MemSeg kit: contents</a>']
@@ -253,13 +257,20 @@ class Site:
             return words.split(". ")[0].rstrip(":.") + "." if words else ""
 
         lines = ["# MemSeg kit: the teaching notebooks, executed", "",
-                 "The notebooks of [MemSeg](https://arxiv.org/abs/2205.00908) (Yang et al.) with their outputs, "
-                 "run in QUICK mode on the kit's synthetic dataset. To run them yourself: `make lab`.", "",
+                 "The notebooks of [MemSeg](https://arxiv.org/abs/2205.00908) (Yang et al.) with their outputs, as "
+                 "`make docs` executed them: in QUICK mode unless told otherwise (small images, a few hundred "
+                 "training steps on a CPU), so the numbers stay below the paper's. To run them yourself: `make lab`; "
+                 "to present them: `make slides`.", "",
                  "## Notebooks", ""]
         for name, nb in notebooks:
             lines.append(f"* [{notebook_title(nb, name)}](notebooks/{name}) — {first_words(nb)}")
-        groups = {"Reference": [d for d in docs if d.count("/") == 1],
-                  "Results": [d for d in docs if d.startswith("docs/results/") and d.endswith("/README.md")]}
+        results = {}  # one page per docs/results/<run>/: its README.md, else its first page
+        for d in docs:
+            if d.startswith("docs/results/") and d.count("/") == 3:
+                run = posixpath.dirname(d)
+                if run not in results or d.endswith("/README.md"):
+                    results[run] = d
+        groups = {"Reference": [d for d in docs if d.count("/") == 1], "Results": sorted(results.values())}
         for heading, items in groups.items():
             if items:
                 lines += ["", f"## {heading}", ""]
