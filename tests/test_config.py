@@ -183,10 +183,11 @@ def test_precedence_defaults_then_yaml_then_set_then_flags(tmp_path) -> None:
                 "simulation: {threshold: 0.2, foreground: {threshold: 0.3}}\n"
     cfg = _cli_config(tmp_path, "--size", "64", "--set", "lr=1e-3", "--set", "steps=20", "--steps", "30",
                       "--set", "model_options.attention=literal", "--set", "simulation.foreground.measure=warmth",
-                      yaml_text=yaml_text)
+                      "--set", "simulation.grid=2,4", yaml_text=yaml_text)
     assert (cfg.steps, cfg.lr, cfg.seed, cfg.momentum) == (30, 0.001, 3, 0.9)  # flag > --set > YAML > default
     assert cfg.model_options == {"memory_size": 5, "attention": "literal"}  # merged key by key
-    assert cfg.simulation == {"threshold": 0.2, "foreground": {"threshold": 0.3, "measure": "warmth"}}
+    assert cfg.simulation == {"threshold": 0.2, "foreground": {"threshold": 0.3, "measure": "warmth"}, "grid": [2, 4]}
+    assert yaml.safe_load(yaml.safe_dump(cfg.to_dict())) == cfg.to_dict()  # written to the run folder as it is
     model = config_from_dict("memseg", model_config_for(cfg))
     assert (model.attention, model.memory_size, model.head, model.input_size) == ("literal", 5, "auto", (64, 64))
     assert SimulationConfig(**cfg.simulation).foreground == ForegroundConfig(threshold=0.3, measure="warmth")
@@ -311,3 +312,17 @@ def test_the_notebook_settings_take_the_full_run_from_the_schema(tmp_path) -> No
     assert FULL_SIZE == TrainConfig().input_size
     quick = dataclasses.replace(full, quick=True)
     assert quick.train_steps < full.train_steps and quick.memory_size < full.memory_size
+
+
+def test_a_bad_device_variable_is_named_by_the_demo_and_the_notebooks(tmp_path, monkeypatch) -> None:
+    from memseg.apps import demo
+    from memseg.notebook import settings as nb_settings
+
+    expected = r"^MEMSEG_DEVICE 'tpu' is not a device this kit runs on; expected auto, cpu, cuda"
+    with pytest.raises(ValueError, match=expected):
+        demo.load_settings(env={"MEMSEG_DEVICE": "tpu"}, root=tmp_path)
+    assert demo.load_settings(env={"MEMSEG_DEVICE": "tpu"}, root=tmp_path, device="cpu").device == "cpu"  # flag wins
+    monkeypatch.setenv("MEMSEG_DEVICE", "tpu")
+    with pytest.raises(ValueError, match=expected):
+        nb_settings.setup(str(tmp_path / "missing"), "x", verbose=False, style=False)
+    assert not (tmp_path / "missing").exists()

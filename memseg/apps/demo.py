@@ -160,6 +160,11 @@ def load_settings(
             value = Path(value).expanduser().resolve()
         values[name] = _coerce(name, value) if name not in _PATH_FIELDS else value
 
+    if "device" in values:  # named where it came from now, not by the training it would fail later
+        from memseg.utils import check_device_name
+
+        check_device_name(values["device"], "--device" if overrides.get("device") is not None else "MEMSEG_DEVICE"
+                          if env.get("MEMSEG_DEVICE") else f"demo config {cfg}: device")
     settings = DemoSettings(**values)
     # Defaults are relative to the project root, not to wherever the kernel happens to run.
     if not settings.data.is_absolute():

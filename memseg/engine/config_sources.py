@@ -73,9 +73,12 @@ def parse_assignments(items: Iterable[str], model: str = "memseg", flag: str = S
     Raises:
         ValueError: one line naming the assignment (``--set lr=fast: lr must be a number, got 'fast'``).
 
+    Values come back as YAML would give them (a list, not a tuple), so the config they enter is written to the
+    run folder's ``config.yaml`` and the checkpoint like one read from a file.
+
     Examples:
         >>> parse_assignments(["simulation.grid=[2,4]", "amp=false"])
-        {'simulation': {'grid': (2, 4)}, 'amp': False}
+        {'simulation': {'grid': [2, 4]}, 'amp': False}
     """
     values: dict[str, Any] = {}
     for item in items:
@@ -87,8 +90,17 @@ def parse_assignments(items: Iterable[str], model: str = "memseg", flag: str = S
             value = parse_typed(text, option_type(path, model), path.rsplit(".", 1)[-1])
         except ValueError as err:
             raise ValueError(f"{flag} {path}={text}: {err}") from None
-        values = deep_merge(values, _nest(path, value))
+        values = deep_merge(values, _nest(path, _plain(value)))
     return values
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively (YAML's and JSON's data)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _shown(value: Any) -> str:

@@ -23,7 +23,7 @@ from memseg.config import as_size, field_default
 from memseg.engine.train_config import TrainConfig
 from memseg.models.memseg import MemSegConfig
 from memseg.paths import locate_dtd, project_root
-from memseg.utils import seed_everything, select_device
+from memseg.utils import check_device_name, seed_everything, select_device
 
 DEFAULT_DATA = "data/synthetic"
 ENV_DATA, ENV_CATEGORY, ENV_QUICK, ENV_DEVICE, ENV_RUNS, ENV_STEPS, ENV_WEIGHTS, ENV_TIRE = (
@@ -150,7 +150,7 @@ def setup(
     if env_data:
         data_root = os.environ.get(ENV_DATA) or data_root
         category = os.environ.get(ENV_CATEGORY) or category
-    device = os.environ.get(ENV_DEVICE) or device
+    device = check_device_name(os.environ[ENV_DEVICE], ENV_DEVICE) if os.environ.get(ENV_DEVICE) else device
     quick = env_flag(ENV_QUICK, quick)
     root = project_path(data_root, repo)
     runs = project_path(os.environ.get(ENV_RUNS) or repo / "runs" / "notebooks", repo)
