@@ -302,3 +302,17 @@ def test_train_with_a_text_file_as_weights_says_what_was_expected(synthetic_root
     assert rc == 2
     assert f"{notes}: cannot be read as encoder weights: it is a text file; expected a resnet18 state dict" in err
     assert "weights_only=False" not in err and "weights_only` set to `False" not in err
+
+
+def test_set_reaches_the_trained_model_and_the_simulation(synthetic_root, tmp_path, capsys):
+    """`--set` values travel the same road as the --config file's: into the run's config and the built model."""
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synthetic_root), "--category", CATEGORY, "--config", str(_small_config(tmp_path)),
+                 "--size", "64", "--steps", "2", "--out", str(run), "--device", "cpu",
+                 "--set", "model_options.attention=literal", "--set", "model_options.memory_shift=1",
+                 "--set", "simulation.grid=[2,4]", "--set", "val_fraction=0", "--set", "steps=9"]) == 0
+    capsys.readouterr()
+    info = read_checkpoint(run / "checkpoints" / "last.pt")
+    assert info["model_config"]["attention"] == "literal" and info["model_config"]["memory_shift"] == 1
+    assert info["config"]["simulation"] == {"texture_prob": 0.0, "grid": [2, 4]}  # the file's key kept, --set's added
+    assert info["config"]["val_fraction"] == 0.0 and info["step"] == 2  # --steps (a flag) wins over --set steps=9
