@@ -96,6 +96,16 @@ def test_links_between_pages_are_rewritten_and_links_outside_the_site_become_tex
     assert site.relink(script + body, "docs/cli.md").startswith(script)
 
 
+def test_an_image_from_elsewhere_in_the_repository_is_copied_into_the_site(tmp_path):
+    (tmp_path / "repo" / "assets").mkdir(parents=True)
+    (tmp_path / "repo" / "assets" / "fig.png").write_bytes(b"png")
+    site = Site(pages={"docs/method.md": "docs/method.html"}, root=tmp_path / "repo", out=tmp_path / "site")
+    out = site.relink('<img src="../assets/fig.png"> <img src="../assets/gone.png">', "docs/method.md")
+    assert out == '<img src="../assets/fig.png"> <img src="../assets/gone.png">'
+    assert (tmp_path / "site" / "assets" / "fig.png").read_bytes() == b"png"
+    assert not (tmp_path / "site" / "assets" / "gone.png").exists()
+
+
 def test_a_notebook_without_an_executed_copy_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"01_anomaly_simulation.ipynb: no up-to-date executed copy in .*--no-execute"):
         publish.executed_notebooks(["01_anomaly_simulation.ipynb"], tmp_path, run_missing=False, root=ROOT)

@@ -221,7 +221,7 @@ def build_site(notebooks, out: Path, modules: Path, root: Path | None = None) ->
             shutil.copy2(p, out / rel)
             assets.add(rel)
     order = [f"notebooks/{n}" for n, _ in notebooks]
-    site = html.Site(pages=pages, assets=assets, order=order)
+    site = html.Site(pages=pages, assets=assets, order=order, root=root, out=out)
     for name, nb in notebooks:
         src = f"notebooks/{name}"
         (out / pages[src]).parent.mkdir(parents=True, exist_ok=True)

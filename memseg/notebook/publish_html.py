@@ -7,6 +7,7 @@ import copy
 import html
 import posixpath
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,8 @@ SLIDES_TEMPLATE = "{%- extends 'index.html.j2' -%}\n" + _NO_CDN + """
 <style>
 :root { --jp-content-font-size1: 24px; --jp-ui-font-size1: 22px; --jp-code-font-size: 20px; }
 .reveal .slides { text-align: left; }
-.reveal .jp-RenderedImage img, .reveal .jp-OutputArea-output img { max-width: 100%; max-height: 660px; width: auto; }
+.reveal .jp-RenderedImage img, .reveal .jp-OutputArea-output img { max-width: 100%; max-height: 660px; width: auto;
+  display: block; margin: 0 auto; }
 .reveal .jp-RenderedHTMLCommon table { font-size: 18px; }
 .reveal section.memseg-tall { overflow-y: auto; }
 .reveal .memseg-live-only { font-style: italic; color: #555; }
@@ -174,6 +176,7 @@ def slides_index(notebooks) -> str:
 
 _ANCHOR = re.compile(r'<a\s([^>]*?)href="([^"]*)"([^>]*)>(.*?)</a>', re.S)
 _SRC = re.compile(r'(<img\s[^>]*?src=")([^"]*)(")')
+_NAV = "<!-- memseg-nav -->"
 _SCRIPT = re.compile(r"(<script\b.*?</script>)", re.S | re.I)
 _EXTERNAL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")  # http:, https:, mailto:, data:
 
@@ -185,6 +188,8 @@ class Site:
     pages: dict[str, str]
     assets: set[str] = field(default_factory=set)
     order: list[str] = field(default_factory=list)  # the notebooks, for previous / next
+    root: Path | None = None  # the repository and the site's folder: images from elsewhere are copied in
+    out: Path | None = None
 
     def _target(self, src: str, href: str) -> str | None:
         """The site path a relative ``href`` in the page of ``src`` points at, or None outside the site."""
@@ -195,6 +200,16 @@ class Site:
             if cand in self.assets:
                 return cand
         return None
+
+    def _copy_image(self, src: str, href: str) -> str | None:
+        """An image of the repository outside docs/ (e.g. ../assets/x.png): copied into the site, same path."""
+        path = posixpath.normpath(posixpath.join(posixpath.dirname(src), href))
+        if self.root is None or self.out is None or path.startswith("..") or not (self.root / path).is_file():
+            return None
+        (self.out / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.root / path, self.out / path)
+        self.assets.add(path)
+        return path
 
     def _rel(self, src: str, site_path: str) -> str:
         return posixpath.relpath(site_path, posixpath.dirname(self.pages[src]))
@@ -217,7 +232,7 @@ class Site:
             href = html.unescape(m.group(2))
             if _EXTERNAL.match(href):
                 return m.group(0)
-            target = self._target(src, href)
+            target = self._target(src, href) or self._copy_image(src, href)
             return m.group(1) + html.escape(self._rel(src, target) if target else href) + m.group(3)
 
         # outside <script> only: an output's inline JavaScript (plotly.js) may hold "<a href=" strings
@@ -237,8 +252,8 @@ class Site:
     def _render(self, nb, src: str, title: str) -> str:
         static = self._rel(src, STATIC)
         body, _ = _exporter("site").from_notebook_node(
-            nb, resources={"metadata": {"name": title}, "static": static, "nav": self.nav(src)})
-        return self.relink(body, src)
+            nb, resources={"metadata": {"name": title}, "static": static, "nav": _NAV})
+        return self.relink(body, src).replace(_NAV, self.nav(src))  # the bar's links are site paths already
 
     def notebook_page(self, nb, src: str) -> str:
         return self._render(static_notebook(nb, slides=False), src, notebook_title(nb, Path(src).stem))
