@@ -11,7 +11,8 @@ any failing cell fails the test. A kernel idle for ``$MEMSEG_NB_IDLE`` s (120) w
 Options: ``MEMSEG_NB_DATA`` / ``MEMSEG_NB_RUNS`` keep the data / model cache in a persistent folder
 (default: a fresh temporary one), ``MEMSEG_NB_CATEGORY`` (default washer), ``MEMSEG_STEPS`` (training
 steps of the shared model). Review aids: ``MEMSEG_FIGDIR=<dir>`` saves every teaching figure as PNG,
-and ``MEMSEG_NB_OUT=<dir>`` writes the executed notebooks there.
+and ``MEMSEG_NB_OUT=<dir>`` writes the executed notebooks there. Each notebook that runs is also kept for
+the slide and site tests of the same session (tests/test_slides_site.py), which so execute nothing again.
 """
 
 from __future__ import annotations

@@ -111,6 +111,13 @@ def test_a_notebook_without_an_executed_copy_is_named(tmp_path):
         publish.executed_notebooks(["01_anomaly_simulation.ipynb"], tmp_path, run_missing=False, root=ROOT)
 
 
+def test_the_command_names_an_unknown_notebook(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        publish.main(["docs", "01_anomaly.ipynb"])
+    assert exit_.value.code == 2
+    assert "no such notebook under" in capsys.readouterr().err
+
+
 def test_an_execution_of_other_sources_is_not_reused(tmp_path):
     nbformat = pytest.importorskip("nbformat")
     name = NOTEBOOKS[0]
