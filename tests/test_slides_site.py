@@ -219,12 +219,12 @@ def test_slides_render_offline(executed, vendor, browser, tmp_path):
     _wait(browser, "return window.Reveal && Reveal.isReady()", 60, "reveal.js to initialise")
     total = browser.execute_script("return Reveal.getTotalSlides()")
     assert total > 1, f"{deck.name}: {total} slide"
-    # go to the first slide that shows a figure: it is loaded, has a size and is on screen
+    # go to the slide with the largest figure: it is loaded, has a size and is on screen
     index = browser.execute_script("""
-        const s = Array.from(document.querySelectorAll('.reveal .slides section')).filter(x => !x.querySelector('section'));
-        const k = s.findIndex(x => x.querySelector('.jp-OutputArea-output img'));
-        if (k < 0) { return null; }
-        const ix = Reveal.getIndices(s[k]); Reveal.slide(ix.h, ix.v); return ix;""")
+        const imgs = Array.from(document.querySelectorAll('.reveal .slides section .jp-OutputArea-output img'));
+        if (!imgs.length) { return null; }
+        const big = imgs.reduce((a, b) => a.naturalWidth * a.naturalHeight >= b.naturalWidth * b.naturalHeight ? a : b);
+        const ix = Reveal.getIndices(big.closest('section')); Reveal.slide(ix.h, ix.v); return ix;""")
     assert index is not None, f"{deck.name}: no slide shows a figure"
     _wait(browser, "const i = Reveal.getCurrentSlide().querySelector('.jp-OutputArea-output img');"
                    "return i && i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 200", 30,
@@ -269,6 +269,7 @@ def test_site_renders_offline_with_figures_and_working_links(executed, vendor, b
                 f"{page.name}: figures not shown: {figures}"
             if page.name.startswith("01_"):
                 _wait(browser, "return document.querySelector('mjx-container') !== null", 30, "MathJax on the page")
+                browser.execute_script("document.querySelectorAll('.jp-OutputArea-output img')[1].scrollIntoView()")
                 shot = tmp_path / "site-notebook.png"
                 browser.save_screenshot(str(shot))
                 _keep(shot)

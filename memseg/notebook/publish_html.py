@@ -269,7 +269,8 @@ class Site:
             cell = next((c for c in nb.cells if c.cell_type == "markdown"), None)
             paras = [p for p in (cell.source.split("\n\n") if cell else []) if not p.startswith("#")]
             words = " ".join(paras[0].split()) if paras else ""
-            return words.split(". ")[0].rstrip(":.") + "." if words else ""
+            first = re.match(r"(.+?[.?!])(?=\s+[A-Z]|$)", words)  # "Fig. 6" and "§4.2)." do not end it
+            return first.group(1) if first else words
 
         lines = ["# MemSeg kit: the teaching notebooks, executed", "",
                  "The notebooks of [MemSeg](https://arxiv.org/abs/2205.00908) (Yang et al.) with their outputs, as "
