@@ -387,8 +387,9 @@ def check_mapping(cls: type, values: Any, section: str, what: str | None = None,
                   base: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``values`` (a mapping from YAML, a flag or the API) checked against config dataclass ``cls``, so that
     ``cls(**base, **values)`` can only fail for a reason ``cls`` itself gives: known keys (else the valid ones are
-    listed), each value of its field's type (:func:`coerce`; nested config dataclasses checked the same way), each
-    key alone through ``cls``'s own checks (so an error names the one key at fault), then all together.
+    listed), each value of its field's type (:func:`coerce`; nested config dataclasses checked the same way), then
+    all together through ``cls``'s own checks; a refusal is laid on the one key that alone gets the same refusal,
+    else on ``section`` (keys that clash).
 
     Returns the mapping with the values :func:`coerce` read from text. ``what`` names ``cls`` in the unknown-key
     message (default its class name); ``base`` holds values set elsewhere (a model's ``input_size``).
@@ -427,13 +428,18 @@ def check_mapping(cls: type, values: Any, section: str, what: str | None = None,
                 value = coerce(value, hint, key)
             except ValueError as err:
                 raise OptionError(f"{section}.{key}", str(err), section) from None
-        try:
-            cls(**{**base, key: value})
-        except (TypeError, ValueError) as err:
-            raise OptionError(f"{section}.{key}", " ".join(str(err).split()), section) from None
         checked[key] = value
-    try:
-        cls(**{**base, **checked})
-    except (TypeError, ValueError) as err:
-        raise OptionError(section, " ".join(str(err).split()), section) from None
+    problem = _refusal(cls, {**base, **checked})
+    if problem is not None:  # the one key that alone gets the same refusal is at fault, else the keys together
+        culprit = next((k for k in checked if _refusal(cls, {**base, k: checked[k]}) == problem), None)
+        raise OptionError(f"{section}.{culprit}" if culprit else section, problem, section)
     return checked
+
+
+def _refusal(cls: type, values: Mapping[str, Any]) -> str | None:
+    """What ``cls(**values)`` says when it refuses them (one line), else None."""
+    try:
+        cls(**values)
+    except (TypeError, ValueError) as err:
+        return " ".join(str(err).split())
+    return None

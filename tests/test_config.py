@@ -326,3 +326,17 @@ def test_a_bad_device_variable_is_named_by_the_demo_and_the_notebooks(tmp_path, 
     with pytest.raises(ValueError, match=expected):
         nb_settings.setup(str(tmp_path / "missing"), "x", verbose=False, style=False)
     assert not (tmp_path / "missing").exists()
+
+
+def test_options_valid_together_are_not_refused_one_by_one() -> None:
+    """embed_dim 32 is refused with MMR's default 12 heads, not with the 2 heads set beside it."""
+    from memseg.config import OptionError, check_mapping
+
+    cls = MODEL_CONFIGS["mmr"]
+    assert check_mapping(cls, {"embed_dim": 32, "num_heads": 2}, "model_options") == {"embed_dim": 32, "num_heads": 2}
+    with pytest.raises(OptionError) as info:
+        check_mapping(cls, {"embed_dim": 32, "num_heads": 3}, "model_options")
+    assert info.value.key == "model_options" and "embed_dim (32) must be divisible by num_heads (3)" in str(info.value)
+    with pytest.raises(OptionError) as info:
+        check_mapping(cls, {"embed_dim": 32, "num_heads": 2, "mask_ratio": 1.5}, "model_options")
+    assert info.value.key == "model_options.mask_ratio"
