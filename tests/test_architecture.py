@@ -2,7 +2,8 @@
 
 Layers, bottom to top; a module may import its own layer and the layers below, never above:
 
-    config, utils, paths, viz      plumbing (no memseg imports but each other)
+    config, config_schema, utils,  plumbing (no memseg imports but each other)
+    paths, viz
     data                           images and datasets
     simulation, models             the paper's parts (§3.1; §3.2-3.4)
     engine                         training, scoring, evaluation, inference, export, benchmark
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "memseg"
-LAYER = {"config": 0, "utils": 0, "paths": 0, "viz": 0, "data": 1, "simulation": 2, "models": 2, "engine": 3,
+LAYER = {"config": 0, "config_schema": 0, "utils": 0, "paths": 0, "viz": 0, "data": 1, "simulation": 2, "models": 2, "engine": 3,
          "notebook": 4, "apps": 4}
 MAX_LINES = 500
 

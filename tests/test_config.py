@@ -1,4 +1,5 @@
-"""memseg.config: the one size type and the one config base (from_dict / YAML) every config uses."""
+"""memseg.config and memseg.config_schema: the one size type, the one config base (from_dict / YAML) every config
+uses, and every option read as the type its schema declares (the command line's --set, YAML, the settings layers)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ import yaml  # noqa: E402
 
 from memseg.apps.cli import build_parser  # noqa: E402
 from memseg.apps.cli import main as cli_main  # noqa: E402
-from memseg.config import parse_typed, schema_of  # noqa: E402
+from memseg.config_schema import parse_typed, schema_of  # noqa: E402
 from memseg.engine.config_sources import option_type, parse_assignments  # noqa: E402
 from memseg.engine.train_config import model_config_for  # noqa: E402
 from memseg.models import config_from_dict  # noqa: E402
@@ -127,7 +128,8 @@ def _every_option() -> list[tuple[str, str, object]]:
     options += [("memseg", f.name, _default(f)) for f in dataclasses.fields(TrainConfig)
                 if f.name not in ("model_options", "simulation")]
     options += [("memseg", f"simulation.{f.name}", _default(f)) for f in dataclasses.fields(SimulationConfig)]
-    options += [("memseg", f"simulation.foreground.{f.name}", _default(f)) for f in dataclasses.fields(ForegroundConfig)]
+    options += [("memseg", f"simulation.foreground.{f.name}", _default(f))
+                for f in dataclasses.fields(ForegroundConfig)]
     return options
 
 
@@ -276,7 +278,8 @@ def test_the_default_yaml_file_is_the_schema_defaults() -> None:
             assert TrainConfig.from_dict({key: value}).to_dict()[key] == getattr(defaults, key), key
     from_file = TrainConfig.from_yaml(ROOT / "configs" / "memseg_default.yaml")
     assert {**from_file.to_dict(), "model_options": {}} == defaults.to_dict()
-    assert config_from_dict("memseg", model_config_for(from_file)) == config_from_dict("memseg", model_config_for(defaults))
+    model = config_from_dict("memseg", model_config_for(defaults))
+    assert config_from_dict("memseg", model_config_for(from_file)) == model
 
 
 def test_the_demo_settings_are_a_thin_layer_over_the_schema(tmp_path) -> None:
@@ -297,9 +300,11 @@ def test_the_demo_settings_are_a_thin_layer_over_the_schema(tmp_path) -> None:
     assert (cfg.batch_normal, cfg.batch_anomalous, cfg.lr, cfg.seed) == (
         defaults.batch_normal, defaults.batch_anomalous, defaults.lr, defaults.seed)
     model = config_from_dict("memseg", model_config_for(cfg))
-    assert (model.memory_size, model.weights) == (MODEL_CONFIGS["memseg"]().memory_size, MODEL_CONFIGS["memseg"]().weights)
+    memseg_defaults = MODEL_CONFIGS["memseg"]()
+    assert (model.memory_size, model.weights) == (memseg_defaults.memory_size, memseg_defaults.weights)
     bigger = demo._train_config(demo.DemoSettings(memory_size=7, batch_size=6, seed=2), tmp_path / "run")
-    assert (bigger.model_options, bigger.batch_normal, bigger.batch_anomalous, bigger.seed) == ({"memory_size": 7}, 3, 3, 2)
+    assert bigger.model_options == {"memory_size": 7}
+    assert (bigger.batch_normal, bigger.batch_anomalous, bigger.seed) == (3, 3, 2)
 
 
 def test_the_notebook_settings_take_the_full_run_from_the_schema(tmp_path) -> None:
@@ -330,7 +335,7 @@ def test_a_bad_device_variable_is_named_by_the_demo_and_the_notebooks(tmp_path, 
 
 def test_options_valid_together_are_not_refused_one_by_one() -> None:
     """embed_dim 32 is refused with MMR's default 12 heads, not with the 2 heads set beside it."""
-    from memseg.config import OptionError, check_mapping
+    from memseg.config_schema import OptionError, check_mapping
 
     cls = MODEL_CONFIGS["mmr"]
     assert check_mapping(cls, {"embed_dim": 32, "num_heads": 2}, "model_options") == {"embed_dim": 32, "num_heads": 2}

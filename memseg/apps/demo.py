@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from memseg.config import ConfigBase, coerce, parse_typed, read_yaml_mapping, schema_of
+from memseg.config import ConfigBase, read_yaml_mapping
+from memseg.config_schema import coerce, parse_typed, schema_of
 from memseg.paths import locate_dtd, project_root
 
 __all__ = [

@@ -38,7 +38,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from memseg.config import as_size, field_default, read_yaml_mapping
+from memseg.config import as_size, read_yaml_mapping
+from memseg.config_schema import field_default
 from memseg.data.datasets import find_records, list_categories
 from memseg.engine.evaluation import METRICS_JSON, evaluate, pct
 from memseg.engine.run_folder import CHECKPOINT_DIR, CONFIG_YAML, FINAL_CHECKPOINT, LAST_CHECKPOINT, hold_run_folder

@@ -1,6 +1,6 @@
 """The one road of a training option: from where it is given, typed by the schema, into one :class:`TrainConfig`.
 
-An option is given in up to four places; a later one wins (nested mappings are merged key by key):
+An option is given in up to five places; a later one wins (nested mappings are merged key by key):
 
     1. the schema's defaults       TrainConfig, the model's config (MemSegConfig, ...), SimulationConfig
     2. a stored config             the resumed run's checkpoint (``memseg train --resume``)
@@ -8,9 +8,10 @@ An option is given in up to four places; a later one wins (nested mappings are m
     4. ``--set key.path=value``    any option, e.g. ``--set model_options.attention=literal``, repeatable
     5. the named flags             ``--steps``, ``--size``, ``--weights``, ... (what a flag names, it decides)
 
-A ``--set`` value is text, read as the type its field declares (:func:`option_type`, :func:`memseg.config.parse_typed`);
-the merged mapping then goes through :meth:`TrainConfig.validate` (model options and simulation included) before
-any data is read, and an error names where its value came from: the flag, the ``--set``, or the file and key.
+A ``--set`` value is text, read as the type its field declares (:func:`option_type`,
+:func:`memseg.config_schema.parse_typed`); the merged mapping then goes through :meth:`TrainConfig.validate`
+(model options and simulation included) before any data is read, and an error names where its value came
+from: the flag, the ``--set``, or the file and key.
 
 Examples:
     >>> sources = ConfigSources()
@@ -27,7 +28,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from memseg.config import deep_merge, describe_type, parse_typed, schema_of
+from memseg.config_schema import deep_merge, describe_type, parse_typed, schema_of
 from memseg.engine.train_config import ConfigValueError, TrainConfig
 
 SET_FLAG = "--set"

@@ -24,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from memseg.config import ConfigBase, OptionError, as_size, check_mapping, read_yaml_mapping
+from memseg.config import ConfigBase, as_size, read_yaml_mapping
+from memseg.config_schema import OptionError, check_mapping
 
 MODEL_NAMES = ("memseg", "draem", "mmr")
 
@@ -176,7 +177,8 @@ class TrainConfig(ConfigBase):
 
     def _check_sections(self, bad) -> None:
         """``model_options`` against the model's config and ``simulation`` against ``SimulationConfig``, each key
-        by its type and the config's own checks (:func:`memseg.config.check_mapping`): before any data is read."""
+        by its type and the config's own checks (:func:`memseg.config_schema.check_mapping`): before any data is
+        read."""
         from memseg.models import MODEL_CONFIGS
         from memseg.simulation.simulation_config import SimulationConfig
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from memseg.config import as_size, field_default
+from memseg.config import as_size
+from memseg.config_schema import field_default
 from memseg.engine.train_config import TrainConfig
 from memseg.models.memseg import MemSegConfig
 from memseg.paths import locate_dtd, project_root
