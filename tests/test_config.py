@@ -229,6 +229,9 @@ def no_data(monkeypatch):
                                                       "integer, got 'many'"),
     ("", ["--size", "100"], "--size 100: MemSeg input_size must be (H, W) with both sides positive multiples of 32"),
     ("size: 100\n", [], "{config}: size 100: MemSeg input_size must be (H, W)"),
+    ("", ["--set", "model=foo"], "--set model=foo: model must be one of ('memseg', 'draem', 'mmr'), got 'foo'"),
+    ("", ["--set", "model=foo", "--set", "model_options.depth=2"],
+     "--set model_options.depth=2: model_options of model 'foo': the model must be one of memseg, draem, mmr"),
     ("", ["--model", "mmr", "--set", "model_options.embed_dim=100", "--size", "64"],
      "--set model_options.embed_dim=100: MMRConfig.embed_dim (100) must be divisible by num_heads (12)"),
 ])

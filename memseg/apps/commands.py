@@ -222,7 +222,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         sources.add(stored, str(ckpt), check_keys=False)
     if args.config:
         sources.add(file_values, str(args.config))
-    sources.add(parse_assignments(assignments, model if isinstance(model, str) else "memseg"), SET_FLAG)
+    sources.add(parse_assignments(assignments, str(model)), SET_FLAG)
     sources.add_flags({
         "data": ("--data", args.data), "category": ("--category", args.category), "model": ("--model", args.model),
         "out": ("--out", args.out), "steps": ("--steps", args.steps), "dtd_root": ("--dtd", args.dtd),

@@ -54,6 +54,8 @@ def option_type(path: str, model: str = "memseg") -> Any:
     if head not in schema:
         raise ValueError(f"unknown TrainConfig key {head!r}; valid keys: {', '.join(schema)}")
     hint = schema[head]
+    if rest and head == "model_options" and model not in MODEL_CONFIGS:
+        raise ValueError(f"model_options of model {model!r}: the model must be one of {', '.join(MODEL_CONFIGS)}")
     if rest and head in _SECTIONS:
         hint = MODEL_CONFIGS[model] if head == "model_options" else SimulationConfig
     for i, key in enumerate(rest):
