@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memseg.data import load_split  # noqa: E402
+from memseg.engine.checkpoint import read_checkpoint  # noqa: E402
 from memseg.engine.export import CACHE_ENV, export_onnx  # noqa: E402
 from memseg.engine.inference import Predictor  # noqa: E402
 from memseg.engine.mixed_precision import MIXED_BACKEND, VERDICT_MARGIN, native_bf16  # noqa: E402
@@ -57,7 +58,7 @@ def study(checkpoint: Path, folder: Path) -> dict:
     fast = Predictor.from_checkpoint(checkpoint, device="cpu")
     if fast.backend != MIXED_BACKEND:
         raise SystemExit(f"{checkpoint}: the default route is {fast.backend}, not {MIXED_BACKEND}")
-    cfg = exact.info["config"]
+    cfg = read_checkpoint(checkpoint)["config"]  # the data the run was trained on
     images = load_split(cfg["data"], cfg["category"], "test", size=exact.input_size)
     x01 = torch.stack([images[i]["image"] for i in range(len(images))])
     thr, k = exact.threshold, exact.top_k

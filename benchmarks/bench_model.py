@@ -6,6 +6,7 @@ Usage::
     python benchmarks/bench_model.py --what infer --batch 1 --size 256 --device cpu
     python benchmarks/bench_model.py --what train --batch 8 --no-channels-last --threads 1
     python benchmarks/bench_model.py --what infer --backend torch onnxruntime --device cpu   # side by side, one run
+    python benchmarks/bench_model.py --what runtimes --batch 1 8    # CPU routes: two runtimes vs OpenVINO alone
 
 Numbers are printed (one JSON line per measurement); nothing here is asserted. Reference on the
 2-core development CPU: the known public kit needs ~6.3 s per batch-8 training step at 256² and
@@ -34,10 +35,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from memseg.engine.backends import as_backend  # noqa: E402
 from memseg.models.memseg.model import MemSeg, MemSegConfig  # noqa: E402
 from memseg.utils import select_device  # noqa: E402
 
@@ -83,7 +86,8 @@ def bench_inference(
         if dev.type != "cpu" or dtype is not None:
             raise ValueError("backend onnxruntime is measured on the CPU in float32 (--device cpu, no --dtype)")
         model = _exported(model)
-    h, w = model.config.input_size
+    model = as_backend(model, dev)  # the torch model, or the exported one: both are InferenceBackends
+    h, w = model.input_size
     x = torch.randn(batch, 3, h, w, device=dev)
     ctx = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype is not None else (lambda: torch.autocast(dev.type, enabled=False))
     times, cpu = [], []
@@ -107,11 +111,12 @@ def bench_inference(
 def _exported(model: MemSeg):
     """``model`` saved, exported to ONNX and opened with onnxruntime (an :class:`OnnxRuntimeModel`)."""
     from memseg.engine.checkpoint import save_checkpoint
-    from memseg.engine.export import export_onnx, load_onnx
+    from memseg.engine.export import export_onnx
+    from memseg.engine.onnx_runtime import load_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = save_checkpoint(Path(tmp) / "model.pt", model, config={"top_k": 100})
-        onnx_model, _info = load_onnx(export_onnx(ckpt, Path(tmp) / "model.onnx"), threads=torch.get_num_threads())
+        onnx_model, _record = load_onnx(export_onnx(ckpt, Path(tmp) / "model.onnx"), threads=torch.get_num_threads())
     return onnx_model  # the session holds the graph in memory: the files may go
 
 
@@ -169,12 +174,74 @@ def bench_memory_size(
     return rows
 
 
+def bench_cpu_runtimes(batches: tuple[int, ...] = (1, 8), size: int = 256, memory_size: int = 30,
+                       repeats: int = 8, threads: int | None = None):
+    """The CPU routes side by side in one process, interleaved, on a random-weight MemSeg: the bf16 route with two
+    runtimes (compare half float32 in onnxruntime, segment half bf16 in OpenVINO: what the kit runs) against
+    OpenVINO alone (both halves, the compare half in float32), and the float32 routes (whole graph; the verdict
+    guard's two halves) in onnxruntime against OpenVINO. Yields one dict per route and batch: the largest map
+    difference to torch and the median / min latency per batch (ms), with its ratio to the kit's bf16 route."""
+    import openvino as ov
+
+    from memseg.engine.export import _AnomalyMapGraph, export_halves, exportable
+    from memseg.engine.onnx_runtime import INPUT_NAME, ort_session
+    from memseg.utils import normalize
+
+    torch.manual_seed(0)
+    model = MemSeg(MemSegConfig(input_size=(size, size), memory_size=memory_size, weights="random"), init_weights=False).eval()
+    model.prepare(normalize(torch.rand(memory_size, 3, size, size)))
+    core = ov.Core()
+
+    def openvino(path: Path, precision: str):
+        options = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            options["INFERENCE_NUM_THREADS"] = threads
+        return core.compile_model(core.read_model(str(path)), "CPU", options)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        compare, segment, whole = Path(tmp) / "c.onnx", Path(tmp) / "s.onnx", Path(tmp) / "whole.onnx"
+        export_halves(model, compare, segment)
+        with torch.no_grad(), exportable(model):
+            torch.onnx.export(_AnomalyMapGraph(model).eval(), (torch.randn(2, 3, size, size),), str(whole), dynamo=True,
+                              input_names=[INPUT_NAME], dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}})
+        ort_c, ort_s, ort_w = ort_session(compare, threads), ort_session(segment, threads), ort_session(whole, threads)
+        ov_c32, ov_s16, ov_s32, ov_w32 = (openvino(compare, "f32"), openvino(segment, "bf16"), openvino(segment, "f32"),
+                                          openvino(whole, "f32"))
+    names = [i.name for i in ort_s.get_inputs()]
+    routes = {
+        "bf16 route: onnxruntime f32 + OpenVINO bf16 (kit)": lambda x: ov_s16(ort_c.run(None, {"input": x}))[0],
+        "bf16 route: OpenVINO f32 + OpenVINO bf16": lambda x: ov_s16(list(ov_c32({"input": x}).values()))[0],
+        "float32 whole graph: onnxruntime (kit)": lambda x: ort_w.run(None, {"input": x})[0],
+        "float32 whole graph: OpenVINO": lambda x: ov_w32({"input": x})[0],
+        "float32 halves (guard): onnxruntime (kit)": lambda x: ort_s.run(None, dict(zip(names, ort_c.run(None, {"input": x}))))[0],
+        "float32 halves (guard): OpenVINO": lambda x: ov_s32(list(ov_c32({"input": x}).values()))[0],
+    }
+    gen = torch.Generator().manual_seed(1)
+    for batch in batches:
+        x = normalize(torch.rand(batch, 3, size, size, generator=gen))
+        with torch.no_grad():
+            ref = model.anomaly_map(x).clamp(0, 1).numpy()
+        x = x.numpy()
+        diff = {name: float(max(abs(np.asarray(fn(x)) - ref).max() for _ in range(2))) for name, fn in routes.items()}  # + warm-up
+        times: dict[str, list[float]] = {name: [] for name in routes}
+        for _ in range(repeats):
+            for name, fn in routes.items():
+                t0 = time.perf_counter()
+                fn(x)
+                times[name].append(1000 * (time.perf_counter() - t0))
+        base = statistics.median(times[next(iter(routes))])
+        for name, ts in times.items():
+            yield {"bench": "cpu_runtimes", "route": name, "batch": batch, "size": size, "max_abs_diff": diff[name],
+                   "p50_ms": round(statistics.median(ts), 1), "min_ms": round(min(ts), 1),
+                   "ratio_to_kit_bf16": round(statistics.median(ts) / base, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--what", nargs="+", default=["infer", "train", "memory"], choices=["infer", "train", "memory"])
+    p.add_argument("--what", nargs="+", default=["infer", "train", "memory"], choices=["infer", "train", "memory", "runtimes"])
     p.add_argument("--device", default="auto")
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--batch", type=int, default=None, help="default: 1 and 8 for inference, 8 for training")
+    p.add_argument("--batch", type=int, nargs="+", default=None, help="default: 1 and 8 for inference, 8 for training")
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16"], help="autocast dtype for inference")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="channels_last convolutions (model default)")
     p.add_argument("--threads", type=int, default=None)
@@ -187,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     dev = select_device(args.device)
     print(json.dumps({"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__, "channels_last": args.channels_last, "dtype": args.dtype}))
     if "infer" in args.what:
-        for b in [args.batch] if args.batch else [1, 8]:
+        for b in args.batch or [1, 8]:
             p50 = {}
             for backend in args.backend:
                 r = bench_inference(batch=b, size=args.size, device=dev, dtype=dtype, channels_last=args.channels_last,
@@ -198,9 +265,12 @@ def main(argv: list[str] | None = None) -> int:
             if len(p50) == 2:
                 print(json.dumps({"bench": "inference_ratio", "batch": b, "torch_over_onnxruntime": round(p50["torch"] / p50["onnxruntime"], 2)}), flush=True)
     if "train" in args.what:
-        b = args.batch or 8
+        b = args.batch[0] if args.batch else 8
         s = bench_train_step(batch=b, size=args.size, device=dev, channels_last=args.channels_last, dtype=dtype)
         print(json.dumps({"bench": "train_step", "batch": b, "size": args.size, "seconds": round(s, 3), "cpu_s": round(bench_train_step.last_cpu_s, 3)}), flush=True)
+    if "runtimes" in args.what:
+        for row in bench_cpu_runtimes(tuple(args.batch or [1, 8]), args.size, threads=args.threads):
+            print(json.dumps(row), flush=True)
     if "memory" in args.what:
         for row in bench_memory_size(size=args.size, device=dev, channels_last=args.channels_last):
             print(json.dumps({"bench": "memory_size", **{k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}}), flush=True)

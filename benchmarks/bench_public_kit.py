@@ -142,14 +142,15 @@ def checkpoint_and_graph(model: MemSeg, folder: Path) -> tuple[Path, Path]:
 
 
 def onnx_route(path: Path, threads: int) -> Route:
-    from memseg.engine.export import load_onnx
+    from memseg.engine.onnx_runtime import load_onnx
 
     return load_onnx(path, threads=threads)[0].anomaly_map
 
 
 def mixed_route(checkpoint: Path, model: MemSeg, threads: int) -> Route:
     """Compare half float32 (onnxruntime), segment half bf16 (OpenVINO), without the verdict guard."""
-    from memseg.engine.mixed_precision import MixedPrecisionModel, cached_halves
+    from memseg.engine.export import cached_halves
+    from memseg.engine.mixed_precision import MixedPrecisionModel
 
     compare, segment = cached_halves(checkpoint, model)
     return MixedPrecisionModel(compare, segment, model.config.input_size, threads=threads).anomaly_map

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from tiny_data import make_tiny_dataset
 from torch import nn
 
+from memseg.engine.checkpoint_record import CheckpointRecord
 from memseg.engine.evaluation import decision_metrics, evaluate
 from memseg.engine.scoring import collect_predictions, image_scores
 from memseg.utils import denormalize
-from tiny_data import make_tiny_dataset
 
 
 @dataclass
@@ -153,7 +154,8 @@ def test_cli_evaluate_prints_the_baseline_beside_f1_max(tmp_path, monkeypatch, c
     from memseg.apps.commands import run_evaluate
 
     root = make_tiny_dataset(tmp_path / "data", n_good=4, n_defect=3)
-    monkeypatch.setattr(ev, "_resolve_model", lambda ckpt, device, backend="auto": (BrightnessModel(), {"checkpoint": str(ckpt), "step": 5}))
+    record = CheckpointRecord(model_name="fake", input_size=(64, 64), step=5)
+    monkeypatch.setattr(ev, "_resolve_model", lambda ckpt, device, backend="auto": (BrightnessModel(), record))
     args = argparse.Namespace(checkpoint=str(tmp_path / "run" / "checkpoints" / "last.pt"), data=str(root), category="tiny",
                               layout="auto", out=str(tmp_path / "eval"), batch_size=4, device="cpu")
     assert run_evaluate(args) == 0

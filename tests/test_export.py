@@ -8,15 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from memseg.engine.checkpoint import load_checkpoint
-from memseg.apps.cli import main as cli_main
-from memseg.engine.evaluation import evaluate
-from memseg.engine.scoring import score_images
-from memseg.engine.export import export_onnx, load_onnx
-from memseg.engine.inference import Predictor
-from memseg.engine.training import TrainConfig, train
 from tiny_data import make_tiny_dataset
+
+from memseg.apps.cli import main as cli_main
+from memseg.engine.backends import InferenceBackend
+from memseg.engine.checkpoint import load_checkpoint
+from memseg.engine.evaluation import evaluate
+from memseg.engine.export import export_onnx
+from memseg.engine.inference import Predictor
+from memseg.engine.onnx_runtime import load_onnx
+from memseg.engine.scoring import score_images
+from memseg.engine.training import TrainConfig, train
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -43,10 +45,10 @@ def exported(trained, tmp_path_factory) -> Path:
 
 def test_maps_match_pytorch_at_any_batch_size(trained, exported):
     torch_model, info = load_checkpoint(trained[1], device="cpu")
-    onnx_model, onnx_info = load_onnx(exported)
-    assert onnx_model.config.input_size == (64, 64)
-    assert onnx_info["threshold"] == pytest.approx(info["threshold"])
-    assert onnx_info["config"]["category"] == "tiny" and onnx_info["weights_source"] == info["weights_source"]
+    onnx_model, record = load_onnx(exported)
+    assert isinstance(onnx_model, InferenceBackend) and onnx_model.input_size == (64, 64)
+    assert record.threshold == pytest.approx(info["threshold"]) and record.backend == "onnxruntime"
+    assert record.category == "tiny" and record.weights_source == info["weights_source"]
     gen = torch.Generator().manual_seed(3)
     for batch in (1, 2, 7):  # the batch axis is dynamic
         images = torch.rand(batch, 3, 64, 64, generator=gen)
@@ -94,11 +96,9 @@ def test_cli_predict_runs_a_checkpoint_through_its_cached_graph(trained, tmp_pat
     """The default route of `memseg predict` on a .pt: exported once into the cache, then reused; a
     retrained (changed) checkpoint gets a fresh export. The float32 route (a CPU without native bf16;
     tests/test_mixed_precision.py checks the bf16 one)."""
-    from memseg.engine import mixed_precision
+    from memseg.engine import inference, mixed_precision
     from memseg.engine.checkpoint import save_checkpoint
     from memseg.engine.export import CACHE_ENV, cached_onnx
-
-    from memseg.engine import inference
 
     monkeypatch.setattr(mixed_precision, "native_bf16", lambda: False)
     monkeypatch.setattr(inference, "EXPORT_WORTH_IMAGES", 1)  # one image is a job worth exporting for, here

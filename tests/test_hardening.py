@@ -467,12 +467,12 @@ def _tiny_onnx(path: Path, meta: dict, channels_out: int = 1, size: int = 32) ->
 
 
 def test_onnx_metadata_and_graph_are_checked_on_load_naming_the_file(tmp_path):
-    from memseg.engine.export import load_onnx
+    from memseg.engine.onnx_runtime import load_onnx
 
     meta = {"format": "memseg-kit-onnx", "model_name": "memseg", "input_size": [32, 32], "top_k": 10, "threshold": 0.5,
             "category": "tiny"}
-    model, info = load_onnx(_tiny_onnx(tmp_path / "ok.onnx", meta))  # what the kit writes: loads
-    assert info["threshold"] == 0.5 and info["config"]["size"] == [32, 32]
+    model, record = load_onnx(_tiny_onnx(tmp_path / "ok.onnx", meta))  # what the kit writes: loads
+    assert record.threshold == 0.5 and record.input_size == (32, 32)
     for name, changed, expected in (
             ("nan.onnx", {"threshold": float("nan")}, "stored threshold nan is not a finite number in [0, 1]"),
             ("text.onnx", {"threshold": "high"}, "stored threshold 'high' is not a finite number in [0, 1]"),
@@ -775,7 +775,7 @@ def test_an_onnx_file_onnxruntime_cannot_load_or_run_is_named(tmp_path, capsys, 
     import onnx
     import torch
 
-    from memseg.engine.export import load_onnx
+    from memseg.engine.onnx_runtime import load_onnx
 
     meta = {"format": "memseg-kit-onnx", "model_name": "memseg", "input_size": [32, 32], "top_k": 10, "threshold": 0.5}
     path = _tiny_onnx(tmp_path / "broken.onnx", meta)
@@ -924,12 +924,12 @@ def test_a_bad_onnx_in_the_model_picker_is_one_line_and_no_traceback(onnx_app, t
 def no_export_here(monkeypatch, tmp_path):
     """A fresh export cache, and any export in this process fails the test (pytest.fail is no Exception: the
     routes' fallbacks cannot swallow it)."""
-    from memseg.engine import export, mixed_precision
+    from memseg.engine import deploy_extra, export
 
     monkeypatch.setenv(export.CACHE_ENV, str(tmp_path / "fresh-cache"))
-    monkeypatch.setattr(export, "_SAID", set())
+    monkeypatch.setattr(deploy_extra, "_SAID", set())
     monkeypatch.setattr(export, "export_onnx", lambda *a, **k: pytest.fail("exported before scoring a small job"))
-    monkeypatch.setattr(mixed_precision, "export_halves", lambda *a, **k: pytest.fail("exported before scoring a small job"))
+    monkeypatch.setattr(export, "export_halves", lambda *a, **k: pytest.fail("exported before scoring a small job"))
 
 
 def _stop_background(predictor) -> None:
@@ -960,14 +960,15 @@ def test_a_large_job_or_a_cached_export_takes_the_fast_route(trained, monkeypatc
 
     taken: list[str] = []
 
-    def fast_route(checkpoint, model, info, threads):
+    def fast_route(checkpoint, backend, threads):
         taken.append(str(checkpoint))
-        return model, {**info, "backend": "fast"}
+        backend.name = "fast"
+        return backend
 
     monkeypatch.setattr(inference, "_fast_cpu_route", fast_route)
     big = inference.Predictor.from_checkpoint(trained, device="cpu", images=inference.EXPORT_WORTH_IMAGES)
     assert big.backend == "fast" and taken == [str(trained)]  # worth exporting for: exported (here: faked) first
-    files = inference._cpu_route_files(trained, big.info)
+    files = inference._cpu_route_files(trained, big.record)
     for f in files:
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(b"cached")
@@ -1002,11 +1003,11 @@ def test_the_background_export_is_adopted_between_calls_and_cached_for_the_next_
                                                                                     capsys):
     import numpy as np
 
-    from memseg.engine import export
+    from memseg.engine import deploy_extra, export
     from memseg.engine.inference import Predictor
 
     monkeypatch.setenv(export.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(export, "_SAID", set())
+    monkeypatch.setattr(deploy_extra, "_SAID", set())
     image = np.full((32, 32, 3), 90, np.uint8)
     predictor = Predictor.from_checkpoint(trained, device="cpu")
     try:

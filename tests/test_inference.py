@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_data import make_tiny_dataset
 
-from memseg.engine.checkpoint import save_checkpoint
 from memseg.data import ImageLoadError, load_split
-from memseg.engine.scoring import collect_predictions
+from memseg.engine.checkpoint import save_checkpoint
 from memseg.engine.inference import DEFAULT_THRESHOLD, EXPORT_WORTH_IMAGES, Prediction, Predictor
+from memseg.engine.scoring import collect_predictions
 from memseg.models import build_model
 from memseg.utils import normalize
-from tiny_data import make_tiny_dataset
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -166,7 +166,7 @@ def test_default_cpu_route_is_onnxruntime_with_the_maps_and_verdicts_of_torch(pr
     pytest.importorskip("onnxscript")
     by_torch = Predictor.from_checkpoint(checkpoint[0], device="cpu", backend="torch")
     assert predictor.backend == "onnxruntime" and by_torch.backend == "torch"
-    assert predictor.info["onnx_path"].startswith(str(onnx_cache)) and predictor.threshold == by_torch.threshold
+    assert str(predictor.model.path).startswith(str(onnx_cache)) and predictor.threshold == by_torch.threshold
     images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     images[3:, :, 20:40, 20:40] = 1.0  # a bright square: a different score range
     scores, maps = predictor.predict_batch(images)
@@ -186,23 +186,23 @@ def test_the_export_is_cached_by_content(checkpoint, onnx_cache, tmp_path, monke
     copy = tmp_path / "copy.pt"
     copy.write_bytes(checkpoint[1].read_bytes())
     first = Predictor.from_checkpoint(copy, device="cpu", images=EXPORT_WORTH_IMAGES)
-    assert capsys.readouterr().err.strip() == f"memseg: exporting {copy} for onnxruntime, once (cached as {first.info['onnx_path']})"
+    assert capsys.readouterr().err.strip() == f"memseg: exporting {copy} for onnxruntime, once (cached as {first.model.path})"
     monkeypatch.setattr(export, "export_onnx", lambda *a, **k: pytest.fail("a cached graph was exported again"))
     again = Predictor.from_checkpoint(copy, device="cpu", images=1)  # cached: taken for any job
-    assert again.info["onnx_path"] == first.info["onnx_path"] and capsys.readouterr().err == ""
+    assert again.model.path == first.model.path and capsys.readouterr().err == ""
     assert all(p.parent == onnx_cache / "onnx" for p in onnx_cache.rglob("*.onnx"))  # nothing beside the checkpoints
     assert list(tmp_path.iterdir()) == [copy]
 
 
 def test_without_onnxruntime_the_default_route_is_torch_and_says_so_once(checkpoint, monkeypatch, capsys):
-    from memseg.engine import export
+    from memseg.engine import deploy_extra
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails, find_spec says missing
-    monkeypatch.setattr(export, "_SAID", set())
+    monkeypatch.setattr(deploy_extra, "_SAID", set())
     preds = [Predictor.from_checkpoint(checkpoint[0], device="cpu") for _ in range(2)]
     assert [p.backend for p in preds] == ["torch", "torch"]
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "onnxruntime not installed" in lines[0] and "memseg-kit[deploy]" in lines[0]
+    assert len(lines) == 1 and "onnxruntime not installed" in lines[0] and "pip install 'memseg[deploy]'" in lines[0]
     assert str(checkpoint[0]) in lines[0]
     assert preds[0].predict(np.full((64, 64, 3), 90, np.uint8)).anomaly_map.shape == (64, 64)
 
@@ -210,13 +210,13 @@ def test_without_onnxruntime_the_default_route_is_torch_and_says_so_once(checkpo
 def test_a_failed_export_falls_back_to_torch_with_one_line(checkpoint, monkeypatch, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from memseg.engine import export
+    from memseg.engine import deploy_extra, export
 
     def broken(path):
         raise RuntimeError("exporter crashed\nlong trace")
 
     monkeypatch.setattr(export, "cached_onnx", broken)
-    monkeypatch.setattr(export, "_SAID", set())
+    monkeypatch.setattr(deploy_extra, "_SAID", set())
     assert Predictor.from_checkpoint(checkpoint[0], device="cpu", images=EXPORT_WORTH_IMAGES).backend == "torch"
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [f"memseg: the onnxruntime route failed for {checkpoint[0]} (RuntimeError: exporter crashed); running it with torch"]

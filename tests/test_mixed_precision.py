@@ -10,8 +10,12 @@ import pytest
 import torch
 
 from memseg.engine import mixed_precision
+from memseg.engine.backends import InferenceBackend
 from memseg.engine.checkpoint import save_checkpoint
+from memseg.engine.checkpoint_record import CheckpointRecord
+from memseg.engine.export import export_halves
 from memseg.engine.inference import EXPORT_WORTH_IMAGES, Predictor
+from memseg.engine.onnx_runtime import ort_session
 from memseg.engine.scoring import image_scores
 from memseg.models import build_model
 from memseg.utils import normalize
@@ -63,10 +67,8 @@ def test_halves_in_float32_give_the_maps_of_torch(model, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     compare, segment = tmp_path / "c.onnx", tmp_path / "s.onnx"
-    mixed_precision.export_halves(model, compare, segment)
+    export_halves(model, compare, segment)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.onnx", "s.onnx"]  # weights inside, no leftovers
-    from memseg.engine.export import ort_session
-
     front, back = ort_session(compare), ort_session(segment)
     x = normalize(_images(5))
     halves = front.run(None, {"input": x.numpy()})
@@ -84,8 +86,7 @@ def test_halves_of_the_ablations_give_the_maps_of_torch(options, tmp_path):
     torch.manual_seed(1)
     m = build_model("memseg", {"input_size": (64, 64), "memory_size": 2, "weights": "random", **options}).eval()
     m.prepare(normalize(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))))
-    mixed_precision.export_halves(m, tmp_path / "c.onnx", tmp_path / "s.onnx")  # raises unless within 1e-4
-    from memseg.engine.export import ort_session
+    export_halves(m, tmp_path / "c.onnx", tmp_path / "s.onnx")  # raises unless within 1e-4
 
     n_halves = len(ort_session(tmp_path / "s.onnx").get_inputs())
     assert n_halves == (4 if not options.get("use_memory", True) else 7)
@@ -99,7 +100,7 @@ needs_bf16 = pytest.mark.skipif(not mixed_precision.native_bf16(),
 def test_default_cpu_route_is_mixed_precision_and_its_verdicts_are_float32(checkpoint, export_cache):
     fast = Predictor.from_checkpoint(checkpoint, device="cpu", images=EXPORT_WORTH_IMAGES)
     exact = Predictor.from_checkpoint(checkpoint, device="cpu", backend="torch")
-    assert fast.backend == mixed_precision.MIXED_BACKEND and str(export_cache) in fast.info["onnx_path"]
+    assert fast.backend == mixed_precision.MIXED_BACKEND and all(str(export_cache) in path for path in fast.model.paths)
     x = _images(6)
     with torch.no_grad():
         bf16_scores = image_scores(fast.model.anomaly_map(normalize(x)), 100).numpy()
@@ -121,19 +122,15 @@ def test_default_cpu_route_is_mixed_precision_and_its_verdicts_are_float32(check
 
 
 class _OffByOne:
-    """A model whose fast map is its exact map + 0.02 (what the bf16 route looks like to the Predictor)."""
+    """A backend whose fast map is its exact map + 0.02 (what the bf16 route looks like to the Predictor)."""
 
+    name, model_name, input_size, device = "off-by-one", "memseg", (32, 32), torch.device("cpu")
     verdict_margin = 0.05
+    image_score = None
 
     def __init__(self, value: float):
         self.value = value
         self.exact_calls = 0
-
-    def to(self, *args, **kwargs):
-        return self
-
-    def eval(self):
-        return self
 
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.exact_anomaly_map(x, count=False) + 0.02
@@ -146,13 +143,14 @@ class _OffByOne:
 @pytest.mark.parametrize("value, threshold, rescored", [(0.49, 0.5, True), (0.40, 0.5, False), (0.52, 0.5, True), (0.60, 0.5, False)])
 def test_the_guard_scores_again_only_near_the_threshold(value, threshold, rescored):
     model = _OffByOne(value)
-    pred = Predictor(model, {"config": {"size": 32}}, device="cpu", threshold=threshold)
+    assert isinstance(model, InferenceBackend)
+    pred = Predictor(model, device="cpu", threshold=threshold)
     out = pred.predict(torch.rand(3, 32, 32))
     assert model.exact_calls == int(rescored) and out.exact == rescored
     assert out.score == pytest.approx(value if rescored else value + 0.02)
     assert out.is_anomalous == (out.score >= threshold)
     assert pred.is_exact_at(value + 0.02, threshold) == (not rescored)
-    assert Predictor(torch.nn.Identity(), {"config": {"size": 32}}, device="cpu").is_exact_at(0.5, 0.5)  # no margin: exact
+    assert Predictor(torch.nn.Identity(), CheckpointRecord("identity", (32, 32)), device="cpu").is_exact_at(0.5, 0.5)  # no margin: exact
 
 
 def test_without_openvino_the_route_is_onnxruntime_float32(checkpoint, monkeypatch):
@@ -167,7 +165,7 @@ def test_without_openvino_the_route_is_onnxruntime_float32(checkpoint, monkeypat
 def test_a_failed_export_of_the_halves_falls_back_with_one_line(checkpoint, monkeypatch, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from memseg.engine import export
+    from memseg.engine import deploy_extra
 
     def broken(path, model):
         raise RuntimeError("exporter crashed\nlong trace")
@@ -175,7 +173,7 @@ def test_a_failed_export_of_the_halves_falls_back_with_one_line(checkpoint, monk
     monkeypatch.setattr(mixed_precision, "native_bf16", lambda: True)
     monkeypatch.setattr(mixed_precision, "missing_modules", lambda *modules: [])
     monkeypatch.setattr(mixed_precision, "cached_halves", broken)
-    monkeypatch.setattr(export, "_SAID", set())
+    monkeypatch.setattr(deploy_extra, "_SAID", set())
     pred = Predictor.from_checkpoint(checkpoint, device="cpu", images=EXPORT_WORTH_IMAGES)
     assert pred.backend == "onnxruntime"
     lines = capsys.readouterr().err.strip().splitlines()

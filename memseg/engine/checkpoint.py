@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from memseg.config import as_size
+from memseg.engine.checkpoint_record import check_carried_values
 from memseg.utils import check_fits_in_memory, select_device, unreadable_reason
 
 FORMAT_VERSION = 2  # the newest format this code reads; 2 = the memory bank may be stored as its source images
@@ -244,41 +245,6 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def check_carried_values(path: str | Path, threshold: Any = None, input_size: Any = None, top_k: Any = None,
-                         category: Any = None) -> None:
-    """What a checkpoint (or an exported model's metadata) carries into scoring must be usable, checked on load.
-
-    ``threshold``: None or a finite number in [0, 1] (scores are means of [0, 1] maps; a NaN or a string would
-    make every verdict "normal"); ``input_size``: None or (H, W) of positive ints; ``top_k``: None or an int
-    >= 1; ``category``: None or a string.
-
-    Raises:
-        ValueError: one line naming the file, the value found and what was expected.
-    """
-    import math
-
-    def bad(what: str, value: Any, expected: str) -> ValueError:
-        return ValueError(f"{path}: stored {what} {value!r} is not {expected}; the file is damaged or was edited "
-                          "(write it again with `memseg train` or `memseg export`)")
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-    if threshold is not None and not (isinstance(threshold, (int, float, np.integer, np.floating))
-                                      and not isinstance(threshold, bool) and math.isfinite(threshold)
-                                      and 0.0 <= float(threshold) <= 1.0):
-        raise bad("threshold", threshold, "a finite number in [0, 1] (the decision threshold on the image score)")
-    if input_size is not None:
-        try:
-            as_size(input_size, "input size")
-        except ValueError:
-            raise bad("input size", input_size, "(H, W) of positive integers") from None
-    if top_k is not None and not (is_int(top_k) and top_k >= 1):
-        raise bad("top_k", top_k, "an integer >= 1 (pixels averaged into the image score)")
-    if category is not None and not isinstance(category, str):
-        raise bad("category", category, "a category name (a string)")
-
-
 def is_slim(ckpt: dict) -> bool:
     """Whether a checkpoint dict is a slim inference checkpoint (memory bank stored as its source images)."""
     return ckpt.get(MEMORY_IMAGES) is not None
@@ -331,16 +297,13 @@ def load_checkpoint(
                          f"{type(ckpt['model_state']).__name__}, not the mappings `memseg train` writes; the file is "
                          "damaged or was edited")
     check_expected(ckpt, path, model=model, input_size=input_size, memory_size=memory_size)
+    ckpt = migrate_checkpoint(ckpt)
     mcfg = dict(ckpt.get("model_config") or {})
     name = ckpt["model_name"]
     try:
         accepts_init = "init_weights" in inspect.signature(MODEL_REGISTRY[name].__init__).parameters
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path} holds an unknown model kind {name!r}; this memseg-kit knows {sorted(MODEL_REGISTRY)}") from err
-    if name == "memseg":
-        # Checkpoints written before these options existed hold the paper's head and literal attention.
-        mcfg.setdefault("head", "paper")
-        mcfg.setdefault("attention", "literal")
     if not accepts_init and "weights" in mcfg:
         # The stored state replaces every weight: no need to load (or download) the initial ones.
         mcfg["weights"] = "random"
@@ -353,9 +316,10 @@ def load_checkpoint(
                          "(use a machine with more memory, or a checkpoint trained at a smaller size)", dev)
     net = build_model(name, mcfg, init_weights=False)
     state = ckpt["model_state"]
-    if is_slim(ckpt):  # the bank's features are rebuilt below; keep load_state_dict strict about the rest
+    if is_slim(ckpt):  # the bank's features (and scales) are rebuilt below; keep load_state_dict strict about the rest
         current = net.state_dict()
-        state = {**state, **{k: current[k] for k in memory_bank_keys(net) if k not in state}}
+        rebuilt = memory_bank_keys(net) + [k.replace("level", "scale") for k in memory_bank_keys(net)]
+        state = {**state, **{k: current[k] for k in rebuilt if k not in state}}
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -368,6 +332,44 @@ def load_checkpoint(
     info = {k: v for k, v in ckpt.items() if k != "model_state"}
     info["path"] = str(path)
     return net, info
+
+
+def migrate_checkpoint(ckpt: dict) -> dict:
+    """A checkpoint dict written by an older memseg-kit in the current layout (a new dict; the file is untouched).
+
+    The one home of checkpoint migrations, each undone here and nowhere else:
+
+    - MemSeg checkpoints from before the ``head`` and ``attention`` options ran the paper's head and literal
+      attention: their ``model_config`` gets ``head="paper"``, ``attention="literal"``;
+    - MemSeg checkpoints from before the reference scales ``memory.scale1..3`` (calibrated attention, see
+      :meth:`memseg.models.memseg.memory.MemoryBank.reference_differences`): the scales are computed from the
+      stored bank as :meth:`MemoryBank.fill` does (a slim checkpoint's bank and scales are rebuilt on load).
+
+    Examples:
+        >>> ckpt = migrate_checkpoint(read_checkpoint("runs/old/last.pt"))  # doctest: +SKIP
+        >>> ckpt["model_config"]["attention"]                               # doctest: +SKIP
+        'literal'
+    """
+    if ckpt.get("model_name") != "memseg":
+        return ckpt
+    ckpt = dict(ckpt)
+    ckpt["model_config"] = {"head": "paper", "attention": "literal", **(ckpt.get("model_config") or {})}
+    state = ckpt["model_state"]
+    levels = [state.get(f"memory.level{i}") for i in (1, 2, 3)]
+    if any(f"memory.scale{i}" in state for i in (1, 2, 3)) or any(v is None for v in levels):
+        return ckpt
+    from memseg.models.memseg.memory import MemoryBank
+    from memseg.models.memseg.model import MemSegConfig
+
+    def option(key: str) -> Any:  # the stored value, else the default of MemSegConfig
+        return ckpt["model_config"].get(key, getattr(MemSegConfig, key))
+
+    bank = MemoryBank(len(levels[0]), [tuple(v.shape[1:]) for v in levels], option("distance"),
+                      option("memory_chunk_size"), option("memory_shift"))
+    if bool(state.get("memory.memory_ready", False)):  # an empty bank keeps the neutral scales (ones)
+        bank.fill([v.float() for v in levels])
+    ckpt["model_state"] = {**state, **{f"memory.scale{i}": s for i, s in enumerate(bank.scales, start=1)}}
+    return ckpt
 
 
 def check_model_options(name: str, options: Any, source: str) -> None:
@@ -413,7 +415,6 @@ def model_state_bytes(name: str, options: dict, source: str) -> int:
 
 
 # ------------------------------------------------------------------------------------ RNG states (exact resume)
-# ------------------------------------------------------------------------------------ RNG states
 def rng_state(generator: torch.Generator) -> dict:
     """All RNG states in weights_only-safe form (tensors, ints, floats, strings)."""
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from memseg.engine.backends import as_backend, load_model
+from memseg.engine.checkpoint_record import CheckpointRecord
 from memseg.engine.scoring import check_batch_size, collect_predictions
 from memseg.utils import check_output_dir, create_new_file
 
@@ -114,18 +116,17 @@ def _write_new(path: Path, text: str, out: Path, overwrite: bool) -> None:
         os.replace(target, path)
 
 
-def _resolve_model(checkpoint_or_model: Any, device: str | torch.device, backend: str = "auto") -> tuple[nn.Module, dict]:
-    if isinstance(checkpoint_or_model, nn.Module):
-        return checkpoint_or_model, {"checkpoint": None}
-    from memseg.engine.export import load_model
-
-    model, info = load_model(checkpoint_or_model, device=device, backend=backend)
-    cfg = info.get("config") or {}
-    planned = cfg.get("steps")
-    if planned is not None and info.get("step") is not None and info["step"] < planned:
-        warnings.warn(f"{checkpoint_or_model}: evaluating a checkpoint at step {info['step']} of {planned} "
+def _resolve_model(checkpoint_or_model: Any, device: str | torch.device,
+                   backend: str = "auto") -> tuple[Any, CheckpointRecord | None]:
+    """A file's backend and record (warning when its run did not finish); a model as it is, without a record."""
+    if not isinstance(checkpoint_or_model, (str, os.PathLike)):
+        return checkpoint_or_model, None
+    model, record = load_model(checkpoint_or_model, device=device, backend=backend)
+    planned = record.steps_planned
+    if planned is not None and record.step is not None and record.step < planned:
+        warnings.warn(f"{checkpoint_or_model}: evaluating a checkpoint at step {record.step} of {planned} "
                       "(the run did not finish)", stacklevel=3)
-    return model, {"checkpoint": str(checkpoint_or_model), **info}
+    return model, record
 
 
 def evaluate(
@@ -147,7 +148,7 @@ def evaluate(
 
     Args:
         checkpoint_or_model: a checkpoint path (the run's final one), a ``.onnx`` file written by
-            ``memseg export`` (run by onnxruntime; ``backend`` as in :func:`memseg.engine.export.load_model`)
+            ``memseg export`` (run by onnxruntime; ``backend`` as in :func:`memseg.engine.backends.load_model`)
             or a model with ``anomaly_map``.
         out: folder for ``metrics.json`` + ``metrics.md`` (None: write nothing). Existing metrics
             files there are an error unless ``overwrite``.
@@ -170,16 +171,16 @@ def evaluate(
         existing = [Path(out) / n for n in (METRICS_JSON, METRICS_MD) if os.path.lexists(Path(out) / n)]  # links too
         if existing:
             raise ValueError(f"{existing[0]} already exists; choose another output folder (or overwrite=True)")
-    model, info = _resolve_model(checkpoint_or_model, device, backend)
-    mcfg = getattr(model, "config", None)
-    input_size = getattr(mcfg, "input_size", None) or size or 256
-    input_size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(v) for v in input_size)
-    train_cfg = info.get("config") or {}
-    top_k = int(top_k or train_cfg.get("top_k") or 100)
+    model, record = _resolve_model(checkpoint_or_model, device, backend)
+    model = as_backend(model, device, input_size=size or 256)  # size: for a bare model without config.input_size
+    if record is None:  # a model, not a file: its own input size and the defaults
+        record = CheckpointRecord(model_name=model.model_name, input_size=model.input_size)
+    input_size = model.input_size
+    top_k = int(top_k or record.top_k)
     if threshold is None:
-        threshold = info.get("threshold")
-    if train_cfg.get("category") not in (None, category):
-        warnings.warn(f"{info.get('checkpoint')} was trained on category {train_cfg['category']!r}, "
+        threshold = record.threshold
+    if record.category not in (None, category):
+        warnings.warn(f"{record.path} was trained on category {record.category!r}, "
                       f"evaluating it on {category!r}", stacklevel=2)
 
     dataset = load_split(data, category, split="test", size=input_size, layout=layout)
@@ -192,11 +193,11 @@ def evaluate(
     result: dict[str, Any] = {
         "category": category,
         "data": str(data),
-        "model": getattr(model, "name", type(model).__name__),
-        "checkpoint": info.get("checkpoint"),
-        "step": info.get("step"),
-        "steps_planned": train_cfg.get("steps"),
-        "weights_source": info.get("weights_source", getattr(mcfg, "weights", None)),
+        "model": record.model_name if model.name == "torch" else f"{record.model_name} ({model.name})",
+        "checkpoint": record.path,
+        "step": record.step,
+        "steps_planned": record.steps_planned,
+        "weights_source": record.weights_source or getattr(getattr(checkpoint_or_model, "config", None), "weights", None),
         "input_size": list(input_size),
         "top_k": top_k,
         "n_images": int(preds.labels.size),

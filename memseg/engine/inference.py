@@ -38,6 +38,9 @@ from memseg.data.io import (
     pil_to_rgb_array,
     shrink_image,
 )
+from memseg.engine.backends import InferenceBackend, as_backend
+from memseg.engine.checkpoint_record import CheckpointRecord
+from memseg.engine.deploy_extra import say_once
 from memseg.engine.scoring import score_images, score_maps
 from memseg.utils import no_autocast, normalize, select_device
 
@@ -94,31 +97,52 @@ the export costs 10-20 s once, the route then saves about 45-100 ms an image ove
 batch 1: 134 -> 89 ms float32, less on the bf16 route), so fewer images are answered sooner by torch."""
 
 
-def _say(message: str) -> None:
-    from memseg.engine.export import say_once
-
-    say_once(message)
-
-
-def _cpu_route_files(checkpoint: str | Path, info: dict) -> list[Path] | None:
+def _cpu_route_files(checkpoint: str | Path, record: CheckpointRecord) -> list[Path] | None:
     """The cache files the fast CPU route of ``checkpoint`` needs (the bf16 halves where that route applies, else the
     float32 graph); None where no export is involved (not a MemSeg checkpoint, or the deploy extra is missing)."""
-    from memseg.engine.export import DEPLOY_MODULES, EXPORTABLE, cache_key, cached_onnx_path, missing_modules
-    from memseg.engine.mixed_precision import cached_halves_paths, route_applies
+    from memseg.engine.deploy_extra import DEPLOY_MODULES, missing_modules
+    from memseg.engine.export import cache_key, cached_halves_paths, cached_onnx_path
+    from memseg.engine.mixed_precision import route_applies
+    from memseg.engine.onnx_runtime import EXPORTABLE
 
-    if info.get("model_name") not in EXPORTABLE or missing_modules(*DEPLOY_MODULES):
+    if record.model_name not in EXPORTABLE or missing_modules(*DEPLOY_MODULES):
         return None
     key = cache_key(Path(checkpoint))
-    return list(cached_halves_paths(checkpoint, key)) if route_applies(info) else [cached_onnx_path(checkpoint, key)]
+    return list(cached_halves_paths(checkpoint, key)) if route_applies(record.model_name) else [cached_onnx_path(checkpoint, key)]
 
 
-def _fast_cpu_route(checkpoint: str | Path, model: Any, info: dict, threads: int | None) -> tuple[Any, dict]:
+def onnxruntime_route(checkpoint: str | Path, backend: InferenceBackend, threads: int | None = None) -> InferenceBackend:
+    """A MemSeg checkpoint's torch ``backend`` moved onto its cached ONNX graph in onnxruntime (float32).
+
+    Other models (DRAEM, MMR) come back unchanged. Without the ``deploy`` extra, or when the export
+    or its parity check fails, the torch backend comes back too, and one stderr line says why.
+    """
+    from memseg.engine import export
+    from memseg.engine.deploy_extra import DEPLOY_MODULES, missing_modules
+    from memseg.engine.onnx_runtime import EXPORTABLE, load_onnx
+
+    if backend.model_name not in EXPORTABLE:
+        return backend
+    missing = missing_modules(*DEPLOY_MODULES)
+    if missing:
+        say_once(f"memseg: {', '.join(missing)} not installed, so {checkpoint} runs with torch (slower on the CPU); "
+                 "pip install 'memseg[deploy]' for the onnxruntime route")
+        return backend
+    try:
+        fast, _record = load_onnx(export.cached_onnx(checkpoint), threads)
+    except Exception as err:  # the exporter raises many kinds; torch still runs the checkpoint
+        say_once(f"memseg: the onnxruntime route failed for {checkpoint} ({type(err).__name__}: "
+                 f"{(str(err).splitlines() or [''])[0]}); running it with torch")
+        return backend
+    return fast
+
+
+def _fast_cpu_route(checkpoint: str | Path, backend: InferenceBackend, threads: int | None) -> InferenceBackend:
     """The bf16 route where it applies, else onnxruntime float32, else (deploy extra missing, export failed) torch."""
-    from memseg.engine.export import onnxruntime_route
     from memseg.engine.mixed_precision import mixed_precision_route
 
-    routed = mixed_precision_route(checkpoint, model, info, threads)
-    return routed if routed is not None else onnxruntime_route(checkpoint, model, info, threads)
+    routed = mixed_precision_route(checkpoint, backend, threads)
+    return routed if routed is not None else onnxruntime_route(checkpoint, backend, threads)
 
 
 class _BackgroundRoute:
@@ -129,13 +153,13 @@ class _BackgroundRoute:
 
     _running: dict[tuple[str, ...], Any] = {}  # cache files -> the process exporting them
 
-    def __init__(self, checkpoint: str | Path, files: list[Path], model: Any, info: dict, threads: int | None):
+    def __init__(self, checkpoint: str | Path, files: list[Path], backend: InferenceBackend, threads: int | None):
         import subprocess
         import sys
         import threading
 
         self.checkpoint, self.files, self.threads = Path(checkpoint), files, threads
-        self.routed: tuple[Any, dict] | None = None
+        self.routed: InferenceBackend | None = None
         self.error = ""
         key = tuple(map(str, files))
         self.log = files[0].with_name(files[0].name + ".export.log")  # the export's own output, beside its files
@@ -148,26 +172,26 @@ class _BackgroundRoute:
                                         start_new_session=True)  # not killed with this process (Ctrl-C, exit)
             self._running[key] = proc
         self.proc = proc
-        self.thread = threading.Thread(target=self._watch, args=(model, info), daemon=True,
+        self.thread = threading.Thread(target=self._watch, args=(backend,), daemon=True,
                                        name=f"memseg-route-{self.checkpoint.name}")
         self.thread.start()
 
-    def _watch(self, model: Any, info: dict) -> None:
+    def _watch(self, backend: InferenceBackend) -> None:
         self.proc.wait()
         if not all(f.is_file() for f in self.files):
             self.error = self._log_tail()
             return
         try:
-            fast, routed = _fast_cpu_route(self.checkpoint, model, info, self.threads)
-            if routed.get("backend", "torch") == "torch":
+            fast = _fast_cpu_route(self.checkpoint, backend, self.threads)
+            if fast.name == "torch":
                 self.error = "its route could not be opened"
                 return
-            h, w = fast.config.input_size
+            h, w = fast.input_size
             fast.anomaly_map(torch.zeros(1, 3, h, w))  # the first run's one-off costs, here and not in a call
         except Exception as err:  # noqa: BLE001 - the predictor keeps torch, and says why
             self.error = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
             return
-        self.routed = (fast, routed)
+        self.routed = fast
         try:
             self.log.unlink()
         except OSError:
@@ -192,15 +216,14 @@ def _export_in_background(checkpoint: str) -> int:
     at a low priority (what :class:`_BackgroundRoute` runs)."""
     import os
 
-    from memseg.engine.checkpoint import load_checkpoint
+    from memseg.engine.backends import load_model
 
     try:
         os.nice(10)  # the predictor's own scoring comes first
     except OSError:
         pass
-    model, info = load_checkpoint(checkpoint, device="cpu")
-    _model, routed = _fast_cpu_route(checkpoint, model, info, None)
-    return 0 if routed.get("backend", "torch") != "torch" else 1
+    backend, _record = load_model(checkpoint, device="cpu", backend="torch")
+    return 0 if _fast_cpu_route(checkpoint, backend, None).name != "torch" else 1
 
 
 @dataclass
@@ -236,41 +259,47 @@ def _batch_tensor(images: Any) -> torch.Tensor:
 class Predictor:
     """A trained model ready to score images.
 
-    Attributes: ``model``, ``input_size`` (H, W), ``threshold``, ``category``, ``model_name``,
-    ``weights_source``, ``top_k``, ``device``, ``info`` (checkpoint metadata), ``max_pixels``
-    (image files with more pixels are refused; None: Pillow's own limit).
+    Attributes: ``model`` (the :class:`memseg.engine.backends.InferenceBackend` running the network),
+    ``record`` (the :class:`memseg.engine.checkpoint_record.CheckpointRecord` of what the file carries),
+    ``input_size`` (H, W), ``threshold``, ``category``, ``model_name``, ``weights_source``, ``top_k``, ``device``,
+    ``max_pixels`` (image files with more pixels are refused; None: Pillow's own limit).
+
+    Args:
+        model: a torch model (run as a :class:`memseg.engine.backends.TorchBackend` on ``device``) or a backend.
+        record: what the checkpoint carries; None: the model's own input size and the defaults.
+        threshold, top_k: override the record's.
     """
 
-    def __init__(self, model: torch.nn.Module, info: dict | None = None, device: str | torch.device = "auto",
-                 threshold: float | None = None, top_k: int | None = None, max_pixels: int | None = MAX_IMAGE_PIXELS):
-        info = info or {}
-        cfg = info.get("config") or {}
+    def __init__(self, model: torch.nn.Module | InferenceBackend, record: CheckpointRecord | None = None,
+                 device: str | torch.device = "auto", threshold: float | None = None, top_k: int | None = None,
+                 max_pixels: int | None = MAX_IMAGE_PIXELS):
         self.device = select_device(device)
-        self.model = model.to(self.device).eval()
-        size = getattr(getattr(model, "config", None), "input_size", None) or cfg.get("size") or 256
-        self.input_size: tuple[int, int] = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        stored = info.get("threshold")
+        self.model = as_backend(model, self.device)
+        if record is None:
+            record = CheckpointRecord(model_name=self.model.model_name, input_size=self.model.input_size)
+        self.record = record
+        self.input_size: tuple[int, int] = self.model.input_size or record.input_size
+        stored = record.threshold
         self.threshold: float = float(threshold if threshold is not None else stored if stored is not None else DEFAULT_THRESHOLD)
         self.threshold_source = "given" if threshold is not None else "validation split" if stored is not None else "default 0.5"
-        self.category: str | None = cfg.get("category")
-        self.model_name: str = info.get("model_name") or getattr(model, "name", type(model).__name__)
-        self.weights_source: str | None = info.get("weights_source")
-        self.top_k: int = int(top_k or cfg.get("top_k") or 100)
+        self.category: str | None = record.category
+        self.model_name: str = record.model_name
+        self.weights_source: str | None = record.weights_source
+        self.top_k: int = int(top_k) if top_k is not None else record.top_k
         self.max_pixels = max_pixels
-        self.info = info
         self._pending: _BackgroundRoute | None = None  # a background export of the fast CPU route (from_checkpoint)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", backend: str = "auto",
                         threads: int | None = None, images: int | None = None, **kwargs: Any) -> "Predictor":
         """Load a checkpoint written by :func:`memseg.engine.training.train`, or a model written by ``memseg export``
-        (``.onnx``, run by onnxruntime; see :func:`memseg.engine.export.load_model` for ``backend``).
+        (``.onnx``, run by onnxruntime; see :func:`memseg.engine.backends.load_model` for ``backend``).
 
         On the CPU, ``backend="auto"`` runs a MemSeg checkpoint by the fastest route that keeps its
         verdicts: where the CPU has native bf16 and OpenVINO is installed, the memory comparison in
         float32 and the segmentation half in bf16, images near the threshold scored again in float32
         (:func:`memseg.engine.mixed_precision.mixed_precision_route`); else its whole graph in
-        onnxruntime float32 (:func:`memseg.engine.export.onnxruntime_route`; maps within 1e-4 of torch).
+        onnxruntime float32 (:func:`onnxruntime_route`; maps within 1e-4 of torch).
         Both are exported once into a cache; without the ``deploy`` extra it stays on torch and says so
         once. ``backend="torch"`` keeps torch. ``threads``: the runtimes' intra-op threads (None: their default).
 
@@ -284,22 +313,22 @@ class Predictor:
           export is ready (:meth:`wait_for_route` waits for it). The export survives this process, so the
           next one finds it cached.
         """
-        from memseg.engine.export import is_onnx, load_model
+        from memseg.engine.backends import is_onnx, load_model
 
-        model, info = load_model(path, device=device, backend=backend, threads=threads)
+        model, record = load_model(path, device=device, backend=backend, threads=threads)
         pending = None
         if backend == "auto" and not is_onnx(path) and select_device(device).type == "cpu":
-            files = _cpu_route_files(path, info)
+            files = _cpu_route_files(path, record)
             if files is None or all(f.is_file() for f in files) or (images is not None and images >= EXPORT_WORTH_IMAGES):
-                model, info = _fast_cpu_route(path, model, info, threads)  # exports now unless cached
+                model = _fast_cpu_route(path, model, threads)  # exports now unless cached
             elif images is not None:
-                _say(f"memseg: {images} image{'s' if images != 1 else ''}: {path} runs with torch (exporting it for the "
+                say_once(f"memseg: {images} image{'s' if images != 1 else ''}: {path} runs with torch (exporting it for the "
                      f"faster CPU route takes 10-20 s, once; that pays off from {EXPORT_WORTH_IMAGES} images)")
             else:
-                pending = _BackgroundRoute(path, files, model, info, threads)
-                _say(f"memseg: {path} runs with torch while its faster CPU route is exported in the background "
+                pending = _BackgroundRoute(path, files, model, threads)
+                say_once(f"memseg: {path} runs with torch while its faster CPU route is exported in the background "
                      "(10-20 s, once; cached for the next run)")
-        predictor = cls(model, info, device=device, **kwargs)
+        predictor = cls(model, record, device=device, **kwargs)
         predictor._pending = pending
         return predictor
 
@@ -319,17 +348,16 @@ class Predictor:
             return
         self._pending = None
         if pending.routed is None:
-            _say(f"memseg: the background export of {pending.checkpoint} failed ({pending.error}); it keeps running "
+            say_once(f"memseg: the background export of {pending.checkpoint} failed ({pending.error}); it keeps running "
                  "with torch")
             return
-        model, info = pending.routed
-        self.model, self.info = model.to(self.device).eval(), info
-        _say(f"memseg: {pending.checkpoint} now runs with {self.backend} (exported in the background)")
+        self.model = pending.routed
+        say_once(f"memseg: {pending.checkpoint} now runs with {self.backend} (exported in the background)")
 
     @property
     def backend(self) -> str:
         """What runs the network: "torch", "onnxruntime" or "onnxruntime+openvino-bf16"."""
-        return self.info.get("backend", "torch")
+        return self.model.name
 
     # ------------------------------------------------------------------------------- inputs
     def load(self, path: str | Path) -> np.ndarray:
@@ -408,9 +436,9 @@ class Predictor:
 
     def _exact_near(self, model: Any, x: torch.Tensor, amap: torch.Tensor, scores: torch.Tensor,
                     threshold: float) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """The bf16 route's verdict guard: images scored within the model's ``verdict_margin`` of
+        """The bf16 route's verdict guard: images scored within the backend's ``verdict_margin`` of
         ``threshold`` are scored again by its ``exact_anomaly_map`` (float32)."""
-        margin = float(getattr(model, "verdict_margin", 0.0))
+        margin = float(model.verdict_margin)
         if not margin:
             return amap, scores, np.ones(len(scores), dtype=bool)
         near = (scores.float() - threshold).abs() < margin
@@ -425,7 +453,7 @@ class Predictor:
     @property
     def verdict_margin(self) -> float:
         """How close to a threshold a score is scored again in float32 (0: the model is float32 throughout)."""
-        return float(getattr(self.model, "verdict_margin", 0.0))
+        return float(self.model.verdict_margin)
 
     def is_exact_at(self, score: float, threshold: float) -> bool:
         """Whether a verdict at ``threshold`` from ``score`` is the float32 verdict without scoring again."""

@@ -94,8 +94,10 @@ def collect_predictions(
     if len(dataset) == 0:
         raise ValueError("collect_predictions: the dataset is empty")
     check_batch_size(batch_size)
+    from memseg.engine.backends import as_backend
+
     dev = select_device(device)
-    model = model.to(dev).eval()
+    model = as_backend(model, dev)  # a torch model moves to ``dev`` (eval mode); an exported one runs where it runs
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     scores, maps, labels, masks, defects, paths = [], [], [], [], [], []
     seconds = 0.0

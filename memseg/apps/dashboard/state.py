@@ -180,7 +180,6 @@ class DashboardState:
         self.display_side = int(display_side)
         self.predictor: Predictor | None = None
         self.checkpoint: Path | None = None
-        self.checkpoint_info: dict = {}
         self.input_size: tuple[int, int] = (settings.size, settings.size)
         self.categories: list[str] = []  # the dataset's categories (the picker's values)
         self.records: list = []
@@ -229,7 +228,6 @@ class DashboardState:
             raise CheckpointError(checkpoint_error_text(path, err)) from None
         self.warmup_ms = warmup_ms
         self.predictor, self.checkpoint = predictor, path
-        self.checkpoint_info = dict(predictor.info or {})
         self.input_size = tuple(predictor.input_size)
         self._simulators.clear()
         self.colour_scale = scale
@@ -251,8 +249,7 @@ class DashboardState:
 
     def _model_scale(self, predictor: Predictor, picked_category: str | None) -> ScoreScale:
         """The model's score range: its stored validation scores, else scores of its category's test images."""
-        validation = ((predictor.info or {}).get("extra") or {}).get("validation") or {}
-        scores = validation.get("scores")
+        scores = list(predictor.record.validation_scores)
         threshold = float(predictor.threshold) if predictor.threshold_source == "validation split" else None
         if scores:
             return score_scale(scores, f"lowest to {SCALE_TOP_PERCENTILE}th percentile of the checkpoint's "

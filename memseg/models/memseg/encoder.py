@@ -30,13 +30,8 @@ FROZEN_MODULES = ("conv1", "bn1", "layer1", "layer2", "layer3")
 """Stem and blocks 1-3: frozen, eval-mode BN (paper §3.2)."""
 
 
-def _feature_info(backbone: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    info = backbone.feature_info
-    return tuple(info.channels()), tuple(info.reduction())
-
-
-# (channels, stride) of the encoder outputs: stem, block 1, 2, 3, 4 (read from timm's feature_info)
-FEATURE_CHANNELS, FEATURE_STRIDES = (64, 64, 128, 256, 512), (2, 4, 8, 16, 32)
+RESNET18_FEATURES = ((64, 64, 128, 256, 512), (2, 4, 8, 16, 32))
+"""(channels, strides) of a resnet18's stem and blocks 1-4: what the forward pass below is written for."""
 
 
 class ResNet18Encoder(nn.Module):
@@ -45,13 +40,18 @@ class ResNet18Encoder(nn.Module):
     ``forward_frozen(x)`` -> [stem (B,64,H/2,W/2), f1 (B,64,H/4,W/4), f2 (B,128,H/8,W/8),
     f3 (B,256,H/16,W/16)] computed under ``no_grad`` (with gradients when ``trainable``);
     ``forward_block4(f3)`` -> (B,512,H/32,W/32).
+
+    ``channels`` and ``strides`` (stem, blocks 1-4) are read from timm's ``feature_info``: the
+    memory bank, MSFF and the decoder are sized from them.
     """
 
     def __init__(self, weights: str | Path = "auto", trainable: bool = False) -> None:
         super().__init__()
         self.backbone, self.weights_source = create_backbone(weights)
-        if _feature_info(self.backbone) != (FEATURE_CHANNELS, FEATURE_STRIDES):
-            raise RuntimeError(f"expected a resnet18 backbone, got features (channels, strides) {_feature_info(self.backbone)}")
+        self.channels = tuple(self.backbone.feature_info.channels())  # stem, block 1, 2, 3, 4
+        self.strides = tuple(self.backbone.feature_info.reduction())
+        if (self.channels, self.strides) != RESNET18_FEATURES:
+            raise RuntimeError(f"expected a resnet18 backbone, got features (channels, strides) {(self.channels, self.strides)}")
         self.trainable = bool(trainable)
         for name in FROZEN_MODULES:
             for p in getattr(self.backbone, name).parameters():
@@ -94,4 +94,4 @@ class ResNet18Encoder(nn.Module):
                 if k.split(".")[0] in FROZEN_MODULES}
 
 
-__all__ = ["FEATURE_CHANNELS", "FEATURE_STRIDES", "FROZEN_MODULES", "ResNet18Encoder", "create_backbone"]
+__all__ = ["FROZEN_MODULES", "RESNET18_FEATURES", "ResNet18Encoder", "create_backbone"]

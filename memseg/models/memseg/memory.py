@@ -4,7 +4,8 @@ The memory information MI is the block 1-3 features of N normal training images 
 stored as registered buffers ``level1``, ``level2``, ``level3`` of shapes (N, 64, H/4, W/4),
 (N, 128, H/8, W/8), (N, 256, H/16, W/16). They are allocated at construction from the input size
 and N, so a checkpoint's ``state_dict`` loads into a fresh model and the bank moves with
-``.to(device)``. ``memory_ready`` (a bool buffer) records whether the bank was filled.
+``.to(device)``. ``memory_ready`` (a bool buffer) records whether the bank was filled. The DI* search
+flattens the bank: :meth:`MemSeg.set_channels_last` leaves it contiguous.
 
 Difference information (eq. 3): the paper writes DI_i = ||MI_i - II||_2 and then takes channel
 means of DI* (eq. 5-7) and concatenates DI* with II along channels (CI has 2C channels). So DI keeps
@@ -61,6 +62,12 @@ def aligned_difference(memory: torch.Tensor, features: torch.Tensor, distance: s
     return best
 
 
+def _read_ready(bank: "MemoryBank", _incompatible_keys: object = None) -> None:
+    """``memory_ready`` into its host copy, after a state dict was loaded into the buffer."""
+    if bank.memory_ready.device.type != "meta":
+        bank._ready = bool(bank.memory_ready)
+
+
 class MemoryBank(nn.Module):
     """N memory samples' block 1-3 features, and the DI / DI* computation (eq. 3-4).
 
@@ -90,6 +97,7 @@ class MemoryBank(nn.Module):
             self.register_buffer(f"level{i}", torch.zeros(self.memory_size, c, h, w))  # MI_i: (N, C_i, h_i, w_i)
         self.register_buffer("memory_ready", torch.zeros((), dtype=torch.bool))
         self._ready = False  # memory_ready on the host: reading the buffer would make a GPU wait on every forward
+        self.register_load_state_dict_post_hook(_read_ready)
         # S_i: how much normal images differ from their closest memory sample at each position
         # (see reference_differences), the scale on which calibrated attention reads DI* (attention.py).
         for i, (_, h, w) in enumerate(self.feature_shapes, start=1):
@@ -99,30 +107,6 @@ class MemoryBank(nn.Module):
     def scales(self) -> list[torch.Tensor]:
         """[S_1, S_2, S_3]: reference channel-mean DI of normal images per position, (1, 1, h_i, w_i)."""
         return [getattr(self, f"scale{i}") for i in range(1, len(self.feature_shapes) + 1)]
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
-        """Checkpoints written before the reference scales existed: recompute them from the loaded bank."""
-        keys = [f"{prefix}scale{i}" for i in range(1, len(self.feature_shapes) + 1)]
-        missing = not any(k in state_dict for k in keys)
-        if missing:
-            state_dict.update({k: s.clone() for k, s in zip(keys, self.scales)})
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        stored = state_dict.get(f"{prefix}memory_ready")
-        if stored is not None and stored.device.type != "meta":
-            self._ready = bool(stored)
-        if missing and self.ready:
-            for s, ref in zip(self.scales, self.reference_differences()):
-                s.copy_(ref)
-
-    def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
-        """Keep the bank contiguous under ``.to(memory_format=torch.channels_last)`` (the DI* search
-        flattens it; a channels_last bank would be copied on every forward)."""
-        super()._apply(fn, *args, **kwargs)
-        for i in range(1, len(self.feature_shapes) + 1):
-            buf = self._buffers[f"level{i}"]
-            if buf is not None and buf.device.type != "meta" and not buf.is_contiguous():
-                self._buffers[f"level{i}"] = buf.contiguous()
-        return self
 
     @property
     def levels(self) -> list[torch.Tensor]:
@@ -193,8 +177,6 @@ class MemoryBank(nn.Module):
         self._check(features, "input features")
         b = features[0].shape[0]
         out = torch.zeros(b, self.memory_size, device=features[0].device, dtype=torch.float32)
-        if torch.compiler.is_exporting():
-            return self._exported_distances(features)
         for f, mem in zip(features, self.levels):
             x = f.detach().float().reshape(b, -1)  # (B, D_l)
             m = mem.float().reshape(self.memory_size, -1)  # (N, D_l)
@@ -206,24 +188,6 @@ class MemoryBank(nn.Module):
                     d = torch.cdist(x, chunk, p=2, compute_mode="donot_use_mm_for_euclid_dist").square()  # Σ (MI - II)^2
                 out[:, n0 : n0 + chunk.shape[0]] += d
         return out
-
-    def _exported_distances(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """:meth:`distances` as an exported graph (ONNX has no cdist): the same sums, written out.
-
-        One memory sample at a time, so each difference (B, D_l) stays in the CPU cache, and the
-        (B, N) result is stacked, not written into slices (which onnxruntime runs as ScatterND).
-        """
-        b = features[0].shape[0]
-        xs = [f.float().reshape(b, -1) for f in features]  # II_l: (B, D_l)
-        mems = [mem.float().reshape(self.memory_size, -1) for mem in self.levels]  # MI_l: (N, D_l)
-        columns = []
-        for n in range(self.memory_size):
-            total = None
-            for x, m in zip(xs, mems):
-                d = difference(m[n], x, self.distance).sum(dim=-1)  # Σ DI_n over level l: (B,)
-                total = d if total is None else total + d
-            columns.append(total)
-        return torch.stack(columns, dim=1)  # (B, N)
 
     @torch.no_grad()
     def select(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -30,7 +30,7 @@ from memseg.models.base import AnomalyModel
 from memseg.models.memseg.attention import ATTENTION_MODES, spatial_attention_maps
 from memseg.models.memseg.decoder import HEADS, Decoder
 from memseg.models.encoder_weights import kit_made
-from memseg.models.memseg.encoder import FEATURE_CHANNELS, FEATURE_STRIDES, ResNet18Encoder
+from memseg.models.memseg.encoder import ResNet18Encoder
 from memseg.models.memseg.loss import MemSegLoss
 from memseg.models.memseg.memory import DISTANCES, MemoryBank, aligned_difference
 from memseg.models.memseg.msff import MSFF
@@ -185,9 +185,10 @@ class MemSeg(AnomalyModel):
         self.recipe_resolved = config.resolve_recipe(self.weights_source)  # "auto" options -> the measured recipe
 
         h, w = config.input_size
-        ii_channels = FEATURE_CHANNELS[1:4]  # (64, 128, 256): blocks 1-3
+        channels, strides = self.encoder.channels, self.encoder.strides  # stem, blocks 1-4 (timm's feature_info)
+        ii_channels = channels[1:4]  # (64, 128, 256): blocks 1-3
         if config.use_memory:
-            shapes = [(c, h // s, w // s) for c, s in zip(ii_channels, FEATURE_STRIDES[1:4])]
+            shapes = [(c, h // s, w // s) for c, s in zip(ii_channels, strides[1:4])]
             self.memory: MemoryBank | None = MemoryBank(config.memory_size, shapes, config.distance, config.memory_chunk_size,
                                                            config.memory_shift)
             ci_channels = tuple(2 * c for c in ii_channels)  # CI = concat(II, DI*)
@@ -195,7 +196,7 @@ class MemSeg(AnomalyModel):
             self.memory = None
             ci_channels = ii_channels
         self.msff = MSFF(ci_channels, ii_channels, config.use_multiscale, config.use_coord_attention)
-        self.decoder = Decoder(FEATURE_CHANNELS[4], (FEATURE_CHANNELS[0], *ii_channels), config.decoder_channels, config.head)
+        self.decoder = Decoder(channels[4], (channels[0], *ii_channels), config.decoder_channels, config.head)
         self.loss_fn = MemSegLoss(config.l1_weight, config.focal_weight, config.focal_gamma, config.focal_alpha)
         if config.channels_last:
             self.set_channels_last(True)
