@@ -78,6 +78,7 @@ def save_executed(nb, folder: Path, name: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".ipynb.tmp")
     os.close(fd)
     nbformat.write(nb, tmp)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from other users of the folder
     os.replace(tmp, folder / name)
     return folder / name
 

@@ -36,7 +36,7 @@ SLIDES_TEMPLATE = "{%- extends 'index.html.j2' -%}\n" + _NO_CDN + """
 .reveal .slides { text-align: left; }
 .reveal .jp-RenderedImage img, .reveal .jp-OutputArea-output img { max-width: 100%; max-height: 660px; width: auto;
   display: block; margin: 0 auto; }
-.reveal .jp-RenderedHTMLCommon table { font-size: 18px; }
+.reveal .jp-RenderedHTMLCommon table { font-size: 22px; }
 .reveal section.memseg-tall { overflow-y: auto; }
 .reveal .memseg-live-only { font-style: italic; color: #555; }
 </style>
