@@ -54,15 +54,15 @@ bench: setup
 lab: setup
 	$(BIN)/jupyter lab notebooks/
 
-# Slides and site (memseg.notebook.publish): each notebook executes once into $(EXECUTED) (QUICK mode, on DATA)
+# Slides and site (docs/publish.py, memseg.notebook.publish): each notebook executes once into $(EXECUTED) (QUICK mode, on DATA)
 # and is reused there until it or the memseg package changes; reveal.js and MathJax come from the npm registry
 # (cached in build/vendor) and are copied beside the pages, which load nothing from the network.
 EXECUTED ?= build/executed
 slides: setup
-	MEMSEG_DATA="$(abspath $(DATA))" $(BIN)/python -m memseg.notebook.publish slides --out build/slides --executed "$(EXECUTED)"
+	MEMSEG_DATA="$(abspath $(DATA))" $(BIN)/python docs/publish.py slides --out build/slides --executed "$(EXECUTED)"
 
 docs: setup
-	MEMSEG_DATA="$(abspath $(DATA))" $(BIN)/python -m memseg.notebook.publish docs --out build/site --executed "$(EXECUTED)"
+	MEMSEG_DATA="$(abspath $(DATA))" $(BIN)/python docs/publish.py docs --out build/site --executed "$(EXECUTED)"
 
 # The container's entrypoint does the serving (prepare, then voila): one place decides about the token
 # (none on a loopback HOST; on any other, MEMSEG_TOKEN or a generated one, printed).

@@ -17,29 +17,28 @@ notebooks and the ``docs/`` pages (``make docs``). Both work offline: no page lo
   scripts (require.js, jQuery, mermaid, the widget manager). Interactive widgets need a live kernel: the pages
   show a line saying so; progress bars are dropped.
 
-CLI: ``python -m memseg.notebook.publish {slides,docs} [--out DIR] [--executed DIR] [--no-execute]``.
+Command line (``make slides``, ``make docs``): ``python docs/publish.py {slides,docs} [--out DIR] [--executed DIR]
+[--no-execute]`` (a script: the package parses flags only in memseg/apps, which may not import memseg.notebook).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from memseg.paths import project_root
 
-from . import publish_html as html
+from . import publish_html
 
 __all__ = ["VENDOR", "notebook_names", "source_digest", "save_executed", "load_executed", "execute",
-           "executed_notebooks", "ensure_vendor", "build_slides", "build_site", "main"]
+           "executed_notebooks", "ensure_vendor", "build_slides", "build_site"]
 
 # npm packages copied beside the pages: exact versions, so a rebuild fetches the same files.
 VENDOR = {"reveal.js": "6.0.2", "mathjax": "3.2.2"}
@@ -179,7 +178,7 @@ def copy_vendor(modules: Path, out: Path) -> None:
     """Copy the files the pages load into ``out/_static``."""
     for pkg, files in VENDOR_FILES.items():
         for f in files:
-            dest = out / html.STATIC / pkg / f
+            dest = out / publish_html.STATIC / pkg / f
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(modules / pkg / f, dest)
 
@@ -199,9 +198,9 @@ def build_slides(notebooks, out: Path, modules: Path) -> list[Path]:
     decks = []
     for name, nb in notebooks:
         path = out / f"{Path(name).stem}.slides.html"
-        path.write_text(html.slides_html(nb, Path(name).stem), encoding="utf-8")
+        path.write_text(publish_html.slides_html(nb, Path(name).stem), encoding="utf-8")
         decks.append(path)
-    (out / "index.html").write_text(html.slides_index(notebooks), encoding="utf-8")
+    (out / "index.html").write_text(publish_html.slides_index(notebooks), encoding="utf-8")
     return decks
 
 
@@ -216,13 +215,13 @@ def build_site(notebooks, out: Path, modules: Path, root: Path | None = None) ->
     pages["index"] = "index.html"
     assets = set()
     for p in (root / "docs").rglob("*"):
-        if p.is_file() and p.suffix != ".md" and "__pycache__" not in p.parts:
+        if p.is_file() and p.suffix not in (".md", ".py") and "__pycache__" not in p.parts:
             rel = p.relative_to(root).as_posix()
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(p, out / rel)
             assets.add(rel)
     order = [f"notebooks/{n}" for n, _ in notebooks]
-    site = html.Site(pages=pages, assets=assets, order=order, root=root, out=out)
+    site = publish_html.Site(pages=pages, assets=assets, order=order, root=root, out=out)
     for name, nb in notebooks:
         src = f"notebooks/{name}"
         (out / pages[src]).parent.mkdir(parents=True, exist_ok=True)
@@ -232,39 +231,3 @@ def build_site(notebooks, out: Path, modules: Path, root: Path | None = None) ->
         (out / pages[d]).write_text(site.markdown_page((root / d).read_text(encoding="utf-8"), d), encoding="utf-8")
     (out / "index.html").write_text(site.index_page(notebooks, docs, root), encoding="utf-8")
     return out / "index.html"
-
-
-def main(argv: list[str] | None = None) -> int:
-    root = project_root()
-    parser = argparse.ArgumentParser(prog="python -m memseg.notebook.publish", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("slides", "docs"), help="slides: reveal.js decks; docs: the static site")
-    parser.add_argument("--out", type=Path, help="output folder (default build/slides or build/site)")
-    parser.add_argument("--executed", type=Path, default=root / "build" / "executed",
-                        help="folder of executed notebooks to reuse and to save new executions in (default build/executed)")
-    parser.add_argument("--no-execute", action="store_true", help="fail instead of executing a notebook without a fresh copy")
-    parser.add_argument("--vendor", type=Path, default=root / "build" / "vendor", help="npm cache of reveal.js and MathJax")
-    parser.add_argument("notebooks", nargs="*", help="notebook file names (default: every notebooks/0*.ipynb)")
-    args = parser.parse_args(argv)
-    names = args.notebooks or notebook_names(root)
-    unknown = [n for n in names if not (root / "notebooks" / n).is_file()]
-    if unknown:
-        parser.error(f"no such notebook under {root / 'notebooks'}: {', '.join(unknown)} (expected e.g. {notebook_names(root)[0]})")
-    try:
-        modules = ensure_vendor(args.vendor)
-        nbs = executed_notebooks(names, args.executed, run_missing=not args.no_execute, newer_than=package_mtime(root))
-    except (RuntimeError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    if args.what == "slides":
-        out = args.out or root / "build" / "slides"
-        decks = build_slides(nbs, out, modules)
-        print(f"{len(decks)} slide decks in {out} (open {out / 'index.html'}; press S for the speaker notes)")
-    else:
-        out = args.out or root / "build" / "site"
-        index = build_site(nbs, out, modules, root)
-        print(f"site of {len(nbs)} notebooks and the docs/ pages in {out} (open {index})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
