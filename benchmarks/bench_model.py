@@ -188,7 +188,8 @@ def bench_cpu_runtimes(batches: tuple[int, ...] = (1, 8), size: int = 256, memor
     from memseg.utils import normalize
 
     torch.manual_seed(0)
-    model = MemSeg(MemSegConfig(input_size=(size, size), memory_size=memory_size, weights="random"), init_weights=False).eval()
+    config = MemSegConfig(input_size=(size, size), memory_size=memory_size, weights="random")
+    model = MemSeg(config, init_weights=False).eval()
     model.prepare(normalize(torch.rand(memory_size, 3, size, size)))
     core = ov.Core()
 
@@ -201,19 +202,24 @@ def bench_cpu_runtimes(batches: tuple[int, ...] = (1, 8), size: int = 256, memor
     with tempfile.TemporaryDirectory() as tmp:
         compare, segment, whole = Path(tmp) / "c.onnx", Path(tmp) / "s.onnx", Path(tmp) / "whole.onnx"
         export_halves(model, compare, segment)
+        batch_axis = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
         with torch.no_grad(), exportable(model):
             torch.onnx.export(_AnomalyMapGraph(model).eval(), (torch.randn(2, 3, size, size),), str(whole), dynamo=True,
-                              input_names=[INPUT_NAME], dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}})
+                              input_names=[INPUT_NAME], dynamic_shapes=batch_axis)
         ort_c, ort_s, ort_w = ort_session(compare, threads), ort_session(segment, threads), ort_session(whole, threads)
         ov_c32, ov_s16, ov_s32, ov_w32 = (openvino(compare, "f32"), openvino(segment, "bf16"), openvino(segment, "f32"),
                                           openvino(whole, "f32"))
     names = [i.name for i in ort_s.get_inputs()]
+
+    def ort_halves(x):
+        return ort_s.run(None, dict(zip(names, ort_c.run(None, {"input": x}))))[0]
+
     routes = {
         "bf16 route: onnxruntime f32 + OpenVINO bf16 (kit)": lambda x: ov_s16(ort_c.run(None, {"input": x}))[0],
         "bf16 route: OpenVINO f32 + OpenVINO bf16": lambda x: ov_s16(list(ov_c32({"input": x}).values()))[0],
         "float32 whole graph: onnxruntime (kit)": lambda x: ort_w.run(None, {"input": x})[0],
         "float32 whole graph: OpenVINO": lambda x: ov_w32({"input": x})[0],
-        "float32 halves (guard): onnxruntime (kit)": lambda x: ort_s.run(None, dict(zip(names, ort_c.run(None, {"input": x}))))[0],
+        "float32 halves (guard): onnxruntime (kit)": ort_halves,
         "float32 halves (guard): OpenVINO": lambda x: ov_s32(list(ov_c32({"input": x}).values()))[0],
     }
     gen = torch.Generator().manual_seed(1)
@@ -222,7 +228,8 @@ def bench_cpu_runtimes(batches: tuple[int, ...] = (1, 8), size: int = 256, memor
         with torch.no_grad():
             ref = model.anomaly_map(x).clamp(0, 1).numpy()
         x = x.numpy()
-        diff = {name: float(max(abs(np.asarray(fn(x)) - ref).max() for _ in range(2))) for name, fn in routes.items()}  # + warm-up
+        # two runs each: the warm-up, and the largest difference to torch
+        diff = {name: float(max(abs(np.asarray(fn(x)) - ref).max() for _ in range(2))) for name, fn in routes.items()}
         times: dict[str, list[float]] = {name: [] for name in routes}
         for _ in range(repeats):
             for name, fn in routes.items():
@@ -245,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16"], help="autocast dtype for inference")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="channels_last convolutions (model default)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=8, help="--what runtimes: interleaved repeats per route and batch")
     p.add_argument("--backend", nargs="+", default=["torch"], choices=["torch", "onnxruntime"],
                    help="inference backends, measured one after the other in this run (ratios printed)")
     args = p.parse_args(argv)
@@ -269,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         s = bench_train_step(batch=b, size=args.size, device=dev, channels_last=args.channels_last, dtype=dtype)
         print(json.dumps({"bench": "train_step", "batch": b, "size": args.size, "seconds": round(s, 3), "cpu_s": round(bench_train_step.last_cpu_s, 3)}), flush=True)
     if "runtimes" in args.what:
-        for row in bench_cpu_runtimes(tuple(args.batch or [1, 8]), args.size, threads=args.threads):
+        for row in bench_cpu_runtimes(tuple(args.batch or [1, 8]), args.size, repeats=args.repeats,
+                                      threads=args.threads):
             print(json.dumps(row), flush=True)
     if "memory" in args.what:
         for row in bench_memory_size(size=args.size, device=dev, channels_last=args.channels_last):
