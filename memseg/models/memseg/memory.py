@@ -200,7 +200,7 @@ class MemoryBank(nn.Module):
             ``(di_star, index)``: DI* per level [(B, C_l, h_l, w_l)] and the chosen memory
             sample per input (B,) (long).
         """
-        if not torch.compiler.is_exporting() and not self.ready:  # (a data-dependent check: skipped while exporting)
+        if not self.ready:  # a host-side bool: no device sync, nothing data-dependent in an exported graph
             raise RuntimeError(
                 "the memory bank is empty: call model.prepare(normal_images) (N normal training images, "
                 "ImageNet-normalised, at the model's input size) before using the model"
