@@ -128,7 +128,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "auto", bac
         raise ValueError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     onnx_file = is_onnx(path)
     if backend == "torch" and onnx_file:
-        raise ValueError(f"--backend torch cannot run {path}: it is an exported ONNX model (use --backend onnxruntime or auto)")
+        raise ValueError(f"--backend torch cannot run {path}: it is an exported ONNX model (use --backend onnxruntime "
+                         "or auto)")
     if backend == "onnxruntime" and not onnx_file:
         raise ValueError(f"--backend onnxruntime runs exported models; export {path} first: "
                          f"memseg export --checkpoint {path} --out model.onnx")

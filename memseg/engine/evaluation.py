@@ -190,6 +190,7 @@ def evaluate(
     pixel = dataset.has_masks
     metrics = compute_metrics(preds.labels, preds.scores, preds.masks if pixel else None,
                               preds.maps if pixel else None, defects=preds.defects)
+    own_config = getattr(checkpoint_or_model, "config", None)  # a model given as it is: its config
     result: dict[str, Any] = {
         "category": category,
         "data": str(data),
@@ -197,7 +198,7 @@ def evaluate(
         "checkpoint": record.path,
         "step": record.step,
         "steps_planned": record.steps_planned,
-        "weights_source": record.weights_source or getattr(getattr(checkpoint_or_model, "config", None), "weights", None),
+        "weights_source": record.weights_source or getattr(own_config, "weights", None),
         "input_size": list(input_size),
         "top_k": top_k,
         "n_images": int(preds.labels.size),

@@ -108,10 +108,13 @@ def _cpu_route_files(checkpoint: str | Path, record: CheckpointRecord) -> list[P
     if record.model_name not in EXPORTABLE or missing_modules(*DEPLOY_MODULES):
         return None
     key = cache_key(Path(checkpoint))
-    return list(cached_halves_paths(checkpoint, key)) if route_applies(record.model_name) else [cached_onnx_path(checkpoint, key)]
+    if route_applies(record.model_name):
+        return list(cached_halves_paths(checkpoint, key))
+    return [cached_onnx_path(checkpoint, key)]
 
 
-def onnxruntime_route(checkpoint: str | Path, backend: InferenceBackend, threads: int | None = None) -> InferenceBackend:
+def onnxruntime_route(checkpoint: str | Path, backend: InferenceBackend,
+                      threads: int | None = None) -> InferenceBackend:
     """A MemSeg checkpoint's torch ``backend`` moved onto its cached ONNX graph in onnxruntime (float32).
 
     Other models (DRAEM, MMR) come back unchanged. Without the ``deploy`` extra, or when the export

@@ -43,7 +43,8 @@ from memseg.engine.deploy_extra import missing_modules, say_once
 from memseg.engine.export import cached_halves
 from memseg.engine.onnx_runtime import ort_session
 
-__all__ = ["MIXED_BACKEND", "VERDICT_MARGIN", "MixedPrecisionModel", "mixed_precision_route", "native_bf16", "route_applies"]
+__all__ = ["MIXED_BACKEND", "VERDICT_MARGIN", "MixedPrecisionModel", "mixed_precision_route", "native_bf16",
+           "route_applies"]
 
 MIXED_BACKEND = "onnxruntime+openvino-bf16"
 VERDICT_MARGIN = 0.03
