@@ -23,7 +23,7 @@ help:
 
 setup: $(STAMP)
 
-# The torch trap (DEVELOPERS.md): a CPU-only torch wheel in a local wheel folder cannot load the
+# The torch trap: a CPU-only torch wheel in a local wheel folder cannot load the
 # registry's torchvision. Resolve torch and torchvision *together from the registry* by installing
 # an unpinned torchvision first (it pulls its matching torch); never pin torch==2.13.0.
 $(STAMP): pyproject.toml

@@ -61,7 +61,7 @@ def seed_everything(seed: int) -> torch.Generator:
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """ImageNet normalisation of images in [0, 1], shape (B, 3, H, W) or (3, H, W).
 
-    Applied *after* anomaly compositing (PITFALLS: never before).
+    Applied *after* anomaly compositing, never before: the blend of eq. (2) mixes images in [0, 1].
     """
     mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(-1, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(-1, 1, 1)

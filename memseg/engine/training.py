@@ -3,7 +3,7 @@
 One step (paper §4.1): a batch of ``batch_normal`` normal + ``batch_anomalous`` simulated
 anomalous train images (4 + 4), loss ``model.compute_loss`` (eq. 8-10 for MemSeg), SGD lr 0.04.
 
-Design (PITFALLS "Speed", "Training and evaluation"):
+Design (each point fixes a slowness or a leak of the public ports):
 - train/good images are decoded and resized ONCE into a uint8 tensor on the device; a step only
   indexes it (no decoding, no CPU<->GPU copies of the cache);
 - anomalies are simulated batched on the device and images are ImageNet-normalised AFTER compositing;
@@ -239,7 +239,7 @@ def _step_batch(images_u8: torch.Tensor, n_normal: int, simulator, gen: torch.Ge
         sim = simulator.simulate(clean[n_normal:], generator=gen)  # eq. (1)-(2), unnormalised images
         inputs = torch.cat([clean[:n_normal], sim.images], dim=0)
         masks[n_normal:] = sim.masks
-    x, c = normalize(inputs), normalize(clean)  # normalise AFTER compositing (PITFALLS)
+    x, c = normalize(inputs), normalize(clean)  # normalise AFTER compositing: textures and blends live in [0, 1]
     if channels_last:
         x, c = x.contiguous(memory_format=torch.channels_last), c.contiguous(memory_format=torch.channels_last)
     return x, masks, c

@@ -8,7 +8,7 @@ erosion/dilation as separable ORs of shifted boolean views.
 `FOREGROUND_PRESETS` maps a category to its config; textures map to None (M_I = all ones). The
 fixed thresholds for the MVTec AD objects follow the public MemSeg kit's per-category background
 thresholds (converted to [0, 1]); unlike that kit, noise is removed with opening/closing as the
-paper says (PITFALLS).
+paper says (the kit thresholds only, which leaves speckles in M_I).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Noise images as pixel look-ups (paper §3.1, step 2 of Fig. 3; PITFALLS "Speed").
+"""Noise images as pixel look-ups (paper §3.1, step 2 of Fig. 3), fast enough to simulate on the fly.
 
 A noise image I_n is never warped pass by pass. Each of its pixels (i, j) reads one pixel of a
 source image, and mirrors, quarter turns and the tile shuffle are integer arithmetic on that

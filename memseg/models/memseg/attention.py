@@ -46,7 +46,7 @@ def spatial_attention_maps(di_star: list[torch.Tensor], scales: list[torch.Tenso
 class CoordinateAttention(nn.Module):
     """Coordinate attention (Hou et al. 2021) returning the attention *weights* only.
 
-    PITFALLS: the known kit's block multiplies its input in again (``conv(x) · x · a_h · a_w``).
+    The known public kit's block multiplies its input in again (``conv(x) · x · a_h · a_w``).
     Here the module returns ``(a_h (B,C,H,1), a_w (B,C,1,W))`` and the caller multiplies the conv
     output by them once.
     """

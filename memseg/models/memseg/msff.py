@@ -3,7 +3,7 @@
 Per level n (CI_n = concat(II_n, DI*_n), 2C_n channels):
   1. a 3×3 conv block (conv-BN-ReLU) that keeps the 2C_n channels fuses CI_n;
   2. coordinate attention computed on CI_n gives weights (a_h, a_w); the conv output is
-     multiplied by them once (PITFALLS: not by the input again);
+     multiplied by them once (not by the input again, as the known public kit does);
   3. a 1×1 conv block reduces to C_n channels (the width of the U-Net skip connection).
 Then the multi-scale fusion, coarse to fine: the coarser level is up-sampled to the finer
 resolution, aligned in channels by a convolution, and added element-wise. Finally each fused
