@@ -25,7 +25,7 @@ def spatial_attention_maps(di_star: list[torch.Tensor], scales: list[torch.Tenso
             before the products (``attention="calibrated"``): ~1 where the input differs from memory
             as much as normal images do, -> 0 where it matches, -> 2 where it differs far more.
             The literal products of three raw means are tiny unless the features are large
-            (measured: M1 median 4e-7 with a random encoder), so they multiply the MSFF outputs
+            (docs/results/ablation-300-128 measures M1), so they multiply the MSFF outputs
             by ~0 and the memory path does no work; calibrated, M stays in [0, 8) whatever the
             encoder's feature scale, ~1 on normal regions, and a part that always varies (a tyre's
             tread at another angle) is not mistaken for a difference.

@@ -59,8 +59,8 @@ class SegmentationHead(nn.Sequential):
 
     ``head="paper"`` is the literal wording: conv-BN-ReLU, then the 2-channel conv. Trained, that
     head learns "anomalous = every ReLU channel is zero", so p = softmax(bias)[1] becomes a hard
-    ceiling that many anomalous pixels and images tie at (measured: 28 % of anomalous pixels at
-    p = 0.632 after 2700 steps). ``head="no_relu"`` (default) drops that last ReLU (conv-BN, then
+    ceiling that many anomalous pixels and images tie at (docs/results/ablation-300-128 measures
+    it). ``head="no_relu"`` (default) drops that last ReLU (conv-BN, then
     the 2-channel conv): the logits are no longer bounded by the bias, so the model can say
     "certainly anomalous".
     """
