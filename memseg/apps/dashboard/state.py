@@ -237,7 +237,7 @@ class DashboardState:
         """One dummy forward at the model's input size; returns its time in ms.
 
         The first forward of a fresh process pays one-off costs (thread pools, kernel selection,
-        allocator growth; on a 2-core CPU at 128x128 about 0.3-1 s against 40-90 ms later); paying
+        allocator growth: several times a later forward); paying
         them here, while the model loads, keeps the presenter's first view and click as fast as the rest.
         """
         h, w = predictor.input_size
