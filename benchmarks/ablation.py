@@ -90,8 +90,8 @@ def attention_stats(model, dataset) -> dict:
 
 def run_one(args, label: str, options: dict, seed: int) -> dict:
     from memseg.data import load_split
-    from memseg.engine.scoring import collect_predictions
     from memseg.engine.metrics import compute_metrics
+    from memseg.engine.scoring import collect_predictions
     from memseg.engine.train_config import TrainConfig
     from memseg.engine.training import train
 
@@ -192,8 +192,8 @@ def attention_figure(runs: Path, out: Path, categories: list[str] | None = None,
     import matplotlib.pyplot as plt
     import torch
 
-    from memseg.engine.checkpoint import load_checkpoint
     from memseg.data import load_split
+    from memseg.engine.checkpoint import load_checkpoint
     from memseg.utils import normalize
 
     cats = sorted(p.name for p in runs.iterdir() if (p / slug(variants[0]) / f"seed{seed}" / "result.json").is_file()

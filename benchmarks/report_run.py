@@ -42,8 +42,8 @@ def write_report(run: Path, metrics_json: Path, data: Path, category: str, out: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from memseg.engine.evaluation import metrics_markdown
     from memseg.engine.cached_run import replay_log
+    from memseg.engine.evaluation import metrics_markdown
     from memseg.notebook.training_views import LiveLossPlot, prediction_grid, predictions
 
     page = out / "README.md"

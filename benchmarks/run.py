@@ -177,8 +177,8 @@ def machine_info(size: int, quick: bool, cuda: torch.device | None) -> dict[str,
         "commit": _git_commit(),
     }
     try:
-        import torchvision
         import timm
+        import torchvision
 
         info["torchvision"], info["timm"] = torchvision.__version__, timm.__version__
     except ImportError:

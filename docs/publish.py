@@ -14,8 +14,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from memseg.notebook.publish import (build_site, build_slides, ensure_vendor, executed_notebooks, notebook_names,
-                                     package_mtime)
+from memseg.notebook.publish import (
+    build_site,
+    build_slides,
+    ensure_vendor,
+    executed_notebooks,
+    notebook_names,
+    package_mtime,
+)
 from memseg.paths import project_root
 
 

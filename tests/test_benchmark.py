@@ -11,13 +11,13 @@ import math
 from pathlib import Path
 
 import pytest
+from tiny_data import make_tiny_dataset
 
 from memseg.apps.cli import main
 from memseg.engine import benchmark as bench
 from memseg.engine.train_config import TrainConfig
 from memseg.engine.training import train
 from memseg.simulation.foreground import FOREGROUND_PRESETS
-from tiny_data import make_tiny_dataset
 
 TINY = ["--steps", "2", "--size", "32", "--weights", "random", "--device", "cpu"]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from memseg.engine.checkpoint import read_checkpoint
 from memseg.apps.cli import main
+from memseg.engine.checkpoint import read_checkpoint
 
 CATEGORY = "weave"
 

@@ -85,8 +85,8 @@ import yaml  # noqa: E402
 
 from memseg.apps.cli import build_parser  # noqa: E402
 from memseg.apps.cli import main as cli_main  # noqa: E402
-from memseg.config_schema import parse_typed, schema_of  # noqa: E402
-from memseg.engine.config_sources import option_type, parse_assignments  # noqa: E402
+from memseg.config_schema import parse_typed  # noqa: E402
+from memseg.engine.config_sources import parse_assignments  # noqa: E402
 from memseg.engine.train_config import model_config_for  # noqa: E402
 from memseg.models import config_from_dict  # noqa: E402
 from memseg.simulation import ForegroundConfig, SimulationConfig  # noqa: E402

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SYNTHETIC_N_TEST, SYNTHETIC_N_TRAIN
 from PIL import Image
 
 from memseg.data.datasets import (
@@ -19,8 +20,6 @@ from memseg.data.datasets import (
     load_split,
 )
 from memseg.data.io import ImageLoadError
-
-from conftest import SYNTHETIC_N_TEST, SYNTHETIC_N_TRAIN
 
 
 def _img(path: Path, value: int = 128, hw: tuple[int, int] = (20, 30), fmt: str | None = None) -> Path:

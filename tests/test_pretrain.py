@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_data import make_tiny_dataset
 
 from memseg.apps.cli import main
 from memseg.engine.checkpoint import load_checkpoint
 from memseg.models.encoder_weights import FROZEN_PREFIXES, kit_made, offline_weights_path, provenance_path
 from memseg.models.memseg import MemSeg, MemSegConfig
 from memseg.utils import normalize, seed_everything
-from tiny_data import make_tiny_dataset
 
 ARGS = ["--category", "tiny", "--size", "32", "--memory-size", "2", "--device", "cpu"]
 

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SYNTHETIC_N_TEST, SYNTHETIC_N_TRAIN, SYNTHETIC_SIZE
 from PIL import Image
 
 from memseg.data import synthetic as S
-
-from conftest import SYNTHETIC_N_TEST, SYNTHETIC_N_TRAIN, SYNTHETIC_SIZE
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -19,7 +19,17 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from memseg.notebook import ablations, attention, data, model_views, quick, simulation_views, stages, training_views, tsne
+from memseg.notebook import (
+    ablations,
+    attention,
+    data,
+    model_views,
+    quick,
+    simulation_views,
+    stages,
+    training_views,
+    tsne,
+)
 from memseg.notebook import settings as nb_settings
 from memseg.utils import normalize
 

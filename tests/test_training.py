@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 from tiny_data import make_tiny_dataset
 
+from memseg.apps.cli import main as cli_main
 from memseg.engine import training
 from memseg.engine.checkpoint import is_slim, load_checkpoint, read_checkpoint, rng_state, set_rng_state
-from memseg.apps.cli import main as cli_main
 from memseg.engine.train_config import TrainConfig, load_config
 from memseg.engine.training import (
     lr_factor,
@@ -529,8 +529,8 @@ def _validation_split_through_predictor(cfg: TrainConfig, result):
     definition); the default CPU route (bf16 where the CPU has it) must give the same verdicts."""
     from memseg.data import load_split
     from memseg.engine.inference import Predictor
-    from memseg.simulation.simulator import AnomalySimulator, SimulationConfig
     from memseg.engine.training import validation_batches
+    from memseg.simulation.simulator import AnomalySimulator, SimulationConfig
 
     predictor = Predictor.from_checkpoint(result.checkpoint, device="cpu", backend="torch")
     default = Predictor.from_checkpoint(result.checkpoint, device="cpu")
@@ -573,8 +573,8 @@ def _stored_threshold_separates_the_validation_split(cfg: TrainConfig, result) -
 def _no_probability_ceiling(checkpoint: Path, root: Path, category: str) -> None:
     """No learned hard ceiling: almost no anomalous pixel sits exactly at the largest probability
     (the paper head's last ReLU made 28 % of them tie there after 2700 steps on a GPU)."""
-    from memseg.engine.checkpoint import load_checkpoint
     from memseg.data import load_split
+    from memseg.engine.checkpoint import load_checkpoint
     from memseg.engine.scoring import collect_predictions
 
     model, _ = load_checkpoint(checkpoint, device="cpu")

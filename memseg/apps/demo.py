@@ -212,8 +212,7 @@ def find_checkpoints(runs: str | os.PathLike, extra: list[str | os.PathLike | No
 def _ensure_data(settings: DemoSettings, log: Callable[[str], None]) -> None:
     """Generate the synthetic dataset (all its categories, for the dashboard's list) when the data root lacks
     the category and it is a synthetic one; otherwise the category folder must exist."""
-    from memseg.data.synthetic import CATEGORIES
-    from memseg.data.synthetic import generate_synthetic_if_missing
+    from memseg.data.synthetic import CATEGORIES, generate_synthetic_if_missing
 
     folder = settings.data / settings.category
     t0 = time.perf_counter()
@@ -291,8 +290,8 @@ def prepare(
 
     # Read it once (torch.load, weights_only): a corrupt or foreign file fails here with a clear message,
     # not in the page. The model itself is built by the dashboard.
-    from memseg.engine.checkpoint import read_checkpoint
     from memseg.engine.backends import is_onnx
+    from memseg.engine.checkpoint import read_checkpoint
     from memseg.engine.onnx_runtime import load_onnx
 
     if is_onnx(ckpt):

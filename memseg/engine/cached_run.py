@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-
 # TrainConfig fields that do not change the trained model (or that training resolves itself).
 _NOT_COMPARED = {"device", "log_every", "checkpoint_every", "checkpoint_minutes"}
 

@@ -22,7 +22,6 @@ from typing import Callable, Iterator
 
 from memseg.utils import unwritable_folder
 
-
 CHECKPOINT_DIR = "checkpoints"
 
 

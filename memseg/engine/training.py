@@ -35,11 +35,20 @@ from typing import Callable
 import torch
 
 from memseg.engine.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
-from memseg.engine.run_folder import (
-    CHECKPOINT_DIR, CONFIG_YAML, FINAL_CHECKPOINT, LAST_CHECKPOINT, VALIDATION_JSON, StepLog,
-    check_run_dir, check_run_dir_path, hold_run_folder, remove_previous_run, remove_stale_temp_files,
-)
 from memseg.engine.interrupts import checkpoint_on_interrupt, stop_after_step, with_kept_checkpoint
+from memseg.engine.run_folder import (
+    CHECKPOINT_DIR,
+    CONFIG_YAML,
+    FINAL_CHECKPOINT,
+    LAST_CHECKPOINT,
+    VALIDATION_JSON,
+    StepLog,
+    check_run_dir,
+    check_run_dir_path,
+    hold_run_folder,
+    remove_previous_run,
+    remove_stale_temp_files,
+)
 from memseg.engine.train_config import TrainConfig, check_resume_config, model_config_for
 from memseg.engine.validation import validate, validation_batches  # noqa: F401  (validation_batches: re-exported)
 from memseg.utils import normalize, seed_everything, select_device

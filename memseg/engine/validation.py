@@ -32,8 +32,8 @@ def validate(model, images_u8: torch.Tensor, simulator, cfg: TrainConfig, device
     scored by :func:`memseg.engine.scoring.score_images` like ``evaluate`` and ``predict`` (float32).
     The per-image ``scores`` and ``labels`` are returned too (normal batch, then its simulated twin).
     """
-    from memseg.engine.scoring import score_images
     from memseg.engine.metrics import f1_max, image_auroc, pixel_auroc
+    from memseg.engine.scoring import score_images
 
     was_training = model.training
     model.eval()

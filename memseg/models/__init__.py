@@ -17,7 +17,6 @@ from memseg.models.draem import DRAEM, DRAEMConfig
 from memseg.models.memseg import MemSeg, MemSegConfig
 from memseg.models.mmr import MMR, MMRConfig
 
-
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {"memseg": MemSeg, "draem": DRAEM, "mmr": MMR}
 """Model name -> nn.Module class."""
 

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 ATTENTION_MODES = ("calibrated", "literal")
 """How the channel means of DI* enter eq. (5)-(7); see :func:`spatial_attention_maps`."""
 

@@ -27,9 +27,9 @@ import torch
 
 from memseg.config import ConfigBase, as_size
 from memseg.models.base import AnomalyModel
+from memseg.models.encoder_weights import kit_made
 from memseg.models.memseg.attention import ATTENTION_MODES, spatial_attention_maps
 from memseg.models.memseg.decoder import HEADS, Decoder
-from memseg.models.encoder_weights import kit_made
 from memseg.models.memseg.encoder import ResNet18Encoder
 from memseg.models.memseg.loss import MemSegLoss
 from memseg.models.memseg.memory import DISTANCES, MemoryBank, aligned_difference
