@@ -40,7 +40,8 @@ SizeLike = Union[int, Sequence[int]]
 C = TypeVar("C", bound="ConfigBase")
 
 
-def as_size(size: SizeLike, what: str = "size", min_side: int = 1, multiple_of: int = 1, why: str = "") -> tuple[int, int]:
+def as_size(size: SizeLike, what: str = "size", min_side: int = 1, multiple_of: int = 1, why: str = "") -> tuple[int,
+                                                                                                                 int]:
     """Normalise ``size`` to ``(H, W)``: an int gives a square, a pair is taken as (height, width).
 
     Raises:
@@ -128,7 +129,8 @@ def read_yaml_mapping(path: str | Path, what: str = "config keys") -> dict[str, 
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {' '.join(str(err).split())}; expected a YAML file of {what}") from None
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(err).split())}; expected a YAML file "
+                         f"of {what}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of {what} at the top level, got {type(values).__name__}")
     return values
@@ -150,7 +152,8 @@ class ConfigBase:
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
             where = f"{source}: " if source else ""
-            raise ValueError(f"{where}unknown {cls.__name__} key(s) {unknown}; valid keys: {', '.join(cls.field_names())}")
+            raise ValueError(f"{where}unknown {cls.__name__} key(s) {unknown}; valid keys: "
+                             f"{', '.join(cls.field_names())}")
 
     @classmethod
     def from_dict(cls: type[C], values: Mapping[str, Any] | None = None, source: str | None = None) -> C:

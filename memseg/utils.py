@@ -29,7 +29,8 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
     dev = torch.device(device) if isinstance(device, torch.device) else torch.device(check_device_name(device))
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {str(device)!r} was requested but CUDA is not available on this machine; use --device cpu or auto")
+            raise RuntimeError(f"device {str(device)!r} was requested but CUDA is not available on this machine; use "
+                               "--device cpu or auto")
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
     return dev
@@ -172,7 +173,8 @@ def create_new_file(path: str | os.PathLike, root: str | os.PathLike, flag: str 
         fd = os.open(path, flags, 0o666)
     except FileExistsError:
         what = "is a link" if os.path.islink(path) else "already exists"
-        raise FileExistsError(errno.EEXIST, f"{what}; refusing to overwrite it or write through it", str(path)) from None
+        raise FileExistsError(errno.EEXIST, f"{what}; refusing to overwrite it or write through it",
+                              str(path)) from None
     return os.fdopen(fd, mode, **({"newline": ""} if "b" not in mode else {}))
 
 

@@ -50,7 +50,8 @@ def colormap_lut(name: str = "jet") -> np.ndarray:
         try:
             import matplotlib
         except ImportError as e:  # pragma: no cover - matplotlib ships with the notebooks extra
-            raise ImportError(f"colormap {name!r} needs matplotlib (pip install matplotlib); 'jet' works without it") from e
+            raise ImportError(f"colormap {name!r} needs matplotlib (pip install matplotlib); 'jet' works "
+                              "without it") from e
         try:
             cmap = matplotlib.colormaps[name]
         except KeyError as e:
@@ -90,7 +91,8 @@ def to_uint8(x: Any) -> np.ndarray:
         return np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
     if np.issubdtype(a.dtype, np.integer):
         if a.size and (a.min() < 0 or a.max() > 255):
-            raise ValueError(f"integer image of dtype {a.dtype} has values in [{a.min()}, {a.max()}]; expected [0, 255]")
+            raise ValueError(f"integer image of dtype {a.dtype} has values in [{a.min()}, {a.max()}]; "
+                             "expected [0, 255]")
         return a.astype(np.uint8)
     raise ValueError(f"cannot convert dtype {a.dtype} to uint8")
 

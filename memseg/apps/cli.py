@@ -94,12 +94,12 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 def _add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
-                   help="what runs the model: auto runs a .onnx file in onnxruntime, and a .pt checkpoint on the CPU through "
-                        "its ONNX export (made once, cached in $MEMSEG_CACHE_DIR or ~/.cache/memseg; predict exports only "
-                        "for 200 images or more and runs fewer in torch until it is cached; torch without the "
-                        "deploy extra), on a GPU in torch; torch or onnxruntime insist on one. On a CPU with native bf16, "
-                        "predict's auto route runs the decoder half in bf16 (OpenVINO) and scores images near the threshold "
-                        "again in float32; --backend torch keeps everything in float32")
+                   help="what runs the model: auto runs a .onnx file in onnxruntime, and a .pt checkpoint on the CPU "
+                        "through its ONNX export (made once, cached in $MEMSEG_CACHE_DIR or ~/.cache/memseg; predict "
+                        "exports only for 200 images or more and runs fewer in torch until it is cached; torch without "
+                        "the deploy extra), on a GPU in torch; torch or onnxruntime insist on one. On a CPU with "
+                        "native bf16, predict's auto route runs the decoder half in bf16 (OpenVINO) and scores images "
+                        "near the threshold again in float32; --backend torch keeps everything in float32")
 
 
 def _add_layout(p: argparse.ArgumentParser) -> None:
@@ -152,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "end under MemSeg's objective on a category's normal images (resumable, with a time budget); "
                         "use the file with train --weights FILE")
     _add_data(p, "category folder under --data whose normal images it learns from")
-    p.add_argument("--out", required=True, help="the encoder file to write (.pt; its provenance goes to the .json beside "
-                   "it, the resumable run to <out>.run/)")
+    p.add_argument("--out", required=True, help="the encoder file to write (.pt; its provenance goes to the .json "
+                   "beside it, the resumable run to <out>.run/)")
     p.add_argument("--steps", type=_positive_int, default=3000, help="length of the schedule")
     p.add_argument("--minutes", type=float, default=None, help="time budget: stop after it and write the encoder from "
                    "that step (--resume goes on)")
@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-size", type=_positive_int, default=30, help="N memory samples compared with every input")
     p.add_argument("--dtd", default=None, help=_DTD_HELP)
     p.add_argument("--resume", action="store_true", help="continue <out>.run from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="start over (removes the previous run's files) and replace --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over (removes the previous run's files) and replace --out")
     _add_device(p)
 
     p = add("train", "train a model on a category")
@@ -179,15 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None,
                    help="training iterations (default: the --config file's, else 2700 as in the paper)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="start over in a non-empty run folder (removes the previous run's files, naming each)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a non-empty run folder (removes the previous run's files, naming each)")
     p.add_argument("--weights", default=None, help=_WEIGHTS_HELP)
     p.add_argument("--dtd", default=None, help=_DTD_HELP)
-    p.add_argument("--size", type=int, default=None, help="input side in pixels (default: the --config file's, else 256)")
+    p.add_argument("--size", type=int, default=None,
+                   help="input side in pixels (default: the --config file's, else 256)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the --config file's, else 0)")
     _add_device(p)
 
     p = add("evaluate", "evaluate a checkpoint on the test split")
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by train: <run>/final.pt (or the resumable <run>/checkpoints/last.pt)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by train: <run>/final.pt (or the resumable "
+                                                       "<run>/checkpoints/last.pt)")
     _add_data(p)
     p.add_argument("--out", default=None, help="where to write metrics.json and metrics.md "
                    "(default: <run>/eval-<category>, or a fresh eval-<category>-2 ... when taken)")
@@ -196,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
 
     p = add("predict", "score images and write heat-map overlays and predictions.csv")
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by train: <run>/final.pt (or the resumable <run>/checkpoints/last.pt)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by train: <run>/final.pt (or the resumable "
+                                                       "<run>/checkpoints/last.pt)")
     p.add_argument("images", nargs="+", help="image files and/or folders (a folder: the image files directly in it)")
     p.add_argument("--out", default="predictions", help="folder for predictions.csv and the overlay PNGs, "
                    "which mirror the inputs' paths relative to their common folder")
@@ -220,8 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (one run per category and seed)")
     p.add_argument("--out", required=True, help="benchmark folder: <out>/<category>/seed<k>/ (run + eval), "
                    "<out>/results.json and results.md")
-    p.add_argument("--steps", type=_positive_int, default=None, help="training iterations (default: 2700 as in the paper)")
-    p.add_argument("--size", type=_positive_int, default=None, help="input side in pixels (default: 256 as in the paper)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="training iterations (default: 2700 as in the paper)")
+    p.add_argument("--size", type=_positive_int, default=None,
+                   help="input side in pixels (default: 256 as in the paper)")
     p.add_argument("--weights", default=None, help=_WEIGHTS_HELP)
     p.add_argument("--dtd", default=None, help=_DTD_HELP)
     _add_device(p)

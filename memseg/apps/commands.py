@@ -53,7 +53,8 @@ def run_synth(args: argparse.Namespace) -> int:
     for c in args.categories or CATEGORIES:
         meta = json.loads((out / c / "dataset.json").read_text())
         n_test = sum(v for k, v in meta["counts"].items() if k.startswith("test/"))
-        print(f"{out / c}: {meta['n_train']} train, {n_test} test ({meta['n_masks']} masks), size {meta['size']}, seed {meta['seed']}")
+        print(f"{out / c}: {meta['n_train']} train, {n_test} test ({meta['n_masks']} masks), size {meta['size']}, seed "
+              f"{meta['seed']}")
     return 0
 
 
@@ -80,7 +81,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} is an existing file, not a folder; refusing to overwrite it")
         if out.exists() and any(out.iterdir()):
-            raise ValueError(f"output folder {out} exists and is not empty; refusing to overwrite (choose a new or empty folder)")
+            raise ValueError(f"output folder {out} exists and is not empty; refusing to overwrite (choose a new or "
+                             "empty folder)")
     device = select_device(args.device)
     size = (args.size, args.size)
     dataset = load_split(args.data, args.category, "train", size=size, layout=args.layout)
@@ -90,7 +92,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     kept = 0 if args.no_save else args.n * px * 4 * 4
     check_fits_in_memory(len(dataset) * 3 * px + min(args.batch_size, args.n) * px * 4 * 4 * 2 + kept,
                          f"--size {args.size}, --n {args.n}" + ("" if args.no_save else " (kept until written)")
-                         + f", --batch-size {args.batch_size} ({len(dataset)} images decoded at {args.size}x{args.size} px)",
+                         + f", --batch-size {args.batch_size} ({len(dataset)} images decoded at "
+                           f"{args.size}x{args.size} px)",
                          "lower --size, --n or --batch-size (--no-save keeps nothing)", device)
     pool = dataset.load_images()  # uint8 (N, 3, H, W), decoded once
     if pool.shape[0] == 0:
@@ -104,7 +107,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         sim.load()
     gen = torch.Generator().manual_seed(args.seed)
     # one untimed warm-up call (own generator: the results do not depend on it)
-    sim.simulate(pool[: min(args.batch_size, pool.shape[0])].float().div_(255), generator=torch.Generator().manual_seed(0))
+    sim.simulate(pool[: min(args.batch_size, pool.shape[0])].float().div_(255),
+                 generator=torch.Generator().manual_seed(0))
 
     results: list[SimulationResult] = []
     elapsed = 0.0
@@ -174,7 +178,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
     ), source="memseg pretrain")
     run = cfg.train_config()  # what pretrain trains
     check_training_fits(run.model, run.model_options, run.input_size, run.batch_normal + run.batch_anomalous,
-                        options_source="--memory-size", size_source=f"--size {cfg.size}, --memory-size {cfg.memory_size}",
+                        options_source="--memory-size",
+                        size_source=f"--size {cfg.size}, --memory-size {cfg.memory_size}",
                         hint="lower --size or --memory-size", device=cfg.device)
     budget = f", at most {args.minutes:g} min" if args.minutes else ""
     print(f"memseg pretrain: encoder from {cfg.category} ({cfg.data}), {cfg.steps} steps{budget}, size {cfg.size}, "
@@ -295,7 +300,8 @@ def run_train(args: argparse.Namespace) -> int:
         return 130  # train() said where the checkpoint is and how to resume
     print(f"encoder weights used: {result.weights_source}")
     print(f"run folder: {result.run_dir}")
-    print(f"final model: {result.checkpoint} (slim inference checkpoint: for memseg evaluate / predict and the dashboard)")
+    print(f"final model: {result.checkpoint} (slim inference checkpoint: for memseg evaluate / predict and the "
+          "dashboard)")
     print(f"resumable checkpoint: {result.last} (with optimizer state: --resume continues from it)")
     print(f"logs: {result.run_dir / LOG_CSV}, {result.run_dir / LOG_JSONL}")
     if result.threshold is not None:

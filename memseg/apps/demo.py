@@ -188,7 +188,8 @@ def resolve_checkpoint(settings: DemoSettings) -> Path:
 
 
 def find_checkpoints(runs: str | os.PathLike, extra: list[str | os.PathLike | None] | None = None) -> list[Path]:
-    """Every `*.pt` and exported `*.onnx` file under `runs` (`final.pt` files first, then by path), plus `extra` ones that exist.
+    """Every `*.pt` and exported `*.onnx` file under `runs` (`final.pt` files first, then by path), plus `extra` ones
+    that exist.
 
     A run's resumable `checkpoints/last.pt` is left out when the run has its `final.pt` (the same model).
     """
@@ -277,8 +278,8 @@ def prepare(
     if settings.checkpoint is not None:
         if not settings.checkpoint.is_file():
             raise FileNotFoundError(
-                f"checkpoint {settings.checkpoint} (from MEMSEG_CHECKPOINT, the demo config or --checkpoint) does not exist; "
-                "unset it to let `prepare` train a quick demo model"
+                f"checkpoint {settings.checkpoint} (from MEMSEG_CHECKPOINT, the demo config or --checkpoint) does not "
+                "exist; unset it to let `prepare` train a quick demo model"
             )
         ckpt = settings.checkpoint
         log(f"model: using the configured checkpoint {ckpt}")
@@ -298,12 +299,14 @@ def prepare(
         load_onnx(ckpt)  # an exported model: its metadata and the onnxruntime session
     else:
         read_checkpoint(ckpt)
-    log(f"ready in {time.perf_counter() - t0:.1f} s: data {settings.data} category {settings.category} checkpoint {ckpt}")
+    log(f"ready in {time.perf_counter() - t0:.1f} s: data {settings.data} category {settings.category} checkpoint "
+        f"{ckpt}")
     return ckpt
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m memseg.apps.demo", description="prepare data and a model for the Voila demo")
+    parser = argparse.ArgumentParser(prog="python -m memseg.apps.demo",
+                                     description="prepare data and a model for the Voila demo")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="generate the synthetic data and train a quick model if none is cached")
     p.add_argument("--config", default=None, help="demo YAML (default: env MEMSEG_DEMO_CONFIG, else configs/demo.yaml)")
@@ -328,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.data and env_data and load_settings(args.config, data=None).data != settings.data:
             print(f"memseg demo: warning: --data {args.data} overrides MEMSEG_DATA={env_data} here, but the dashboard "
                   "reads MEMSEG_DATA; set both to the same folder", file=sys.stderr)
-        print("memseg demo settings: " + ", ".join(f"{k}={v}" for k, v in settings.as_dict().items() if k != "extra_train"))
+        print("memseg demo settings: "
+              + ", ".join(f"{k}={v}" for k, v in settings.as_dict().items() if k != "extra_train"))
         prepare(settings, progress=not args.no_progress)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"memseg demo: error: {err}", file=sys.stderr)

@@ -43,7 +43,8 @@ def _expand(paths: list[str]) -> tuple[list[Path], list[str]]:
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.is_file() and is_image_file(q))
             if not found:
-                problems.append(f"{p}: folder holds no image files (expected files ending in {', '.join(IMAGE_SUFFIXES)})")
+                problems.append(f"{p}: folder holds no image files (expected files ending in "
+                                f"{', '.join(IMAGE_SUFFIXES)})")
             out += found
         else:
             out.append(p)
@@ -153,7 +154,8 @@ def run_predict(args: argparse.Namespace) -> int:
     finally:
         table.close()
     if not written:
-        print(f"memseg predict: error: none of the {failed} input(s) could be scored; nothing was written", file=sys.stderr)
+        print(f"memseg predict: error: none of the {failed} input(s) could be scored; nothing was written",
+              file=sys.stderr)
         return 2
     print(f"memseg predict: {written} overlay(s) under {out.absolute()}, table {table.path.absolute()} "
           f"(threshold {predictor.threshold:.4f}, {predictor.threshold_source}; run by {predictor.backend}"

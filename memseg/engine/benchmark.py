@@ -158,7 +158,8 @@ def _check_same_settings(run: Path, cfg: TrainConfig) -> None:
         return
     stored = read_yaml_mapping(run / CONFIG_YAML, "TrainConfig keys")
     wanted = cfg.to_dict()
-    diffs = [f"{k} {stored.get(k)!r} (asked: {wanted[k]!r})" for k in ("category", "model", "steps", "seed", "model_options")
+    diffs = [f"{k} {stored.get(k)!r} (asked: {wanted[k]!r})"
+             for k in ("category", "model", "steps", "seed", "model_options")
              if json.dumps(stored.get(k), sort_keys=True) != json.dumps(wanted[k], sort_keys=True)]
     if as_size(stored.get("size", 256)) != cfg.input_size:
         diffs.append(f"size {stored.get('size')!r} (asked: {cfg.size!r})")
@@ -220,7 +221,8 @@ def gpus_for(device: str) -> list[str]:
     return ids[: torch.cuda.device_count()]
 
 
-def run_benchmark(data: str | Path, out: str | Path, categories: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
+def run_benchmark(data: str | Path, out: str | Path, categories: Sequence[str] | None = None,
+                  seeds: Sequence[int] = (0,),
                   steps: int | None = None, size: int | None = None, weights: str | None = None, device: str = "auto",
                   dtd: str | None = None, progress: bool = True, gpus: Sequence[str] | None = None) -> dict:
     """Train + evaluate ``categories`` x ``seeds`` under ``out``; write and return the results table.
@@ -285,7 +287,8 @@ def collect_results(out: str | Path, categories: Sequence[str], seeds: Sequence[
         stats = {m: _mean_std([r[m] for r in runs.values()]) for m in METRICS}
         paper = PAPER_MEMSEG.get(c)
         per_cat[c] = {
-            "memory_size": read_yaml_mapping(config).get("model_options", {}).get("memory_size") if config.is_file() else None,
+            "memory_size": read_yaml_mapping(config).get("model_options", {}).get("memory_size") if config.is_file()
+            else None,
             "foreground": foreground_text(c),
             "seeds": runs, "missing_seeds": [s for s in seeds if str(s) not in runs],
             "mean": {m: v[0] for m, v in stats.items()}, "std": {m: v[1] for m, v in stats.items()},

@@ -74,8 +74,8 @@ def cached_training(cfg, name: str = "model", retrain: bool = False, progress: b
     resume = not retrain and _stored_step(run / CHECKPOINT_DIR / LAST_CHECKPOINT, cfg) is not None
     h, w = cfg.input_size
     log(f"no cached {name} at {final}; {'resuming' if resume else 'training'} a quick {name} ({cfg.steps} steps, "
-        f"{h}x{w}, batch {cfg.batch_normal} + {cfg.batch_anomalous}, weights {cfg.model_options.get('weights', 'default')}, "
-        f"device {cfg.device}) ...")
+        f"{h}x{w}, batch {cfg.batch_normal} + {cfg.batch_anomalous}, weights "
+        f"{cfg.model_options.get('weights', 'default')}, device {cfg.device}) ...")
     t0 = time.perf_counter()
     result = training.train(cfg, progress=progress, callback=callback, resume=resume, overwrite=not resume, log=log)
     # final.pt (the cache marker) exists only once the run finished; its resumable twin is not needed any more

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic save, safe load (`torch.load(weights_only=True)`), clear mismatch errors, and the RNG states that make a resume exact.
+"""Checkpoints: atomic save, safe load (`torch.load(weights_only=True)`), clear mismatch errors, and the RNG states that
+make a resume exact.
 
 A checkpoint is a plain dict of tensors and Python primitives, so it loads with
 ``weights_only=True`` (no pickled classes):
@@ -196,12 +197,14 @@ def memory_bank_keys(model: nn.Module) -> list[str]:
 def _check_memory_images(model: nn.Module, images: Any, what: str) -> None:
     """``images`` must be (N, 3, H, W) uint8 at the model's input size with N = its memory size."""
     if not memory_bank_keys(model):
-        raise ValueError(f"{what}: the {getattr(model, 'name', type(model).__name__)!r} model has no memory bank to rebuild")
+        raise ValueError(f"{what}: the {getattr(model, 'name', type(model).__name__)!r} model has no memory bank to "
+                         "rebuild")
     n = model.memory.memory_size
     h, w = (int(v) for v in model.config.input_size)
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or tuple(images.shape) != (n, 3, h, w):
         got = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"{what}: expected the memory bank's source images as a ({n}, 3, {h}, {w}) uint8 tensor, got {got}")
+        raise ValueError(f"{what}: expected the memory bank's source images as a ({n}, 3, {h}, {w}) uint8 tensor, "
+                         f"got {got}")
 
 
 def _rebuild_memory_bank(net: nn.Module, images: torch.Tensor, path: str | Path) -> None:
@@ -238,7 +241,8 @@ def read_checkpoint(path: str | Path) -> dict:
         )
     version = ckpt.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format_version={version!r}; this memseg-kit reads up to {FORMAT_VERSION}")
+        raise ValueError(f"{path} has checkpoint format_version={version!r}; this memseg-kit reads up to "
+                         f"{FORMAT_VERSION}")
     mcfg = ckpt.get("model_config") if isinstance(ckpt.get("model_config"), dict) else {}
     cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     check_carried_values(path, ckpt.get("threshold"), mcfg.get("input_size"), cfg.get("top_k"), cfg.get("category"))
@@ -250,7 +254,8 @@ def is_slim(ckpt: dict) -> bool:
     return ckpt.get(MEMORY_IMAGES) is not None
 
 
-def check_expected(ckpt: dict, path: str | Path, model: str | None = None, input_size: Any = None, memory_size: int | None = None) -> None:
+def check_expected(ckpt: dict, path: str | Path, model: str | None = None, input_size: Any = None,
+                   memory_size: int | None = None) -> None:
     """Raise ``ValueError`` naming stored and expected values when the checkpoint does not match."""
     stored_name = ckpt.get("model_name")
     if model is not None and stored_name != model:
@@ -259,7 +264,8 @@ def check_expected(ckpt: dict, path: str | Path, model: str | None = None, input
     if input_size is not None:
         stored = as_size(mcfg["input_size"], "input_size") if mcfg.get("input_size") is not None else None
         if stored != as_size(input_size, "input_size"):
-            raise ValueError(f"{path} was trained at input size {stored} (H, W), but input size {as_size(input_size)} was expected")
+            raise ValueError(f"{path} was trained at input size {stored} (H, W), but input size {as_size(input_size)} "
+                             "was expected")
     if memory_size is not None:
         stored_n = mcfg.get("memory_size")
         if stored_n != memory_size:
@@ -293,9 +299,9 @@ def load_checkpoint(
 
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt.get("model_config") or {}, dict) or not isinstance(ckpt["model_state"], dict):
-        raise ValueError(f"{path}: stored model_config and model_state are {type(ckpt.get('model_config')).__name__} and "
-                         f"{type(ckpt['model_state']).__name__}, not the mappings `memseg train` writes; the file is "
-                         "damaged or was edited")
+        raise ValueError(f"{path}: stored model_config and model_state are {type(ckpt.get('model_config')).__name__} "
+                         f"and {type(ckpt['model_state']).__name__}, not the mappings `memseg train` writes; the file "
+                         "is damaged or was edited")
     check_expected(ckpt, path, model=model, input_size=input_size, memory_size=memory_size)
     ckpt = migrate_checkpoint(ckpt)
     mcfg = dict(ckpt.get("model_config") or {})
@@ -303,7 +309,8 @@ def load_checkpoint(
     try:
         accepts_init = "init_weights" in inspect.signature(MODEL_REGISTRY[name].__init__).parameters
     except (KeyError, TypeError) as err:
-        raise ValueError(f"{path} holds an unknown model kind {name!r}; this memseg-kit knows {sorted(MODEL_REGISTRY)}") from err
+        raise ValueError(f"{path} holds an unknown model kind {name!r}; this memseg-kit knows "
+                         f"{sorted(MODEL_REGISTRY)}") from err
     if not accepts_init and "weights" in mcfg:
         # The stored state replaces every weight: no need to load (or download) the initial ones.
         mcfg["weights"] = "random"
@@ -325,7 +332,8 @@ def load_checkpoint(
     except RuntimeError as err:
         detail = " ".join(str(err).split())
         detail = detail if len(detail) < 600 else detail[:600] + " ..."
-        raise ValueError(f"{path}: stored weights do not fit the {ckpt['model_name']!r} model built from its config: {detail}") from err
+        raise ValueError(f"{path}: stored weights do not fit the {ckpt['model_name']!r} model built from its config: "
+                         f"{detail}") from err
     net.to(dev).eval()
     if is_slim(ckpt):
         _rebuild_memory_bank(net, ckpt[MEMORY_IMAGES], path)
@@ -425,7 +433,8 @@ def rng_state(generator: torch.Generator) -> dict:
         "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
                   "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
-        "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64), "gauss_next": py_gauss},
+        "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss_next": py_gauss},
     }
     return state
 
@@ -437,6 +446,7 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
     if state.get("torch_cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["torch_cuda"]])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))

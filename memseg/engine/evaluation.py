@@ -92,7 +92,8 @@ def metrics_markdown(result: dict) -> str:
     ]
     if result.get("per_defect"):
         lines += ["## Per defect type (each with all normal test images)", "",
-                  "| defect | images | image AUROC | pixel AUROC | AUPRO@0.3 | image F1-max | F1 calling all anomalous |",
+                  "| defect | images | image AUROC | pixel AUROC | AUPRO@0.3 | image F1-max "
+                  "| F1 calling all anomalous |",
                   "|---|---|---|---|---|---|---|"]
         for name, b in result["per_defect"].items():
             lines.append(f"| {name} | {b['n_anomalous']} | {pct(b['image_auroc'])} | {pct(b['pixel_auroc'])} | "

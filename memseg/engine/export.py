@@ -142,7 +142,8 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, overwr
     model, info = load_checkpoint(checkpoint, device="cpu")
     record = CheckpointRecord.from_checkpoint(info, checkpoint)
     if record.model_name not in EXPORTABLE:
-        raise ValueError(f"{checkpoint}: export supports {', '.join(EXPORTABLE)} checkpoints, got {record.model_name!r}")
+        raise ValueError(f"{checkpoint}: export supports {', '.join(EXPORTABLE)} checkpoints, got "
+                         f"{record.model_name!r}")
     h, w = model.config.input_size
     graph = _AnomalyMapGraph(model).eval()
     example = torch.randn(2, 3, h, w)
@@ -197,7 +198,8 @@ def _check_parity(graph: nn.Module, path: str, input_size: tuple[int, int], tol:
 
 # ------------------------------------------------------------------ the cached fast CPU route
 def cache_dir() -> Path:
-    """Folder of the cached exports: ``$MEMSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/memseg`` or ``~/.cache/memseg``; + ``onnx``."""
+    """Folder of the cached exports: ``$MEMSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/memseg`` or ``~/.cache/memseg``; +
+    ``onnx``."""
     root = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "memseg"
     return Path(root) / "onnx"
 
@@ -209,7 +211,8 @@ def cache_key(checkpoint: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     code = Path(__file__).resolve().parents[1] / "models" / "memseg"
-    for source in [*sorted(code.glob("*.py")), Path(__file__).resolve(), Path(__file__).resolve().with_name("mixed_precision.py")]:
+    for source in [*sorted(code.glob("*.py")), Path(__file__).resolve(),
+                   Path(__file__).resolve().with_name("mixed_precision.py")]:
         digest.update(source.read_bytes())
     digest.update(f"torch {torch.__version__} opset {OPSET}".encode())
     return digest.hexdigest()[:20]
@@ -279,7 +282,8 @@ def _export_half(module: nn.Module, args: tuple[torch.Tensor, ...], path: str, n
                           dynamic_shapes=dynamic, verbose=False)
 
 
-def export_halves(model: nn.Module, compare_out: str | os.PathLike, segment_out: str | os.PathLike, tol: float = 1e-4) -> None:
+def export_halves(model: nn.Module, compare_out: str | os.PathLike, segment_out: str | os.PathLike,
+                  tol: float = 1e-4) -> None:
     """Export a MemSeg model's two halves to ONNX and check them together in float32 against torch.
 
     Raises:
@@ -314,7 +318,8 @@ def export_halves(model: nn.Module, compare_out: str | os.PathLike, segment_out:
             got = back.run(None, dict(zip(names, front.run(None, {"input": x.numpy()}))))[0]
             diff = float(np.abs(got - ref).max())
             if got.shape != ref.shape or not diff <= tol:
-                raise ValueError(f"the exported halves disagree with PyTorch at batch {b}: max abs difference {diff:.2e} (allowed {tol:g})")
+                raise ValueError(f"the exported halves disagree with PyTorch at batch {b}: max abs difference "
+                                 f"{diff:.2e} (allowed {tol:g})")
         os.replace(tmps[0], compare_out)
         os.replace(tmps[1], segment_out)
     finally:
@@ -325,18 +330,21 @@ def export_halves(model: nn.Module, compare_out: str | os.PathLike, segment_out:
 
 
 def cached_halves_paths(checkpoint: str | os.PathLike, key: str | None = None) -> tuple[Path, Path]:
-    """Where :func:`cached_halves` keeps ``checkpoint``'s two halves (``key``: its :func:`cache_key`, computed when None)."""
+    """Where :func:`cached_halves` keeps ``checkpoint``'s two halves (``key``: its :func:`cache_key`, computed when
+    None)."""
     checkpoint = Path(checkpoint)
     stem = cache_dir() / f"{checkpoint.stem}-{key or cache_key(checkpoint)}"
     return stem.with_name(stem.name + ".compare.onnx"), stem.with_name(stem.name + ".segment.onnx")
 
 
 def cached_halves(checkpoint: str | os.PathLike, model: nn.Module) -> tuple[Path, Path]:
-    """``checkpoint``'s two halves (``model``, loaded from it) exported by :func:`export_halves` into the export cache, once."""
+    """``checkpoint``'s two halves (``model``, loaded from it) exported by :func:`export_halves` into the export cache,
+    once."""
     checkpoint = Path(checkpoint)
     compare, segment = cached_halves_paths(checkpoint)
     if not (compare.is_file() and segment.is_file()):
         stem = compare.with_name(compare.name[: -len(".compare.onnx")])
-        print(f"memseg: exporting {checkpoint} for the CPU route, once (cached as {stem}.*.onnx)", file=sys.stderr, flush=True)
+        print(f"memseg: exporting {checkpoint} for the CPU route, once (cached as {stem}.*.onnx)", file=sys.stderr,
+              flush=True)
         export_halves(model, compare, segment)
     return compare, segment

@@ -86,8 +86,8 @@ def check_image_size(height: int, width: int, name: str | None = None) -> None:
     short, long = min(height, width), max(height, width)
     if short < MIN_IMAGE_SIDE or long > MAX_ASPECT_RATIO * short:
         raise ValueError(
-            f"{name + ': ' if name else ''}image is {width}x{height} px (WxH); expected each side >= {MIN_IMAGE_SIDE} px and an "
-            f"aspect ratio (long side / short side) of at most {MAX_ASPECT_RATIO:g}"
+            f"{name + ': ' if name else ''}image is {width}x{height} px (WxH); expected each side >= {MIN_IMAGE_SIDE} "
+            f"px and an aspect ratio (long side / short side) of at most {MAX_ASPECT_RATIO:g}"
         )
 
 
@@ -247,7 +247,8 @@ _BATCH_ACCEPTS = ("float images (B, 3, H, W) in [0, 1] as a torch tensor or a Nu
 
 
 def _batch_tensor(images: Any) -> torch.Tensor:
-    """:meth:`Predictor.predict_batch`'s input as a float tensor (B, 3, H, W); anything else raises saying what it takes."""
+    """:meth:`Predictor.predict_batch`'s input as a float tensor (B, 3, H, W); anything else raises saying what it
+    takes."""
     if isinstance(images, torch.Tensor):
         return images
     if isinstance(images, np.ndarray):
@@ -255,7 +256,8 @@ def _batch_tensor(images: Any) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
         if np.issubdtype(images.dtype, np.floating) and images.ndim == 4 and images.shape[1] == 3:
             return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        raise ValueError(f"predict_batch expects {_BATCH_ACCEPTS}; got a {images.dtype} NumPy array of shape {images.shape}")
+        raise ValueError(f"predict_batch expects {_BATCH_ACCEPTS}; got a {images.dtype} NumPy array of shape "
+                         f"{images.shape}")
     raise ValueError(f"predict_batch expects {_BATCH_ACCEPTS}; got {type(images).__name__}")
 
 
@@ -283,8 +285,10 @@ class Predictor:
         self.record = record
         self.input_size: tuple[int, int] = self.model.input_size or record.input_size
         stored = record.threshold
-        self.threshold: float = float(threshold if threshold is not None else stored if stored is not None else DEFAULT_THRESHOLD)
-        self.threshold_source = "given" if threshold is not None else "validation split" if stored is not None else "default 0.5"
+        self.threshold: float = float(threshold if threshold is not None else stored if stored is not None
+                                      else DEFAULT_THRESHOLD)
+        self.threshold_source = ("given" if threshold is not None else "validation split" if stored is not None
+                                 else "default 0.5")
         self.category: str | None = record.category
         self.model_name: str = record.model_name
         self.weights_source: str | None = record.weights_source
@@ -322,11 +326,12 @@ class Predictor:
         pending = None
         if backend == "auto" and not is_onnx(path) and select_device(device).type == "cpu":
             files = _cpu_route_files(path, record)
-            if files is None or all(f.is_file() for f in files) or (images is not None and images >= EXPORT_WORTH_IMAGES):
+            if files is None or all(f.is_file() for f in files) or (images is not None
+                                                                    and images >= EXPORT_WORTH_IMAGES):
                 model = _fast_cpu_route(path, model, threads)  # exports now unless cached
             elif images is not None:
-                say_once(f"memseg: {images} image{'s' if images != 1 else ''}: {path} runs with torch (exporting it for the "
-                     f"faster CPU route takes 10-20 s, once; that pays off from {EXPORT_WORTH_IMAGES} images)")
+                say_once(f"memseg: {images} image{'s' if images != 1 else ''}: {path} runs with torch (exporting it "
+                     f"for the faster CPU route takes 10-20 s, once; that pays off from {EXPORT_WORTH_IMAGES} images)")
             else:
                 pending = _BackgroundRoute(path, files, model, threads)
                 say_once(f"memseg: {path} runs with torch while its faster CPU route is exported in the background "
@@ -351,8 +356,8 @@ class Predictor:
             return
         self._pending = None
         if pending.routed is None:
-            say_once(f"memseg: the background export of {pending.checkpoint} failed ({pending.error}); it keeps running "
-                 "with torch")
+            say_once(f"memseg: the background export of {pending.checkpoint} failed ({pending.error}); it keeps "
+                 "running with torch")
             return
         self.model = pending.routed
         say_once(f"memseg: {pending.checkpoint} now runs with {self.backend} (exported in the background)")
@@ -392,11 +397,13 @@ class Predictor:
         if isinstance(image, torch.Tensor):
             x = image if image.ndim == 4 else image[None]
             if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3 or not x.is_floating_point():
-                raise ValueError(f"predict expects a float tensor (3, H, W) or (1, 3, H, W) in [0, 1], got {image.dtype} {tuple(image.shape)}")
+                raise ValueError("predict expects a float tensor (3, H, W) or (1, 3, H, W) in [0, 1], got "
+                                 f"{image.dtype} {tuple(image.shape)}")
             check_image_size(x.shape[2], x.shape[3], name)
             check_pixel_values(x, "predict")
             return x.float()
-        raise ValueError(f"predict expects a path, PIL image, uint8 (H, W, 3) array or float tensor, got {type(image).__name__}")
+        raise ValueError("predict expects a path, PIL image, uint8 (H, W, 3) array or float tensor, got "
+                         f"{type(image).__name__}")
 
     def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if tuple(x.shape[-2:]) == tuple(size):
@@ -405,7 +412,8 @@ class Predictor:
 
     # ------------------------------------------------------------------------------ predict
     @torch.no_grad()
-    def predict_batch(self, images: torch.Tensor | np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def predict_batch(self, images: torch.Tensor | np.ndarray, threshold: float | None = None) -> tuple[np.ndarray,
+                                                                                                        np.ndarray]:
         """Score a batch ``float (B, 3, H, W)`` in [0, 1] (not normalised): a torch tensor or a NumPy array,
         or NumPy ``uint8 (B, H, W, 3)`` images (0..255). NaN, infinite or out-of-range values raise ``ValueError``.
 
@@ -423,7 +431,8 @@ class Predictor:
     def _predict_batch(self, images: torch.Tensor, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`predict_batch` and, per image, whether its map and score are float32 throughout."""
         if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-            raise ValueError(f"predict_batch expects float images (B, 3, H, W) in [0, 1], got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(f"predict_batch expects float images (B, 3, H, W) in [0, 1], got {images.dtype} "
+                             f"{tuple(images.shape)}")
         h, w = images.shape[-2:]
         check_image_size(h, w, "predict_batch")
         bw, bh = bounded_size(w, h, DECODE_MAX_PIXELS)

@@ -65,7 +65,8 @@ def with_kept_checkpoint(err: OSError, ckpt_path: Path, saved: int, wording: str
 
 
 def checkpoint_on_interrupt(done: int | None, saved: int, steps: int, ckpt_path: Path,
-                             checkpoint: Callable[[int], Path], log: Callable[[str], None], wording: str = "api") -> None:
+                             checkpoint: Callable[[int], Path], log: Callable[[str], None],
+                             wording: str = "api") -> None:
     """Ctrl-C: save last.pt at the last completed step (when it is newer than the saved one) and say how to go on.
 
     ``done`` is None when the interrupt came in the middle of a step (a second Ctrl-C, or one raised
@@ -77,7 +78,8 @@ def checkpoint_on_interrupt(done: int | None, saved: int, steps: int, ckpt_path:
     elif saved > 0:
         note = f"{ckpt_path} holds step {saved}"
     else:
-        log(f"interrupted before the first step finished: nothing to resume; start again with {go_on(wording, 'overwrite')}")
+        log("interrupted before the first step finished: nothing to resume; start again with "
+            f"{go_on(wording, 'overwrite')}")
         return
     same = "the same --out" if wording == "cli" else "the same config (out)"
     log(f"interrupted: {note} of {steps}; continue with {go_on(wording, 'resume')} and {same}")

@@ -10,8 +10,8 @@ Conventions
   ``ValueError`` with the reason; :func:`compute_metrics` catches these and reports ``nan``
   (documented per key in its docstring) so one degenerate subset never hides the others.
 
-AUPRO follows the MVTec AD / anomalib standard (ports that invent their own variant report numbers nobody can compare): connected
-ground-truth regions (8-connectivity) per image; PRO(t) = mean over all regions of the fraction of
+AUPRO follows the MVTec AD / anomalib standard (ports that invent their own variant report numbers nobody can compare):
+connected ground-truth regions (8-connectivity) per image; PRO(t) = mean over all regions of the fraction of
 the region's pixels scored >= t; FPR(t) = fraction of normal pixels scored >= t; the PRO-vs-FPR
 curve (starting at (0, 0)) is integrated with the trapezoid rule up to FPR = ``fpr_limit``
 (interpolated at exactly the limit) and divided by ``fpr_limit``, so a perfect map scores 1.0.

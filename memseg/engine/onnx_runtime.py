@@ -120,7 +120,8 @@ def load_onnx(path: str | os.PathLike, threads: int | None = None) -> tuple[Onnx
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf raises DecodeError and others on foreign files
-        raise ValueError(f"{path} is not an ONNX model ({type(err).__name__}); expected a file written by `memseg export`") from None
+        raise ValueError(f"{path} is not an ONNX model ({type(err).__name__}); expected a file written by `memseg "
+                         "export`") from None
     raw = next((p.value for p in proto.metadata_props if p.key == METADATA_KEY), None)
     if raw is None:
         raise ValueError(f"{path} has no '{METADATA_KEY}' metadata; expected a file written by `memseg export`")

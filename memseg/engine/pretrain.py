@@ -104,7 +104,8 @@ def encoder_state_from_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], 
     """The stem and blocks 1-3 (timm key names, float16) of a MemSeg training checkpoint, and its step."""
     stored = read_checkpoint(path)
     state = {k[len(ENCODER_PREFIX):]: v for k, v in stored["model_state"].items() if k.startswith(ENCODER_PREFIX)}
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items() if k.split(".")[0] in FROZEN_MODULES}
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()
+             if k.split(".")[0] in FROZEN_MODULES}
     if not state:
         raise ValueError(f"{path}: holds no MemSeg encoder weights (keys {ENCODER_PREFIX}conv1.* ...)")
     return state, int(stored.get("step", 0))

@@ -67,8 +67,9 @@ class StepLog:
         if resume_step is not None:
             dropped = self._truncate(resume_step)
             if dropped:
-                log(f"resume: dropped the log lines of steps {dropped[0]}-{dropped[-1]} from {self.jsonl_path.name} and "
-                    f"{self.csv_path.name} (logged after the checkpoint at step {resume_step}; they are trained again)")
+                log(f"resume: dropped the log lines of steps {dropped[0]}-{dropped[-1]} from {self.jsonl_path.name} "
+                    f"and {self.csv_path.name} (logged after the checkpoint at step {resume_step}; they are trained "
+                    "again)")
         self.csv_fh = open(self.csv_path, "a", newline="")
         self.jsonl_fh = open(self.jsonl_path, "a")
 
@@ -202,7 +203,8 @@ def hold_run_folder(run_dir: str | Path, what: str = "run folder", flag: str = "
 
 
 # A checkpoint write's temporary file (memseg.engine.checkpoint.atomic_torch_save: tempfile.mkstemp's name).
-_STALE_TMP = re.compile(r"^\.(?:" + "|".join(re.escape(n) for n in (LAST_CHECKPOINT, FINAL_CHECKPOINT)) + r")\.[A-Za-z0-9_]+\.tmp$")
+_STALE_TMP = re.compile(r"^\.(?:" + "|".join(re.escape(n) for n in (LAST_CHECKPOINT, FINAL_CHECKPOINT))
+                        + r")\.[A-Za-z0-9_]+\.tmp$")
 
 
 def remove_stale_temp_files(run_dir: str | Path, log: Callable[[str], None] = print) -> list[Path]:
@@ -239,7 +241,8 @@ def check_run_dir_path(run_dir: Path) -> None:
     if problem == "permission":
         raise ValueError(f"run folder {run_dir}: cannot write in {p} (permission denied); choose another --out")
     where = "is a file" if p == run_dir else f"lies inside {p}, which is a file"
-    raise ValueError(f"run folder {run_dir} {where}, not a folder; choose another --out (a folder, created when missing)")
+    raise ValueError(f"run folder {run_dir} {where}, not a folder; choose another --out (a folder, created when "
+                     "missing)")
 
 
 def _rel(paths: list[Path], root: Path) -> str:
@@ -290,8 +293,9 @@ def check_run_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) 
     shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in entries[:6]) + (
         f" and {len(entries) - 6} more" if len(entries) > 6 else "")
     raise ValueError(
-        f"run folder {run_dir} is not empty ({shown}) and has no checkpoint to resume; pass --overwrite (overwrite=True) "
-        "to start over in it (the previous run's files are removed, each one named), or choose another --out")
+        f"run folder {run_dir} is not empty ({shown}) and has no checkpoint to resume; pass --overwrite "
+        "(overwrite=True) to start over in it (the previous run's files are removed, each one named), or choose "
+        "another --out")
 
 
 def remove_previous_run(run_dir: Path, files: list[Path], log: Callable[[str], None] = print) -> None:

@@ -86,7 +86,8 @@ class TrainConfig(ConfigBase):
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = False  # force channels_last for any model (MemSeg already defaults to it: model_options.channels_last)
+    # force channels_last for any model (MemSeg already defaults to it: model_options.channels_last)
+    channels_last: bool = False
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
     dtd_root: str | None = None  # DTD root (images/<category>/*.jpg); None -> structure-only simulation
     out: str | None = None  # run folder; default runs/<category>-<model>
@@ -142,7 +143,8 @@ class TrainConfig(ConfigBase):
         if not self.checkpoint_minutes > 0:
             raise bad("checkpoint_minutes", f"checkpoint_minutes must be > 0, got {self.checkpoint_minutes}")
         if self.batch_normal < 0 or self.batch_anomalous < 0 or self.batch_normal + self.batch_anomalous < 1:
-            raise bad("batch_normal", f"batch_normal + batch_anomalous must be >= 1 (got {self.batch_normal} + {self.batch_anomalous})")
+            raise bad("batch_normal", f"batch_normal + batch_anomalous must be >= 1 (got {self.batch_normal} + "
+                                      f"{self.batch_anomalous})")
         if not 0.0 <= self.val_fraction < 1.0:
             raise bad("val_fraction", f"val_fraction must be in [0, 1), got {self.val_fraction}")
         for f in dataclasses.fields(self):  # YAML reads .nan and .inf as floats: a NaN run trains to the end

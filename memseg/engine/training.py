@@ -152,7 +152,8 @@ def _set_up_device(cfg: TrainConfig) -> torch.device:
 
 
 def _train_images(cfg: TrainConfig, device: torch.device, progress: bool) -> torch.Tensor:
-    """The category's train/good images decoded and resized ONCE: uint8 (N, 3, H, W) on ``device`` (a step only indexes it)."""
+    """The category's train/good images decoded and resized ONCE: uint8 (N, 3, H, W) on ``device`` (a step only indexes
+    it)."""
     from memseg.data import load_split
 
     dataset = load_split(cfg.data, cfg.category, split="train", size=cfg.input_size, layout=cfg.layout)
@@ -173,7 +174,8 @@ def train_data_record(cfg: TrainConfig) -> dict:
     cat = Path(cfg.data) / cfg.category
     digest = hashlib.sha256()
     for r in records:
-        digest.update(f"{Path(os.path.relpath(r.image_path, cat)).as_posix()}\t{os.path.getsize(r.image_path)}\n".encode())
+        name = Path(os.path.relpath(r.image_path, cat)).as_posix()
+        digest.update(f"{name}\t{os.path.getsize(r.image_path)}\n".encode())
     return {"root": str(cfg.data), "category": str(cfg.category), "layout": str(cfg.layout), "n_images": len(records),
             "files_sha256": digest.hexdigest()}
 
@@ -188,13 +190,15 @@ def check_resume_data(stored: dict, current: dict, path: Path, log: Callable[[st
     before = extra.get("data") or {}
     n_before = before.get("n_images", extra.get("n_train_images"))
     root_before = before.get("root", (stored.get("config") or {}).get("data"))
-    same = (before["files_sha256"] == current["files_sha256"]) if "files_sha256" in before else n_before in (None, current["n_images"])
+    same = ((before["files_sha256"] == current["files_sha256"]) if "files_sha256" in before
+            else n_before in (None, current["n_images"]))
     if not same:
-        hashes = f" (file list sha256 {before['files_sha256'][:12]} vs {current['files_sha256'][:12]})" if "files_sha256" in before else ""
+        hashes = (f" (file list sha256 {before['files_sha256'][:12]} vs "
+                  f"{current['files_sha256'][:12]})") if "files_sha256" in before else ""
         raise ValueError(
-            f"--resume: {path} was trained on {n_before} train/good images of {current['category']!r} under {root_before}, "
-            f"but the data given ({current['root']}) holds {current['n_images']} with another file list{hashes}; resume with the data "
-            "the run was trained on, or start a new run (another --out)")
+            f"--resume: {path} was trained on {n_before} train/good images of {current['category']!r} under "
+            f"{root_before}, but the data given ({current['root']}) holds {current['n_images']} with another file "
+            f"list{hashes}; resume with the data the run was trained on, or start a new run (another --out)")
     if root_before is not None and str(root_before) != current["root"]:
         log(f"resume: the data moved from {root_before} to {current['root']} (the same {current['n_images']} files)")
 
@@ -378,7 +382,8 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
     bn, ba = cfg.batch_normal, cfg.batch_anomalous
     if not model.needs_simulation:
         bn, ba = bn + ba, 0  # e.g. MMR trains on normal images only
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {cfg.model}/{cfg.category}", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {cfg.model}/{cfg.category}",
+               dynamic_ncols=True)
     done: int | None = start  # the last step whose update is complete; None while a step is under way
     last_save = _now()
     try:
@@ -412,7 +417,8 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
                     callback(step, row)
                 if stop.requested and step != cfg.steps:  # Ctrl-C / SIGTERM came during this step, now complete
                     raise KeyboardInterrupt
-                if step != cfg.steps and (step % cfg.checkpoint_every == 0 or _now() - last_save >= 60 * cfg.checkpoint_minutes):
+                if step != cfg.steps and (step % cfg.checkpoint_every == 0
+                                          or _now() - last_save >= 60 * cfg.checkpoint_minutes):
                     checkpoint(step)
                     last_save = _now()
         bar.close()

@@ -215,7 +215,8 @@ def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     state = dict(obj)
     anchor = next((k for k in state if k.endswith("conv1.weight") and "layer" not in k), None)
     if anchor is None:
-        raise ValueError(f"{path}: no stem weight 'conv1.weight' found; is this a resnet18 state dict? keys start with {sorted(state)[:5]}")
+        raise ValueError(f"{path}: no stem weight 'conv1.weight' found; is this a resnet18 state dict? keys start with "
+                         f"{sorted(state)[:5]}")
     prefix = anchor[: -len("conv1.weight")]
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -258,7 +259,8 @@ def load_resnet18_weights(backbone: nn.Module, path: str | Path) -> None:
             f"{'...' if len(missing) > 6 else ''}, {len(unexpected)} unexpected keys {unexpected[:6]}"
             f"{'...' if len(unexpected) > 6 else ''}"
         )
-    bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
+    bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+           if state[k].shape != v.shape]
     if bad:
         raise ValueError(f"{path}: resnet18 weights with wrong shapes (file vs model): {bad[:6]}")
     state = {k: v.to(expected[k].dtype) for k, v in state.items()}
@@ -307,7 +309,8 @@ def create_backbone(weights: str | os.PathLike = "auto", offline_fallback: bool 
             raise RuntimeError(
                 f"could not load the pretrained weights {spec.source} through timm (no hub access? "
                 f"{type(err).__name__}: {' '.join(str(err).split())[:200]}). Pass a local weights file "
-                "(weights='/path/to/resnet18.pth', timm or torchvision state dict), weights='offline' or weights='random'."
+                "(weights='/path/to/resnet18.pth', timm or torchvision state dict), weights='offline' or "
+                "weights='random'."
             ) from err
     backbone = create_timm_resnet18(None)
     load_resnet18_weights(backbone, spec.path)

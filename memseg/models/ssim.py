@@ -31,7 +31,8 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: flo
     Borders are handled with reflection padding so the map has the input's size.
     """
     if x.shape != y.shape or x.dim() != 4:
-        raise ValueError(f"ssim expects two (B, C, H, W) tensors of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"ssim expects two (B, C, H, W) tensors of the same shape, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
     # float32 without autocast: ``E[x^2] - E[x]^2`` cancels catastrophically in bf16/fp16
     with torch.autocast(x.device.type, enabled=False):
         return _ssim_map_fp32(x.float(), y.float(), window_size, sigma, data_range)

@@ -34,7 +34,8 @@ def ablation_budget(settings: NotebookSettings) -> dict:
     return {"steps": settings.train_steps, "size": settings.size}
 
 
-def run_ablations(settings: NotebookSettings, variants: dict[str, dict], steps: int, size: tuple[int, int] | None = None,
+def run_ablations(settings: NotebookSettings, variants: dict[str, dict], steps: int,
+                  size: tuple[int, int] | None = None,
                   progress: bool = True) -> list[dict]:
     """Train and evaluate one model per variant (``model_options`` switches of Table 5), same seed and steps.
 
@@ -84,7 +85,8 @@ def plot_ablations(results: Sequence[dict], title: str | None = None):
     return fig
 
 
-def summarise_runs(rows: Sequence[dict], metrics: Sequence[str], by: Sequence[str] = ("category", "variant")) -> list[dict]:
+def summarise_runs(rows: Sequence[dict], metrics: Sequence[str],
+                   by: Sequence[str] = ("category", "variant")) -> list[dict]:
     """Mean and sample std of ``metrics`` over runs grouped by ``by`` (e.g. seeds of one ablation row).
 
     Returns one dict per group, in first-seen order: the ``by`` keys, ``n`` (runs), and for each metric
@@ -113,10 +115,12 @@ def measured_ablations(results: str | Path | None = None) -> list[dict]:
     path = Path(results) if results is not None else project_root() / ABLATION_RESULTS
     path = path / "results.json" if path.is_dir() else path
     if not path.is_file():
-        raise FileNotFoundError(f"no ablation results at {path}; write them with benchmarks/ablation.py --out {path.parent}")
+        raise FileNotFoundError(f"no ablation results at {path}; write them with benchmarks/ablation.py --out "
+                                f"{path.parent}")
     rows = json.loads(path.read_text())
     first = ["full", "literal eq. (5)-(7)", "attention off", "memory off"]
-    rows.sort(key=lambda r: (r["category"], first.index(r["variant"]) if r["variant"] in first else len(first), r["variant"]))
+    rows.sort(key=lambda r: (r["category"], first.index(r["variant"]) if r["variant"] in first else len(first),
+                             r["variant"]))
     table = []
     for s in summarise_runs(rows, list(METRICS)):
         row = {"category": s["category"], "variant": s["variant"], "seeds": s["n"]}
@@ -145,12 +149,14 @@ def memory_size_figure(results: str | Path | None = None, title: str | None = No
     path = Path(results) if results is not None else project_root() / MEMORY_SIZE_RESULTS
     path = path / "results.json" if path.is_dir() else path
     if not path.is_file():
-        raise FileNotFoundError(f"no memory-size results at {path}; write them with benchmarks/memory_size.py --out {path.parent}")
+        raise FileNotFoundError(f"no memory-size results at {path}; write them with benchmarks/memory_size.py --out "
+                                f"{path.parent}")
     rows = json.loads(path.read_text())
     categories = sorted({r["category"] for r in rows})
     fig, axes = plt.subplots(1, len(categories), figsize=(7 * len(categories), 5), layout="constrained", squeeze=False)
     for ax, category in zip(axes[0], categories):
-        summary = sorted(summarise_runs([r for r in rows if r["category"] == category], list(METRICS), by=["memory_size"]),
+        summary = sorted(summarise_runs([r for r in rows if r["category"] == category], list(METRICS),
+                                        by=["memory_size"]),
                          key=lambda s: s["memory_size"])
         ns = [s["memory_size"] for s in summary]
         for key, color in (("image_auroc", "#2e86ab"), ("pixel_auroc", "#e4572e")):

@@ -117,7 +117,8 @@ class AttentionBrowser(FigureWidget):
     def render(self, index: int):
         item = self.dataset[int(index)]
         maps = attention_maps(self.model, item["image"])
-        fig = plot_spatial_attention(item["image"], item["mask"], maps, title=f"{item['defect']}: {Path(item['path']).name}")
+        fig = plot_spatial_attention(item["image"], item["mask"], maps,
+                                     title=f"{item['defect']}: {Path(item['path']).name}")
         self.last = maps
         return fig, maps
 

@@ -8,8 +8,9 @@ Examples:
     >>> from memseg.engine.train_config import TrainConfig
     >>> base = TrainConfig(data="data/synthetic", category="washer", size=64, steps=30)
     >>> configs = comparison_configs(base, quick=True, weights="random", out="runs/compare")
-    >>> [(name, c.model, c.out) for name, c in configs.items()]
-    [('MemSeg', 'memseg', 'runs/compare/memseg'), ('DRAEM', 'draem', 'runs/compare/draem'), ('MMR', 'mmr', 'runs/compare/mmr')]
+    >>> [(name, c.model, c.out) for name, c in configs.items()]  # doctest: +NORMALIZE_WHITESPACE
+    [('MemSeg', 'memseg', 'runs/compare/memseg'), ('DRAEM', 'draem', 'runs/compare/draem'),
+     ('MMR', 'mmr', 'runs/compare/mmr')]
 """
 
 from __future__ import annotations

@@ -58,7 +58,8 @@ def memory_images(settings: NotebookSettings, info: dict) -> torch.Tensor:
         idx = [int(i) for i in info["extra"]["splits"]["memory"]]
     except (KeyError, TypeError):
         raise KeyError("this checkpoint does not record which training images form its memory bank "
-                       "(expected info['extra']['splits']['memory'], written by memseg.engine.training.train)") from None
+                       "(expected info['extra']['splits']['memory'], written by "
+                       "memseg.engine.training.train)") from None
     size = tuple(info.get("model_config", {}).get("input_size") or settings.size)
     return load_images(settings_split(settings, "train", size=size), indices=idx)
 

@@ -63,7 +63,8 @@ def to_numpy_image(x) -> np.ndarray:
     return x
 
 
-def show_image(ax, img, title: str | None = None, cmap: str | None = None, vmin=None, vmax=None, colorbar: bool = False):
+def show_image(ax, img, title: str | None = None, cmap: str | None = None, vmin=None, vmax=None,
+               colorbar: bool = False):
     """Draw one image on ``ax`` without ticks or frame (grey colour map for 2-D maps); returns the AxesImage."""
     arr = to_numpy_image(img)
     if arr.ndim == 2 and cmap is None:
@@ -105,14 +106,16 @@ _SAVED: dict[str, int] = {}
 
 
 def autosave(fig, name: str) -> None:
-    """When ``$MEMSEG_FIGDIR`` is set, save every teaching figure there as ``<prefix><name>-<n>.png`` (figure review)."""
+    """When ``$MEMSEG_FIGDIR`` is set, save every teaching figure there as ``<prefix><name>-<n>.png`` (figure
+    review)."""
     if not os.environ.get(ENV_FIGDIR):
         return
     _SAVED[name] = _SAVED.get(name, 0) + 1
     save_figure(fig, f"{os.environ.get(ENV_FIGPREFIX, '')}{name}-{_SAVED[name]}")
 
 
-def image_grid(images, titles: Sequence[str] | None = None, cols: int = 10, title: str | None = None, size: float = 1.9):
+def image_grid(images, titles: Sequence[str] | None = None, cols: int = 10, title: str | None = None,
+               size: float = 1.9):
     """A simple grid of images (tensor (N, 3, H, W) or list)."""
     import matplotlib.pyplot as plt
 

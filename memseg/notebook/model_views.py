@@ -39,7 +39,8 @@ def plot_stage_costs(rows, flops=None, title: str = "Where the parameters are"):
     names = [r.name for r in rows]
     y = np.arange(len(rows))
     ncols = 2 if flops is not None else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(10 * ncols, 0.48 * len(rows) + 2.2), sharey=True, squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, ncols, figsize=(10 * ncols, 0.48 * len(rows) + 2.2), sharey=True, squeeze=False,
+                             layout="constrained")
     ax = axes[0, 0]
     tr = np.array([r.trainable for r in rows]) / 1e6
     fr = np.array([r.frozen for r in rows]) / 1e6

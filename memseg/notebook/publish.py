@@ -62,7 +62,8 @@ def _read(path: Path):
 
 def source_digest(nb) -> str:
     """SHA-256 of the cells' types and sources (not metadata or outputs): which notebook an execution ran."""
-    cells = [[c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"]] for c in nb["cells"]]
+    cells = [[c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"]]
+             for c in nb["cells"]]
     return hashlib.sha256(json.dumps(cells).encode()).hexdigest()
 
 
@@ -170,7 +171,8 @@ def ensure_vendor(cache: Path, log=print) -> Path:
     os.replace(tmp / "node_modules", modules)
     shutil.rmtree(tmp, ignore_errors=True)
     if not ready():
-        raise RuntimeError(f"npm installed {specs} but {sorted(f for f in want if not (modules / f).is_file())} are missing")
+        raise RuntimeError(f"npm installed {specs} but {sorted(f for f in want if not (modules / f).is_file())} are "
+                           "missing")
     return modules
 
 

@@ -18,7 +18,8 @@ LIVE_ONLY = ("Interactive panel: it needs a live kernel. Open the notebook in Ju
 
 # MathJax 3 (SVG output: no font files to load) configured for notebook markdown: $...$, $$...$$, \(...\), \[...\].
 _MATHJAX = """{%- block html_head_js_mathjax -%}
-<script>window.MathJax = {tex: {inlineMath: [['$', '$'], ['\\\\(', '\\\\)']], displayMath: [['$$', '$$'], ['\\\\[', '\\\\]']],
+<script>window.MathJax = {tex: {inlineMath: [['$', '$'], ['\\\\(', '\\\\)']],
+  displayMath: [['$$', '$$'], ['\\\\[', '\\\\]']],
   processEscapes: true, processEnvironments: true, tags: 'ams'}, svg: {fontCache: 'global'}};</script>
 <script src="{{ resources.static }}/mathjax/es5/tex-svg-full.js"></script>
 {%- endblock html_head_js_mathjax -%}"""
@@ -166,7 +167,8 @@ def slides_html(nb, stem: str) -> str:
 
 
 def slides_index(notebooks) -> str:
-    items = "\n".join(f'<li><a href="{html.escape(Path(n).stem)}.slides.html">{html.escape(notebook_title(nb, n))}</a></li>'
+    items = "\n".join(f'<li><a href="{html.escape(Path(n).stem)}.slides.html">'
+                      f'{html.escape(notebook_title(nb, n))}</a></li>'
                       for n, nb in notebooks)
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>MemSeg slides</title></head>"
             f"<body style='font: 20px sans-serif; max-width: 900px; margin: 40px auto'><h1>MemSeg: slide decks</h1>"

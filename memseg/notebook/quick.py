@@ -32,7 +32,8 @@ def train_config(settings: NotebookSettings, name: str, steps: int | None = None
     )
 
 
-def quick_model(settings: NotebookSettings, callback: Callable | None = None, retrain: bool = False, progress: bool = True):
+def quick_model(settings: NotebookSettings, callback: Callable | None = None, retrain: bool = False,
+                progress: bool = True):
     """The small MemSeg model that notebooks 2-5 share (:func:`cached_training` under ``<runs>/model-<category>``).
 
     Returns ``(model, info)`` from :func:`memseg.engine.checkpoint.load_checkpoint` (model in eval mode on

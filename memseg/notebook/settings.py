@@ -159,7 +159,8 @@ def setup(
     if not root.is_dir():
         raise FileNotFoundError(
             f"dataset root {root} does not exist; set DATA_ROOT (or ${ENV_DATA}) to a folder in MVTec AD layout "
-            f"(<root>/<category>/train/good, test/<defect>, ground_truth/<defect>) or to {DEFAULT_DATA!r} for the synthetic dataset"
+            f"(<root>/<category>/train/good, test/<defect>, ground_truth/<defect>) or to {DEFAULT_DATA!r} for the "
+            "synthetic dataset"
         )
     found = list_categories(root)
     if category not in found:
@@ -186,7 +187,8 @@ def tire_or(data_root: str, category: str, use_tire: bool) -> tuple[str, str, bo
         return data_root, category, False
     tire = shared_data("mvtec3d_tire")
     if tire is None or not (tire / "tire").is_dir():
-        print(f"USE_TIRE: {project_root().parent / 'shared' / 'data' / 'mvtec3d_tire'} is absent; staying on {data_root} / {category}")
+        print(f"USE_TIRE: {project_root().parent / 'shared' / 'data' / 'mvtec3d_tire'} is absent; staying on "
+              f"{data_root} / {category}")
         return data_root, category, False
     print(f"USE_TIRE: real MVTec 3D-AD tire images from {tire}")
     return str(tire), "tire", True

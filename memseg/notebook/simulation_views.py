@@ -29,7 +29,8 @@ STEP_TITLES = {
 }
 
 
-def show_perlin_scales(size: tuple[int, int] = (256, 256), threshold: float = 0.5, seed: int = 0, exps: Sequence[int] = (1, 2, 3, 4)):
+def show_perlin_scales(size: tuple[int, int] = (256, 256), threshold: float = 0.5, seed: int = 0,
+                       exps: Sequence[int] = (1, 2, 3, 4)):
     """Perlin noise P at several scales (top) and its thresholded masks M_P = [P > T] (bottom)."""
     import matplotlib.pyplot as plt
 
@@ -41,7 +42,8 @@ def show_perlin_scales(size: tuple[int, int] = (256, 256), threshold: float = 0.
         p = perlin_noise(1, size[0], size[1], generator=g, scale_exp=int(k))
         m = perlin_mask(p, threshold)
         show_image(axes[0, c], p[0, 0], f"$P$, scale $2^{k}\\times2^{k}$ cells", cmap="viridis", vmin=-1, vmax=1)
-        show_image(axes[1, c], m[0, 0], f"$M_P = [P > {threshold}]$ ({100 * float(m.mean()):.0f}%)", cmap="gray", vmin=0, vmax=1)
+        show_image(axes[1, c], m[0, 0], f"$M_P = [P > {threshold}]$ ({100 * float(m.mean()):.0f}%)", cmap="gray",
+                   vmin=0, vmax=1)
     fig.suptitle("Perlin noise at four scales, and the masks it gives")
     autosave(fig, "perlin_scales")
     return fig
@@ -98,7 +100,8 @@ def show_simulation_steps(image: torch.Tensor, result, index: int = 0, title: st
     area = float(inter["M"][index].float().mean()) * 100
     thr = inter.get("threshold", 0.5)
     thr = float(thr[index]) if isinstance(thr, torch.Tensor) and thr.dim() else float(thr)
-    fig.suptitle(title or f"Fig. 3 step by step — T = {thr:.2f}, δ = {delta:.2f}, source = {source}, anomaly area {area:.1f}%")
+    fig.suptitle(title or f"Fig. 3 step by step — T = {thr:.2f}, δ = {delta:.2f}, source = {source}, anomaly area "
+                          f"{area:.1f}%")
     autosave(fig, "simulation_steps")
     return fig
 
@@ -123,17 +126,22 @@ class SimulationPanel(FigureWidget):
         fg_thr = foreground_preset.threshold if foreground_preset is not None else "otsu"
         textures = has_textures(simulator)
         self.controls = {
-            "threshold": w.FloatSlider(value=0.5, min=0.0, max=0.9, step=0.05, description="Perlin threshold T", style=style, layout=layout),
-            "delta": w.FloatSlider(value=0.8, min=0.15, max=1.0, step=0.05, description="transparency δ", style=style, layout=layout),
-            "scale_exp": w.IntSlider(value=3, min=0, max=5, description="Perlin scale k (2^k cells)", style=style, layout=layout),
-            "use_foreground": w.Checkbox(value=foreground_preset is not None, description="foreground mask M_I", style=style),
+            "threshold": w.FloatSlider(value=0.5, min=0.0, max=0.9, step=0.05, description="Perlin threshold T",
+                                       style=style, layout=layout),
+            "delta": w.FloatSlider(value=0.8, min=0.15, max=1.0, step=0.05, description="transparency δ", style=style,
+                                   layout=layout),
+            "scale_exp": w.IntSlider(value=3, min=0, max=5, description="Perlin scale k (2^k cells)", style=style,
+                                     layout=layout),
+            "use_foreground": w.Checkbox(value=foreground_preset is not None, description="foreground mask M_I",
+                                         style=style),
             "otsu": w.Checkbox(value=fg_thr == "otsu", description="Otsu threshold (automatic)", style=style),
             "fg_threshold": w.FloatSlider(value=0.5 if fg_thr == "otsu" else float(fg_thr), min=0.0, max=1.0, step=0.02,
                                           description="foreground threshold τ", style=style, layout=layout),
             "source": w.ToggleButtons(options=["texture", "structure"] if textures else ["structure"],
                                       value="texture" if textures else "structure", description="source", style=style),
             "seed": w.IntSlider(value=0, min=0, max=99, description="seed", style=style, layout=layout),
-            "image": w.IntSlider(value=image_index, min=0, max=max(0, n - 1), description="image", style=style, layout=layout),
+            "image": w.IntSlider(value=image_index, min=0, max=max(0, n - 1), description="image", style=style,
+                                 layout=layout),
         }
         self.out = w.Output()
         for c in self.controls.values():
@@ -157,14 +165,16 @@ class SimulationPanel(FigureWidget):
                                   opening=base.opening, closing=base.closing)
         g = torch.Generator().manual_seed(int(seed))
         img = self.images[int(image) : int(image) + 1]
-        result = self.simulator.simulate(img, generator=g, threshold=float(threshold), delta=float(delta), source=source,
+        result = self.simulator.simulate(img, generator=g, threshold=float(threshold), delta=float(delta),
+                                         source=source,
                                          scale_exp=int(scale_exp), foreground=fg, return_intermediates=True)
         fig = show_simulation_steps(img, result, fig=fig)
         self.last = result
         return fig, result
 
     def draw_current(self):
-        self.controls["fg_threshold"].disabled = self.controls["otsu"].value or not self.controls["use_foreground"].value
+        self.controls["fg_threshold"].disabled = (self.controls["otsu"].value
+                                                  or not self.controls["use_foreground"].value)
         fig, _ = self.render(**self.values())
         return fig
 
@@ -192,7 +202,8 @@ def simulation_gallery(simulator, images: torch.Tensor, n: int = 16, seed: int =
             continue
         area = float(result.masks[i].float().mean()) * 100
         show_image(a_img, result.images[i].cpu(), f"{result.source[i]}, δ={float(result.delta[i]):.2f}")
-        show_image(a_mask, result.masks[i].cpu(), f"M ({area:.2f}%)" if area < 0.1 else f"M ({area:.1f}%)", cmap="gray", vmin=0, vmax=1)
+        show_image(a_mask, result.masks[i].cpu(), f"M ({area:.2f}%)" if area < 0.1 else f"M ({area:.1f}%)", cmap="gray",
+                   vmin=0, vmax=1)
     fig.suptitle(f"{n} simulated training anomalies $I_A$, each next to its mask $M$")
     autosave(fig, "simulation_gallery")
     return fig, result

@@ -175,7 +175,8 @@ def stage_table(
                 trainable=trainable,
                 frozen=frozen,
                 buffers=buffers,
-                calls=min((seen[m]["calls"] for m in stage.modules if m in seen), default=0) if len(ran) == len(stage.modules) else 0,
+                calls=(min((seen[m]["calls"] for m in stage.modules if m in seen), default=0)
+                       if len(ran) == len(stage.modules) else 0),
                 modules=list(stage.modules),
                 note=stage.note,
             )
@@ -210,7 +211,8 @@ def memseg_stages(model: nn.Module) -> list[Stage]:
 def memseg_stage_table(model: nn.Module, inputs: torch.Tensor) -> list[StageRow]:
     """:func:`stage_table` over :func:`memseg_stages`, with the functional stages (memory search,
     spatial attention) filled in from ``forward(x, return_intermediates=True)``."""
-    rows, out = stage_table(model, inputs, memseg_stages(model), forward_kwargs={"return_intermediates": True}, return_output=True)
+    rows, out = stage_table(model, inputs, memseg_stages(model), forward_kwargs={"return_intermediates": True},
+                            return_output=True)
     memory = getattr(model, "memory", None)
     for r in rows:
         if r.name.startswith("memory:"):
@@ -238,7 +240,8 @@ class FlopReport:
         return self.total / 1e9
 
 
-def count_flops(model: nn.Module, inputs: torch.Tensor, depth: int = 6, forward_kwargs: dict | None = None) -> FlopReport:
+def count_flops(model: nn.Module, inputs: torch.Tensor, depth: int = 6,
+                forward_kwargs: dict | None = None) -> FlopReport:
     """FLOPs of one forward pass with ``torch.utils.flop_counter.FlopCounterMode`` (no extra dependency).
 
     Only operators PyTorch knows a formula for are counted (convolutions, matmuls, ...);

@@ -105,12 +105,15 @@ def show_metrics(metrics: dict, title: str = "Evaluation on the test split"):
     import matplotlib.pyplot as plt
 
     overall = metrics.get("overall", metrics)
-    keys = [k for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "pixel_f1_max", "image_f1_max") if isinstance(overall.get(k), (int, float))]
-    labels = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO@0.3", "f1_max": "image F1-max",
+    keys = [k for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "pixel_f1_max", "image_f1_max")
+            if isinstance(overall.get(k), (int, float))]
+    labels = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO@0.3",
+              "f1_max": "image F1-max",
               "pixel_f1_max": "pixel F1-max", "image_f1_max": "image F1-max"}
     vals = [float(overall[k]) for k in keys]
     fig, ax = plt.subplots(figsize=(2.6 * max(3, len(keys)) + 1, 5), layout="constrained")
-    bars = ax.bar([labels[k] for k in keys], vals, color=["#2e86ab", "#e4572e", "#17bebb", "#f0a202", "#76b041", "#a23b72"][: len(keys)])
+    bars = ax.bar([labels[k] for k in keys], vals,
+                  color=["#2e86ab", "#e4572e", "#17bebb", "#f0a202", "#76b041", "#a23b72"][: len(keys)])
     for b, v in zip(bars, vals):
         ax.text(b.get_x() + b.get_width() / 2, v + 0.015, f"{v:.3f}", ha="center", fontsize=15, fontweight="bold")
     ax.axhline(0.5, ls="--", color="gray", lw=1)

@@ -72,7 +72,8 @@ def bottleneck_features(
     return torch.cat(out).numpy()
 
 
-def tsne_embed(features: np.ndarray, seed: int = 0, perplexity: float | None = None, standardize: bool = True) -> np.ndarray:
+def tsne_embed(features: np.ndarray, seed: int = 0, perplexity: float | None = None,
+               standardize: bool = True) -> np.ndarray:
     """2-D t-SNE (scikit-learn) of (N, D) features -> (N, 2).
 
     Perplexity defaults to ``min(30, (N - 1) / 3)`` so small sets (a quick run) stay valid;
@@ -232,7 +233,8 @@ gd.on('plotly_hover', function (ev) {
 
 
 _PLACEHOLDER = "data:image/svg+xml;base64," + base64.b64encode(
-    b"<svg xmlns='http://www.w3.org/2000/svg' width='10' height='10'><rect width='10' height='10' fill='#f4f4f4'/></svg>"
+    b"<svg xmlns='http://www.w3.org/2000/svg' width='10' height='10'><rect width='10' height='10' "
+    b"fill='#f4f4f4'/></svg>"
 ).decode("ascii")
 
 
@@ -286,7 +288,8 @@ def thumbnail_grid(emb: EmbeddingSet, per_group: int = 8, title: str = "What the
     import matplotlib.pyplot as plt
 
     groups = [g for g in GROUP_COLORS if g in emb.groups]
-    fig, axes = plt.subplots(len(groups), per_group, figsize=(2.1 * per_group, 2.4 * len(groups) + 0.6), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(len(groups), per_group, figsize=(2.1 * per_group, 2.4 * len(groups) + 0.6), squeeze=False,
+                             layout="constrained")
     for r, g in enumerate(groups):
         idx = [i for i, x in enumerate(emb.groups) if x == g][:per_group]
         for c in range(per_group):
@@ -319,14 +322,17 @@ def separation_by_encoder(settings, groups: EmbeddingSet, weights: Sequence[str]
     rows = []
     for w in weights:
         # the notebooks' own model when the weights are the notebooks' (one cache, one training)
-        cfg = train_config(settings, name="model" if w == settings.weights else f"model-{w}", model_options={"weights": w})
+        cfg = train_config(settings, name="model" if w == settings.weights else f"model-{w}",
+                           model_options={"weights": w})
         checkpoint, _ = cached_training(cfg, name=f"notebook model ({w} encoder)", progress=progress)
         model, info = load_checkpoint(checkpoint, device=settings.device)
         features = bottleneck_features(model, normalize(groups.images), progress=progress)
         embedding = tsne_embed(features, seed=settings.seed)
         names, share = neighbour_mix(embedding, groups.groups, k=k, order=list(GROUP_COLORS))
-        rows.append({"weights": info.get("weights_source", w), "separation": normal_anomalous_separation(embedding, groups.groups, k),
-                     **{f"{a} → {b}": float(share[i, j]) for i, a in enumerate(names) for j, b in enumerate(names) if i == j}})
+        rows.append({"weights": info.get("weights_source", w),
+                     "separation": normal_anomalous_separation(embedding, groups.groups, k),
+                     **{f"{a} → {b}": float(share[i, j]) for i, a in enumerate(names) for j, b in enumerate(names)
+                        if i == j}})
     return rows
 
 

@@ -64,9 +64,11 @@ class ForegroundConfig:
         low = -1.0 if self.measure == "warmth" else 0.0
         if isinstance(self.threshold, str):
             if self.threshold != "otsu":
-                raise ValueError(f"ForegroundConfig.threshold must be a float in [{low:g}, 1] or 'otsu', got {self.threshold!r}")
+                raise ValueError(f"ForegroundConfig.threshold must be a float in [{low:g}, 1] or 'otsu', got "
+                                 f"{self.threshold!r}")
         elif not low <= float(self.threshold) <= 1.0:
-            raise ValueError(f"ForegroundConfig.threshold must be in [{low:g}, 1] for measure {self.measure!r}, got {self.threshold}")
+            raise ValueError(f"ForegroundConfig.threshold must be in [{low:g}, 1] for measure {self.measure!r}, got "
+                             f"{self.threshold}")
         if self.blur < 0:
             raise ValueError(f"ForegroundConfig.blur must be >= 0, got {self.blur}")
         if self.opening < 0 or self.closing < 0:

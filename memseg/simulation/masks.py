@@ -51,7 +51,8 @@ def resolve_foreground(images: torch.Tensor, foreground: Any, default: Foregroun
         elif isinstance(foreground, ForegroundConfig):
             cfg = foreground
         else:
-            raise ValueError(f"foreground must be None, False/'none', a ForegroundConfig or a mask tensor, got {foreground!r}")
+            raise ValueError("foreground must be None, False/'none', a ForegroundConfig or a mask tensor, got "
+                             f"{foreground!r}")
         if cfg is None:
             return None
         m = foreground_mask(images, cfg)
@@ -107,7 +108,8 @@ def draw_anomaly_masks(
     b, h, w = shape
 
     def noise_for(rows: torch.Tensor | None):
-        exps = scale_exp[rows.cpu()] if isinstance(scale_exp, torch.Tensor) and scale_exp.dim() == 2 and rows is not None else scale_exp
+        exps = (scale_exp[rows.cpu()]
+                if isinstance(scale_exp, torch.Tensor) and scale_exp.dim() == 2 and rows is not None else scale_exp)
         n = b if rows is None else len(rows)
         return perlin_noise(n, h, w, generator, device, config.scale_exp_range, exps, rotate=config.rotate,
                             samples_per_cell=config.samples_per_cell, return_params=True)

@@ -4,8 +4,8 @@ The noise P is evaluated directly on (rotated) pixel coordinates, so any H×W wo
 "size must be a multiple of the period" restriction of the classic numpy port) and the rotation
 is applied to the *sampling coordinates*, not by resampling a noise image.
 
-Speed (per-pixel Perlin noise dominated the public ports' data loading): the noise is smooth inside a lattice cell, so each sample is
-evaluated on a coarse grid with about `samples_per_cell` points per cell along its shortest
+Speed (per-pixel Perlin noise dominated the public ports' data loading): the noise is smooth inside a lattice cell, so
+each sample is evaluated on a coarse grid with about `samples_per_cell` points per cell along its shortest
 cell side and bilinearly upsampled to H×W. Samples are grouped by coarse-grid size so a batch
 with mixed periods does not pay the finest grid for every sample.
 

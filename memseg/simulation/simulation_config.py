@@ -32,12 +32,14 @@ def check_perlin_threshold(threshold, what: str = "threshold", finite_only: bool
     """Raise ``ValueError`` naming ``what`` unless the Perlin threshold T (a float or a tensor) is finite and
     within :data:`THRESHOLD_RANGE` (exclusive); ``finite_only``: only finiteness (``simulate(threshold=...)``
     may force the empty-mask fallback on purpose)."""
-    t = torch.as_tensor(threshold, dtype=torch.float32) if not isinstance(threshold, torch.Tensor) else threshold.float()
+    t = (torch.as_tensor(threshold, dtype=torch.float32) if not isinstance(threshold, torch.Tensor)
+         else threshold.float())
     lo, hi = THRESHOLD_RANGE
     if t.numel() == 0 or not bool(torch.isfinite(t).all()) or (
             not finite_only and (float(t.min()) <= lo or float(t.max()) >= hi)):
         shown = threshold if not isinstance(threshold, torch.Tensor) or threshold.numel() > 8 else threshold.tolist()
-        where = "" if finite_only else f" in ({lo:g}, {hi:g}) (the Perlin noise P lies in about [-1, 1]; the paper uses 0.5)"
+        where = "" if finite_only else (f" in ({lo:g}, {hi:g}) (the Perlin noise P lies in about [-1, 1]; the paper "
+                                        "uses 0.5)")
         raise ValueError(f"{what} must be a finite number{where}, got {shown!r}")
 
 

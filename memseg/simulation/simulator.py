@@ -12,11 +12,11 @@ Three steps, all batched torch ops on the simulator's device:
    I_A = M̄ ⊙ I + I'_n                                                                eq. (2)
 
 Images are float tensors in [0, 1] and are **not** ImageNet-normalised here; normalisation
-happens after compositing (blending normalised images would mix two colour scales). Anomalies are simulated at the final size (no crop that
-could cut an anomaly away), and every simulated sample has a non-empty mask.
+happens after compositing (blending normalised images would mix two colour scales). Anomalies are simulated at the final
+size (no crop that could cut an anomaly away), and every simulated sample has a non-empty mask.
 
-Speed (the public ports decode a texture file per sample): textures are decoded once into a uint8 cache on the device, and I_n
-is a pixel look-up (`memseg.simulation.pixels.PixelSource`). Where M = 0, eq. (2) gives I_A = I,
+Speed (the public ports decode a texture file per sample): textures are decoded once into a uint8 cache on the device,
+and I_n is a pixel look-up (`memseg.simulation.pixels.PixelSource`). Where M = 0, eq. (2) gives I_A = I,
 so unless intermediates are requested the same equations are evaluated only at the pixels
 inside M (a few percent of the image) and I_n is never built in full.
 

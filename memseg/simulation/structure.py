@@ -168,7 +168,8 @@ def draw_structure_params(
     colour = colour_jitter_matrix(in_range(config.brightness, u[:, 0]), in_range(config.saturation, u[:, 1]),
                                   in_range(config.hue, u[:, 2]))
     flips = draw_mirror_rotate(n, height, width, generator, config.mirror_prob, config.rot90)
-    angle = random_uniform((n,), generator, "cpu", -config.max_angle, config.max_angle) if config.max_angle > 0 else None
+    angle = (random_uniform((n,), generator, "cpu", -config.max_angle, config.max_angle) if config.max_angle > 0
+             else None)
     perm = random_permutation(n, config.grid[0] * config.grid[1], generator)
     return StructureParams(colour, flips, perm, angle)
 

@@ -108,7 +108,8 @@ def render_result(
         "input": _png(r.image),
         "truth": truth_png,
         "heatmap": _png(heatmap(r.anomaly_map, vmin=scale.lo, vmax=scale.hi)),
-        "overlay": _png(overlay(r.image, r.anomaly_map, alpha=OVERLAY_ALPHA, vmin=scale.lo, vmax=scale.hi, weighted=True)),
+        "overlay": _png(overlay(r.image, r.anomaly_map, alpha=OVERLAY_ALPHA, vmin=scale.lo, vmax=scale.hi,
+                                weighted=True)),
         "mask": _png(_mask_rgb(binary_mask)),
     }
     return ResultView(

@@ -78,7 +78,8 @@ class Result:
 
 @dataclass(frozen=True)
 class SimulationParams:
-    """The "Simulate a defect" controls: Perlin threshold T, opacity δ (eq. 2), Perlin scale 2^scale_exp, source, seed."""
+    """The "Simulate a defect" controls: Perlin threshold T, opacity δ (eq. 2), Perlin scale 2^scale_exp, source,
+    seed."""
 
     threshold: float
     delta: float
@@ -328,7 +329,8 @@ class DashboardState:
         return self._simulators[key]
 
     def simulate(self, params: SimulationParams, category: str | None) -> tuple[torch.Tensor, np.ndarray]:
-        """The current image with a simulated defect at the model's input size: (float (3, H, W) in [0, 1], bool mask (H, W))."""
+        """The current image with a simulated defect at the model's input size: (float (3, H, W) in [0, 1], bool mask
+        (H, W))."""
         from memseg.data.io import to_tensor
 
         assert self.source is not None

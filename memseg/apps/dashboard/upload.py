@@ -57,7 +57,8 @@ def decode_upload(
     if size == 0:
         raise UploadError(f"{name}: the file is empty (0 bytes); expected {expected}")
     if size > max_bytes:
-        raise UploadError(f"{name}: {size / 2**20:.1f} MB is larger than the {max_bytes / 2**20:.0f} MB limit; expected {expected}")
+        raise UploadError(f"{name}: {size / 2**20:.1f} MB is larger than the {max_bytes / 2**20:.0f} MB limit; "
+                          f"expected {expected}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

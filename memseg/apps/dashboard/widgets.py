@@ -128,7 +128,8 @@ class DashboardWidgets:
         self.tabs = _styled(W.Tab(children=[self._inspect_tab(max_upload_bytes, max_upload_pixels),
                                             self._simulate_tab(have_dtd)]), "memseg-tabs")
         self.tabs.titles = ("Inspect", "Simulate a defect")
-        self.decision = _styled(W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, description="Decision", **_slider()),
+        self.decision = _styled(W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, description="Decision",
+                                              **_slider()),
                                 "memseg-decision")
         self.error_html = _html("", "memseg-error")
         sidebar = W.VBox(
@@ -153,15 +154,18 @@ class DashboardWidgets:
                       layout=W.Layout(overflow="hidden"))
 
     def _simulate_tab(self, have_dtd: bool) -> W.VBox:
-        """The anomaly simulation's controls (paper §3.1): Perlin threshold T, opacity δ (eq. 2), scale, source, seed."""
+        """The anomaly simulation's controls (paper §3.1): Perlin threshold T, opacity δ (eq. 2), scale, source,
+        seed."""
         self.sim_threshold = _styled(W.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.05, description="Perlin T",
                                                    **_slider()), "memseg-sim-threshold")
-        self.delta = _styled(W.FloatSlider(value=0.6, min=0.15, max=1.0, step=0.05, description="δ (opacity)", **_slider()),
+        self.delta = _styled(W.FloatSlider(value=0.6, min=0.15, max=1.0, step=0.05, description="δ (opacity)",
+                                           **_slider()),
                              "memseg-delta")
         self.scale = _styled(W.IntSlider(value=2, min=0, max=5, step=1, description="Perlin scale",
                                          continuous_update=False, layout=_wide(), style=_STYLE), "memseg-scale")
         self.source_tb = _styled(W.ToggleButtons(
-            options=[("texture (DTD)", "texture"), ("structure", "structure")] if have_dtd else [("structure", "structure")],
+            options=[("texture (DTD)", "texture"), ("structure", "structure")] if have_dtd
+            else [("structure", "structure")],
             value="texture" if have_dtd else "structure", description="Source", style=_STYLE,
         ), "memseg-source")
         self.seed = _styled(W.BoundedIntText(value=0, min=0, max=2**31 - 1, description="Seed",
@@ -171,7 +175,8 @@ class DashboardWidgets:
                                      "source": self.source_tb, "seed": self.seed}  # SimulationParams' fields
         dtd_note = "" if have_dtd else "<div class='memseg-note'>No DTD textures found: structure source only.</div>"
         return W.VBox([
-            _html("<div class='memseg-note'>Anomaly simulation (paper §3.1, eq. 1&ndash;2) on the current image:</div>"),
+            _html("<div class='memseg-note'>Anomaly simulation (paper §3.1, eq. 1&ndash;2) on the current "
+                  "image:</div>"),
             self.sim_threshold, self.delta, self.scale, self.source_tb, W.HBox([self.seed, self.reseed_btn]),
             _html(dtd_note),
         ], layout=W.Layout(overflow="hidden"))
@@ -183,7 +188,8 @@ class DashboardWidgets:
         self.score_html = _html("", "memseg-score")
         self.time_html = _html("", "memseg-time")
         result_bar = _styled(W.HBox([self.verdict_html, self.score_html, self.time_html],
-                                    layout=W.Layout(justify_content="space-between", align_items="center", width="100%")),
+                                    layout=W.Layout(justify_content="space-between", align_items="center",
+                                                    width="100%")),
                              "memseg-result")
         self.caption_html = _html("", "memseg-caption")
         return W.VBox([self.warning_html, result_bar, self.caption_html, self._grid()],
@@ -197,8 +203,10 @@ class DashboardWidgets:
         for key, title in PANELS.items():
             self.panel_titles[key] = W.HTML(panel_title_html(title))
             self.panels[key] = _styled(W.Image(format="png", layout=W.Layout(width="100%", height="auto", margin="0",
-                                                                             object_fit="contain")), f"memseg-image-{key}")
-            box = W.VBox([self.panel_titles[key], self.panels[key]], layout=W.Layout(align_items="stretch", overflow="hidden"))
+                                                                             object_fit="contain")),
+                                       f"memseg-image-{key}")
+            box = W.VBox([self.panel_titles[key], self.panels[key]],
+                         layout=W.Layout(align_items="stretch", overflow="hidden"))
             boxes.append(_styled(box, "memseg-panel", f"memseg-panel-{key}"))
         boxes.append(self._legend())
         return W.GridBox(boxes, layout=W.Layout(grid_template_columns="repeat(3, minmax(200px, 330px))",
@@ -238,7 +246,8 @@ class DashboardWidgets:
         """Set simulation controls (threshold, delta, scale_exp, source, seed) and optionally open/close the tab."""
         unknown = set(params) - set(self._simulation_controls)
         if unknown:
-            raise TypeError(f"set_simulation: unknown parameters {sorted(unknown)}; expected {sorted(self._simulation_controls)}")
+            raise TypeError(f"set_simulation: unknown parameters {sorted(unknown)}; expected "
+                            f"{sorted(self._simulation_controls)}")
         for name, value in params.items():
             self.set_quietly(self._simulation_controls[name], value)
         if enabled is not None:
@@ -316,7 +325,8 @@ class DashboardWidgets:
         self.reseed_btn.on_click(lambda _b: app.guard(app.set_simulation, seed=(self.seed.value * 7919 + 1) % 100_000))
 
     def _take_upload(self, files: tuple) -> tuple[str, Any]:
-        """The first uploaded file's (name, content); the widget is emptied (frees the bytes; the same file can come again)."""
+        """The first uploaded file's (name, content); the widget is emptied (frees the bytes; the same file can come
+        again)."""
         item = files[0]  # ipywidgets 8: tuple of dicts {name, type, size, content (memoryview), last_modified}
         self.set_quietly(self.upload_w, ())
         return item.get("name", "upload"), item["content"]

@@ -65,9 +65,11 @@ class DRAEMConfig(ConfigBase):
         self.input_size = as_size(self.input_size, "DRAEMConfig.input_size", multiple_of=32,
                                   why="the discriminative U-Net pools 5 times")
         if self.simulation_source not in SIMULATION_SOURCES:
-            raise ValueError(f"DRAEMConfig.simulation_source must be one of {SIMULATION_SOURCES}, got {self.simulation_source!r}")
+            raise ValueError(f"DRAEMConfig.simulation_source must be one of {SIMULATION_SOURCES}, got "
+                             f"{self.simulation_source!r}")
         if self.base_width < 1 or self.disc_base_width < 1:
-            raise ValueError(f"DRAEM widths must be >= 1, got base_width={self.base_width}, disc_base_width={self.disc_base_width}")
+            raise ValueError(f"DRAEM widths must be >= 1, got base_width={self.base_width}, "
+                             f"disc_base_width={self.disc_base_width}")
         if self.score_pool < 1 or self.score_pool % 2 == 0:
             raise ValueError(f"DRAEMConfig.score_pool must be a positive odd integer, got {self.score_pool}")
 
@@ -223,7 +225,8 @@ class DRAEM(AnomalyModel):
             raise ValueError(f"DRAEM expects {what} of shape (B, 3, H, W) ImageNet-normalised, got {tuple(x.shape)}")
         h, w = x.shape[-2:]
         if h % 32 or w % 32:
-            raise ValueError(f"DRAEM expects {what} with H and W multiples of 32 (config.input_size={self.config.input_size}), got {h}x{w}")
+            raise ValueError(f"DRAEM expects {what} with H and W multiples of 32 "
+                             f"(config.input_size={self.config.input_size}), got {h}x{w}")
 
     def forward(self, x: torch.Tensor, return_intermediates: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
         """x (B, 3, H, W) normalised -> logits (B, 2, H, W), or dict(logits, reconstruction in [0, 1] space)."""
@@ -234,14 +237,16 @@ class DRAEM(AnomalyModel):
             return {"logits": logits, "reconstruction": rec}
         return logits
 
-    def compute_loss(self, inputs: torch.Tensor, masks: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(self, inputs: torch.Tensor, masks: torch.Tensor,
+                     clean: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """DRAEM loss ``l2(rec, clean) + (1 - SSIM(rec, clean)) + focal(logits, masks)`` (DRAEM eq. 1-3).
 
         ``inputs`` (simulated) and ``clean`` are normalised (B, 3, H, W); masks (B, 1, H, W) in {0, 1}.
         """
         self._check_inputs(clean, "clean")
         if masks.shape[0] != inputs.shape[0] or masks.shape[1] != 1 or masks.shape[-2:] != inputs.shape[-2:]:
-            raise ValueError(f"DRAEM expects masks of shape (B, 1, H, W) matching inputs {tuple(inputs.shape)}, got {tuple(masks.shape)}")
+            raise ValueError(f"DRAEM expects masks of shape (B, 1, H, W) matching inputs {tuple(inputs.shape)}, got "
+                             f"{tuple(masks.shape)}")
         out = self(inputs, return_intermediates=True)
         target = denormalize(clean)  # (B, 3, H, W) in [0, 1]: the anomaly-free image
         rec = out["reconstruction"].float()

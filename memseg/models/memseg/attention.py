@@ -34,7 +34,8 @@ def spatial_attention_maps(di_star: list[torch.Tensor], scales: list[torch.Tenso
     """
     d = [x.float().mean(dim=1, keepdim=True) for x in di_star]  # channel means (1/C) Σ_i DI*_i
     if scales is not None:
-        d = [2 * x / (x + torch.as_tensor(s, dtype=x.dtype, device=x.device).clamp_min(1e-12)) for x, s in zip(d, scales)]
+        d = [2 * x / (x + torch.as_tensor(s, dtype=x.dtype, device=x.device).clamp_min(1e-12))
+             for x, s in zip(d, scales)]
     d1, d2, d3 = d
     m3 = d3  # eq. (5)
     m2 = d2 * F.interpolate(m3, size=d2.shape[-2:], mode="bilinear", align_corners=False)  # eq. (6): ⊙ M3^U

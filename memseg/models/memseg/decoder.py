@@ -93,7 +93,8 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         if len(skip_channels) != 4 or len(widths) != 5:
-            raise ValueError(f"decoder needs 4 skip channel counts and 5 widths, got {tuple(skip_channels)} and {tuple(widths)}")
+            raise ValueError(f"decoder needs 4 skip channel counts and 5 widths, got {tuple(skip_channels)} and "
+                             f"{tuple(widths)}")
         s0, s1, s2, s3 = skip_channels
         d3, d2, d1, d0, dout = widths
         self.up3, self.conv3 = UpBlock(bottleneck_channels, d3), ConvLayer(d3 + s3, d3)  # H/16

@@ -51,7 +51,8 @@ class ResNet18Encoder(nn.Module):
         self.channels = tuple(self.backbone.feature_info.channels())  # stem, block 1, 2, 3, 4
         self.strides = tuple(self.backbone.feature_info.reduction())
         if (self.channels, self.strides) != RESNET18_FEATURES:
-            raise RuntimeError(f"expected a resnet18 backbone, got features (channels, strides) {(self.channels, self.strides)}")
+            raise RuntimeError("expected a resnet18 backbone, got features (channels, strides) "
+                               f"{(self.channels, self.strides)}")
         self.trainable = bool(trainable)
         for name in FROZEN_MODULES:
             for p in getattr(self.backbone, name).parameters():

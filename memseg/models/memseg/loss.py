@@ -78,7 +78,8 @@ class MemSegLoss(nn.Module):
     ``l1``, ``focal`` (for the terms that are on) and ``loss``.
     """
 
-    def __init__(self, l1_weight: float = 0.6, focal_weight: float = 0.4, gamma: float = 4.0, alpha: float | None = None) -> None:
+    def __init__(self, l1_weight: float = 0.6, focal_weight: float = 0.4, gamma: float = 4.0,
+                 alpha: float | None = None) -> None:
         super().__init__()
         if l1_weight < 0 or focal_weight < 0:
             raise ValueError(f"loss weights must be >= 0, got l1_weight={l1_weight}, focal_weight={focal_weight}")

@@ -37,7 +37,8 @@ def difference(memory: torch.Tensor, features: torch.Tensor, distance: str = "l2
     raise ValueError(f"unknown distance {distance!r}; expected one of {DISTANCES}")
 
 
-def aligned_difference(memory: torch.Tensor, features: torch.Tensor, distance: str = "l2", shift: int = 0) -> torch.Tensor:
+def aligned_difference(memory: torch.Tensor, features: torch.Tensor, distance: str = "l2",
+                       shift: int = 0) -> torch.Tensor:
     """DI (eq. 3) with a tolerance for misalignment: each input position is compared with the memory
     sample's feature at the offset within ``shift`` cells (in both directions) whose Σ_c DI is smallest.
 
@@ -81,7 +82,8 @@ class MemoryBank(nn.Module):
             0: eq. 3 as written). The closest memory sample (eq. 4) is chosen as without it.
     """
 
-    def __init__(self, memory_size: int, feature_shapes: list[tuple[int, int, int]], distance: str = "l2", chunk_size: int = 32,
+    def __init__(self, memory_size: int, feature_shapes: list[tuple[int, int, int]], distance: str = "l2",
+                 chunk_size: int = 32,
                  shift: int = 0) -> None:
         super().__init__()
         if memory_size < 1:
@@ -122,14 +124,16 @@ class MemoryBank(nn.Module):
             raise ValueError(f"{what}: expected {len(self.feature_shapes)} feature levels, got {len(features)}")
         for i, (f, shape) in enumerate(zip(features, self.feature_shapes), start=1):
             if tuple(f.shape[1:]) != shape:
-                raise ValueError(f"{what}: block {i} features have shape {tuple(f.shape[1:])}, the memory bank holds {shape}")
+                raise ValueError(f"{what}: block {i} features have shape {tuple(f.shape[1:])}, the memory bank holds "
+                                 f"{shape}")
 
     @torch.no_grad()
     def fill(self, features: list[torch.Tensor]) -> None:
         """Store the N memory samples' block 1-3 features (each (N, C, h, w))."""
         self._check(features, "memory features")
         if features[0].shape[0] != self.memory_size:
-            raise ValueError(f"the memory bank holds N={self.memory_size} samples, got features of {features[0].shape[0]} images")
+            raise ValueError(f"the memory bank holds N={self.memory_size} samples, got features of "
+                             f"{features[0].shape[0]} images")
         for buf, f in zip(self.levels, features):
             buf.copy_(f.detach().to(device=buf.device, dtype=buf.dtype))
         self.memory_ready.fill_(True)
@@ -185,7 +189,8 @@ class MemoryBank(nn.Module):
                 if self.distance == "l2":
                     d = torch.cdist(x, chunk, p=1)  # Σ |MI - II|
                 else:
-                    d = torch.cdist(x, chunk, p=2, compute_mode="donot_use_mm_for_euclid_dist").square()  # Σ (MI - II)^2
+                    # Σ (MI - II)^2
+                    d = torch.cdist(x, chunk, p=2, compute_mode="donot_use_mm_for_euclid_dist").square()
                 out[:, n0 : n0 + chunk.shape[0]] += d
         return out
 

@@ -60,8 +60,8 @@ class MemSegConfig(ConfigBase):
             to the memory's own normal-vs-normal difference, so M is ~1 on normal regions) or
             ``"literal"`` (raw products; ~0 everywhere unless the features are large).
             See :func:`memseg.models.memseg.attention.spatial_attention_maps`.
-        head: last decoder layer, ``"auto"`` (default: :func:`recipe_for`), ``"no_relu"`` or ``"paper"`` (conv-BN-ReLU + conv,
-            which learns a hard probability ceiling). See :class:`memseg.models.memseg.decoder.SegmentationHead`.
+        head: last decoder layer, ``"auto"`` (default: :func:`recipe_for`), ``"no_relu"`` or ``"paper"`` (conv-BN-ReLU +
+            conv, which learns a hard probability ceiling). See :class:`memseg.models.memseg.decoder.SegmentationHead`.
         decoder_channels: widths of the five decoder stages, coarsest first.
         memory_chunk_size: memory samples compared per pass when searching DI*.
         channels_last: run the convolutions in channels_last memory format (default; ~20% faster
@@ -116,7 +116,8 @@ class MemSegConfig(ConfigBase):
             raise ValueError(f"memory_refresh_every must be >= 1, got {self.memory_refresh_every}")
         self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
         if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
-            raise ValueError(f"decoder_channels must be 5 positive widths (coarsest first), got {self.decoder_channels}")
+            raise ValueError("decoder_channels must be 5 positive widths (coarsest first), got "
+                             f"{self.decoder_channels}")
 
     def resolve_recipe(self, weights_source: str) -> dict[str, str]:
         """Replace ``"auto"`` options by what :func:`recipe_for` says for ``weights_source``; returns what changed."""
@@ -189,7 +190,8 @@ class MemSeg(AnomalyModel):
         ii_channels = channels[1:4]  # (64, 128, 256): blocks 1-3
         if config.use_memory:
             shapes = [(c, h // s, w // s) for c, s in zip(ii_channels, strides[1:4])]
-            self.memory: MemoryBank | None = MemoryBank(config.memory_size, shapes, config.distance, config.memory_chunk_size,
+            self.memory: MemoryBank | None = MemoryBank(config.memory_size, shapes, config.distance,
+                                                        config.memory_chunk_size,
                                                            config.memory_shift)
             ci_channels = tuple(2 * c for c in ii_channels)  # CI = concat(II, DI*)
         else:
@@ -270,7 +272,8 @@ class MemSeg(AnomalyModel):
         self._check_input(images, "memory images")
         n = images.shape[0]
         if n != self.config.memory_size:
-            raise ValueError(f"prepare() got {n} memory images, but the model was built for memory_size N={self.config.memory_size}")
+            raise ValueError(f"prepare() got {n} memory images, but the model was built for memory_size "
+                             f"N={self.config.memory_size}")
         if float(images.min()) >= 0.0:
             warnings.warn(
                 "prepare(): the memory images have no negative value; they look like [0, 1] images that were "
@@ -335,12 +338,14 @@ class MemSeg(AnomalyModel):
             maps = spatial_attention_maps(di_star, scales)  # eq. (5)-(7): [M1, M2, M3]
         if ii[0].requires_grad:  # a trainable encoder (train_encoder): DI* again, with gradients to II (eq. 3)
             with no_autocast(x.device.type):
-                di_star = [aligned_difference(mem.index_select(0, index), f.float(), self.config.distance, self.memory.shift)
+                di_star = [aligned_difference(mem.index_select(0, index), f.float(), self.config.distance,
+                                              self.memory.shift)
                            for f, mem in zip(ii, self.memory.levels)]
         return stem, ii, di_star, index, maps
 
     def segment(self, stem: torch.Tensor, ii: list[torch.Tensor], di_star: list[torch.Tensor] | None,
-                weights: list[torch.Tensor] | None, out_size: Any) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+                weights: list[torch.Tensor] | None,
+                out_size: Any) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """The second half of Fig. 2: block 4, MSFF (weighted by ``weights``) and the decoder.
 
         Returns ``(logits (B, 2, H, W), bottleneck, [F1, F2, F3])``.
@@ -355,7 +360,8 @@ class MemSeg(AnomalyModel):
         return logits, bottleneck, fused
 
     # ------------------------------------------------------------------ model interface
-    def compute_loss(self, inputs: torch.Tensor, masks: torch.Tensor, clean: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(self, inputs: torch.Tensor, masks: torch.Tensor,
+                     clean: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of eq. (10) on a batch; ``clean`` is not used by MemSeg (memory replaces it)."""
         logits = self(inputs)
         loss, parts = self.loss_fn(logits, masks)

@@ -63,15 +63,18 @@ class MSFF(nn.Module):
             # channel alignment of the up-sampled coarser level (level 3 -> 2, level 2 -> 1).
             # A 1×1 conv is linear and bilinear weights sum to 1, so conv-then-upsample equals
             # upsample-then-conv exactly; it runs at the coarse resolution (4× fewer operations).
-            self.align = nn.ModuleList(nn.Conv2d(out_channels[i + 1], out_channels[i], 1) for i in range(len(out_channels) - 1))
+            self.align = nn.ModuleList(nn.Conv2d(out_channels[i + 1], out_channels[i], 1)
+                                       for i in range(len(out_channels) - 1))
 
-    def forward(self, ci: Sequence[torch.Tensor], attention_maps: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    def forward(self, ci: Sequence[torch.Tensor],
+                attention_maps: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """ci [CI_1, CI_2, CI_3] (finest first) -> [F_1, F_2, F_3], optionally ⊙ [M1, M2, M3]."""
         feats = [blk(x) for blk, x in zip(self.blocks, ci)]  # [(B, C_n, h_n, w_n)]
         if self.use_multiscale:
             for i in range(len(feats) - 2, -1, -1):  # coarse to fine: F_2 += up(F_3), F_1 += up(F_2)
                 coarse = self.align[i](feats[i + 1])
-                feats[i] = feats[i] + F.interpolate(coarse, size=feats[i].shape[-2:], mode="bilinear", align_corners=False)
+                feats[i] = feats[i] + F.interpolate(coarse, size=feats[i].shape[-2:], mode="bilinear",
+                                                    align_corners=False)
         if attention_maps is not None:
             feats = [f * m.to(f.dtype) for f, m in zip(feats, attention_maps)]  # weighted by M_n (Fig. 2)
         return feats

@@ -65,9 +65,11 @@ class MMRConfig(ConfigBase):
         self.input_size = as_size(self.input_size, "MMRConfig.input_size", multiple_of=max(self.patch_size, 16),
                                   why=f"ViT patch {self.patch_size}, teacher stride 16")
         if self.embed_dim % self.num_heads:
-            raise ValueError(f"MMRConfig.embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+            raise ValueError(f"MMRConfig.embed_dim ({self.embed_dim}) must be divisible by num_heads "
+                             f"({self.num_heads})")
         if self.embed_dim % 4:
-            raise ValueError(f"MMRConfig.embed_dim must be a multiple of 4 (2-D sin-cos position embedding), got {self.embed_dim}")
+            raise ValueError("MMRConfig.embed_dim must be a multiple of 4 (2-D sin-cos position embedding), got "
+                             f"{self.embed_dim}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"MMRConfig.mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.smoothing_sigma < 0:
@@ -215,7 +217,8 @@ class MaskedViTStudent(nn.Module):
         mask = torch.zeros(b, n, dtype=torch.bool, device=x.device)
         n_mask = int(round(mask_ratio * n))
         if n_mask > 0:
-            noise = torch.rand(b, n, generator=generator, device="cpu" if generator is not None else x.device).to(x.device)
+            noise = torch.rand(b, n, generator=generator,
+                               device="cpu" if generator is not None else x.device).to(x.device)
             idx = noise.argsort(dim=1)[:, :n_mask]  # (B, n_mask) random patches per image
             mask.scatter_(1, idx, True)
             tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype).expand(b, n, d), tokens)
@@ -277,7 +280,8 @@ class MMR(AnomalyModel):
             raise ValueError(f"MMR expects {what} of shape (B, 3, H, W) ImageNet-normalised, got {tuple(x.shape)}")
         h, w = x.shape[-2:]
         if h % self._mult or w % self._mult:
-            raise ValueError(f"MMR expects {what} with H and W multiples of {self._mult} (config.input_size={self.config.input_size}), got {h}x{w}")
+            raise ValueError(f"MMR expects {what} with H and W multiples of {self._mult} "
+                             f"(config.input_size={self.config.input_size}), got {h}x{w}")
 
     @torch.no_grad()
     def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -298,10 +302,13 @@ class MMR(AnomalyModel):
 
     @staticmethod
     def cosine_distance(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-pixel ``1 - cos`` over channels for each scale, list of (B, 1, h_k, w_k) in [0, 2] (MMR's anomaly measure)."""
-        return [(1.0 - F.cosine_similarity(t.float(), s.float(), dim=1, eps=1e-6)).unsqueeze(1) for t, s in zip(teacher, student)]
+        """Per-pixel ``1 - cos`` over channels for each scale, list of (B, 1, h_k, w_k) in [0, 2] (MMR's anomaly
+        measure)."""
+        return [(1.0 - F.cosine_similarity(t.float(), s.float(), dim=1, eps=1e-6)).unsqueeze(1)
+                for t, s in zip(teacher, student)]
 
-    def compute_loss(self, inputs: torch.Tensor, masks: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(self, inputs: torch.Tensor, masks: torch.Tensor,
+                     clean: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Sum over scales of the mean cosine distance between teacher and student features (MMR's objective).
 
         MMR learns normal images only: it reconstructs ``clean`` (normalised, (B, 3, H, W));
@@ -327,7 +334,8 @@ class MMR(AnomalyModel):
         size = tuple(inputs.shape[-2:])
         dists = self.cosine_distance(out["teacher"], out["student"])
         with torch.autocast(inputs.device.type, enabled=False):  # float32 maps (no bf16 ties)
-            amap = torch.stack([F.interpolate(d, size=size, mode="bilinear", align_corners=False) for d in dists]).mean(0)
+            amap = torch.stack([F.interpolate(d, size=size, mode="bilinear", align_corners=False)
+                                for d in dists]).mean(0)
             amap = gaussian_blur(amap, self.config.smoothing_sigma)  # (B, 1, H, W) in [0, 2]
         return (amap / 2.0).clamp(0.0, 1.0)  # fixed, image-independent scaling to [0, 1]
 

@@ -44,7 +44,8 @@ def cases() -> list[Case]:
         Case("DI*: 2 images, levels of shapes (8, 16, 16), (16, 8, 8), (32, 4, 4) (C, h, w), random values in [0, 2)",
              (_di_star(2, [(8, 16, 16), (16, 8, 8), (32, 4, 4)], 0),),
              hint="Each level contributes its channel mean; the coarser map multiplies it."),
-        Case("DI*: 1 image, odd sizes (4, 17, 23), (6, 9, 12), (8, 5, 6): the coarser map is not exactly half the finer",
+        Case("DI*: 1 image, odd sizes (4, 17, 23), (6, 9, 12), (8, 5, 6): the coarser map is not exactly half the "
+             "finer",
              (_di_star(1, [(4, 17, 23), (6, 9, 12), (8, 5, 6)], 1),),
              hint="Up-sample to the finer map's size (size=...), not by a fixed factor of 2."),
         Case("DI*: 2 images with a single channel at every level (C = 1)",

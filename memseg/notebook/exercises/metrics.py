@@ -75,7 +75,8 @@ def cases() -> list[Case]:
                   "between the last point before and the first point after)."),
         Case("1 image with a large defect (144 pixels) scored high and a small one (4 pixels) scored like the "
              "background; fpr_limit = 0.3", _two_regions(), {"fpr_limit": 0.3},
-             hint="PRO averages the overlap per region: the small missed region counts as much as the large found one."),
+             hint="PRO averages the overlap per region: the small missed region counts as much as the large found "
+                  "one."),
         Case("3 images of 24×24, each mask with 1-2 rectangular defects; maps = 0.5·mask + U(0, 1); fpr_limit = 0.3",
              (masks, _noisy(masks, rng)), {"fpr_limit": 0.3},
              hint="Regions are counted over all images together; PRO is their mean, FPR pools all normal pixels."),

@@ -70,7 +70,8 @@ def check_anomaly_mask(anomaly_mask: Callable) -> Verdict:
     return run_check("anomaly_mask", anomaly_mask, _kit_anomaly_mask, mask_cases(), MASK_EQUATION)
 
 
-def _blend_inputs(b: int, h: int, w: int, seed: int, delta: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+def _blend_inputs(b: int, h: int, w: int, seed: int, delta: torch.Tensor | None = None,
+                  mask: torch.Tensor | None = None):
     g = torch.Generator().manual_seed(seed)
     image, noise = torch.rand(b, 3, h, w, generator=g), torch.rand(b, 3, h, w, generator=g)
     if mask is None:
