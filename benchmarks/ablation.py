@@ -46,8 +46,10 @@ VARIANTS: dict[str, dict] = {
     "memory shift 1": {**FULL, "memory_shift": 1},
     "literal, memory shift 1": {**FULL, "attention": "literal", "memory_shift": 1},
     "tyre foreground": {**FULL, "simulation": {"foreground": dataclasses.asdict(TIRE)}},
-    "literal, tyre foreground": {**FULL, "attention": "literal", "simulation": {"foreground": dataclasses.asdict(TIRE)}},
-    "tyre foreground, memory shift 1": {**FULL, "memory_shift": 1, "simulation": {"foreground": dataclasses.asdict(TIRE)}},
+    "literal, tyre foreground": {**FULL, "attention": "literal",
+                                 "simulation": {"foreground": dataclasses.asdict(TIRE)}},
+    "tyre foreground, memory shift 1": {**FULL, "memory_shift": 1,
+                                        "simulation": {"foreground": dataclasses.asdict(TIRE)}},
     "literal, tyre foreground, blocks 1-3 train too": {
         **FULL, "attention": "literal", "train_encoder": True, "simulation": {"foreground": dataclasses.asdict(TIRE)}
     },
@@ -102,7 +104,8 @@ def run_one(args, label: str, options: dict, seed: int) -> dict:
     opts = {"weights": args.weights, **options}
     simulation = opts.pop("simulation", {})  # a variant may change the simulation (e.g. the foreground mask M_I)
     cfg = TrainConfig(data=args.data, category=args.category, size=args.size, steps=args.steps, seed=seed,
-                      device=args.device, dtd_root=args.dtd, out=str(run_dir), model_options=opts, simulation=simulation,
+                      device=args.device, dtd_root=args.dtd, out=str(run_dir), model_options=opts,
+                      simulation=simulation,
                       checkpoint_every=max(args.steps // 3, 1), log_every=max(args.steps // 20, 1))
     t0 = time.perf_counter()
     ckpt = run_dir / "checkpoints" / "last.pt"
@@ -117,7 +120,8 @@ def run_one(args, label: str, options: dict, seed: int) -> dict:
     preds = collect_predictions(model, dataset, device=args.device, top_k=cfg.top_k, progress=False)
     m = compute_metrics(preds.labels, preds.scores, preds.masks, preds.maps, defects=preds.defects)["overall"]
     row = {
-        "variant": label, "options": {**opts, **({"simulation": simulation} if simulation else {})}, "seed": seed, "category": args.category, "steps": args.steps,
+        "variant": label, "options": {**opts, **({"simulation": simulation} if simulation else {})}, "seed": seed,
+        "category": args.category, "steps": args.steps,
         "size": args.size, "weights_source": info.get("weights_source"),
         **{k: float(m[k]) for k in METRICS},
         **ceiling_figures(preds.maps, preds.masks, preds.scores, preds.labels),
@@ -245,12 +249,13 @@ def write_page(rows: list[dict], out: Path, command: str, order: list[str], note
     cats = sorted({r["category"] for r in rows})
     r0 = rows[0]
     parts = [
-        f"# Ablation of MemSeg's memory and attention (paper Table 5) at a CPU budget, encoder `{_weights_name(r0['weights_source'])}`",
+        "# Ablation of MemSeg's memory and attention (paper Table 5) at a CPU budget, encoder "
+        f"`{_weights_name(r0['weights_source'])}`",
         "",
         f"{r0['steps']} steps, batch 4 normal + 4 simulated, {r0['size']}×{r0['size']}, encoder weights "
         f"`{_weights_name(r0['weights_source'])}` (no ImageNet weights can be downloaded on the development machine: "
-        "every row is ImageNet-free), final checkpoint of every run (no checkpoint or setting picked on a test split per run). "
-        "Numbers are mean ± std over the seeds (in %). Written by `benchmarks/ablation.py`:",
+        "every row is ImageNet-free), final checkpoint of every run (no checkpoint or setting picked on a test split "
+        "per run). Numbers are mean ± std over the seeds (in %). Written by `benchmarks/ablation.py`:",
         "",
         f"    {command}",
         "",

@@ -229,7 +229,8 @@ def compare_auroc_f1(masks: np.ndarray, maps: np.ndarray, repeats: int, clock: s
     y, s = masks.reshape(-1), maps.reshape(-1)
     rows = [("pixel AUROC", lambda: pixel_auroc(masks, maps), lambda: float(roc_auc_score(y, s))),
             ("pixel F1-max", lambda: f1_max(y, s)[0], lambda: sk_f1(y, s))]
-    print(f"\nkit vs scikit-learn on {masks.shape[0]}x{masks.shape[1]}x{masks.shape[2]} (median of {repeats}, {clock} s)")
+    print(f"\nkit vs scikit-learn on {masks.shape[0]}x{masks.shape[1]}x{masks.shape[2]} "
+          f"(median of {repeats}, {clock} s)")
     print("| metric | kit | s | sklearn | s | diff | time sklearn/kit |")
     for name, kit_fn, sk_fn in rows:
         (kv, ks), (sv, ss) = timed(kit_fn, repeats, clock), timed(sk_fn, repeats, clock)
@@ -243,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--category", default="tire")
     p.add_argument("--size", type=int, default=256, help="side the category's masks and images are resized to")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--clock", choices=sorted(CLOCK), default="wall", help="cpu: process time (steadier on a busy machine)")
+    p.add_argument("--clock", choices=sorted(CLOCK), default="wall",
+                   help="cpu: process time (steadier on a busy machine)")
     args = p.parse_args(argv)
     with contextlib.suppress(ImportError):
         import torch

@@ -64,7 +64,8 @@ def study(checkpoint: Path, folder: Path) -> dict:
     thr, k = exact.threshold, exact.top_k
     ref_scores, ref_maps = exact.predict_batch(x01)
     with torch.no_grad():
-        mixed_maps = torch.cat([fast.model.anomaly_map(normalize(x01[i:i + 8])) for i in range(0, len(x01), 8)]).clamp(0, 1)
+        mixed_maps = torch.cat([fast.model.anomaly_map(normalize(x01[i:i + 8]))
+                                for i in range(0, len(x01), 8)]).clamp(0, 1)
     mixed_scores = image_scores(mixed_maps, k).numpy()
     whole_maps = torch.from_numpy(whole_graph_bf16(checkpoint, folder, normalize(x01))).clamp(0, 1)
     whole_scores = image_scores(whole_maps, k).numpy()
@@ -80,10 +81,13 @@ def study(checkpoint: Path, folder: Path) -> dict:
         "checkpoint": str(checkpoint), "category": cfg["category"], "images": len(x01), "threshold": thr,
         "closest_fp32_score_to_threshold": float(np.abs(ref_scores - thr).min()),
         "whole_bf16": {"max_map_diff": float((whole_maps - ref_t).abs().max()),
-                       "max_score_diff": float(np.abs(whole_scores - ref_scores).max()), "verdict_flips": flips(whole_scores)},
+                       "max_score_diff": float(np.abs(whole_scores - ref_scores).max()),
+                       "verdict_flips": flips(whole_scores)},
         "mixed_unguarded": {"max_map_diff": float((mixed_maps - ref_t).abs().max()),
-                            "max_score_diff": float(np.abs(mixed_scores - ref_scores).max()), "verdict_flips": flips(mixed_scores)},
-        "default_route": {"max_score_diff": float(np.abs(guard_scores - ref_scores).max()), "verdict_flips": flips(guard_scores),
+                            "max_score_diff": float(np.abs(mixed_scores - ref_scores).max()),
+                            "verdict_flips": flips(mixed_scores)},
+        "default_route": {"max_score_diff": float(np.abs(guard_scores - ref_scores).max()),
+                          "verdict_flips": flips(guard_scores),
                           "rescored_in_fp32": rescored},
     }
 
@@ -97,22 +101,24 @@ def write(rows: list[dict], out: Path) -> None:
     lines = [
         "# The fast CPU route keeps the float32 verdicts",
         "",
-        "Written by `benchmarks/bench_cpu_verdicts.py`. Test split of each trained checkpoint, scored in float32 by torch "
-        "(the reference) and three ways in bf16; verdicts at the checkpoint's stored threshold (picked on its validation split).",
-        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, OpenVINO {openvino.__version__.split('-')[0]}, "
-        f"{os.cpu_count()} CPU cores with native bf16 (AMX).",
-        f"The default route re-scores in float32 every image whose bf16 score lies within {VERDICT_MARGIN} of the threshold.",
+        "Written by `benchmarks/bench_cpu_verdicts.py`. Test split of each trained checkpoint, scored in float32 by "
+        "torch (the reference) and three ways in bf16; verdicts at the checkpoint's stored threshold (picked on its "
+        "validation split).",
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, OpenVINO "
+        f"{openvino.__version__.split('-')[0]}, {os.cpu_count()} CPU cores with native bf16 (AMX).",
+        f"The default route re-scores in float32 every image whose bf16 score lies within {VERDICT_MARGIN} of the "
+        "threshold.",
         "",
-        "| checkpoint | images | whole graph bf16: max Δmap / max Δscore / flips | segment half bf16: max Δmap / max Δscore / flips "
-        "| default route: flips (re-scored) |",
+        "| checkpoint | images | whole graph bf16: max Δmap / max Δscore / flips | segment half bf16: max Δmap / max "
+        "Δscore / flips | default route: flips (re-scored) |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
         w, m, d = r["whole_bf16"], r["mixed_unguarded"], r["default_route"]
         name = "/".join(Path(r["checkpoint"]).parts[-3:-1])
-        lines.append(f"| {name} | {r['images']} | {w['max_map_diff']:.3f} / {w['max_score_diff']:.4f} / {w['verdict_flips']} "
-                     f"| {m['max_map_diff']:.3f} / {m['max_score_diff']:.4f} / {m['verdict_flips']} "
-                     f"| {d['verdict_flips']} ({d['rescored_in_fp32']}) |")
+        lines.append(f"| {name} | {r['images']} | {w['max_map_diff']:.3f} / {w['max_score_diff']:.4f} / "
+                     f"{w['verdict_flips']} | {m['max_map_diff']:.3f} / {m['max_score_diff']:.4f} / "
+                     f"{m['verdict_flips']} | {d['verdict_flips']} ({d['rescored_in_fp32']}) |")
     worst = max(r["mixed_unguarded"]["max_score_diff"] for r in rows)
     lines += ["", f"Largest score change of the segment half in bf16: {worst:.4f} (the margin is {VERDICT_MARGIN}, "
               f"{VERDICT_MARGIN / worst:.1f} times it). Images: {sum(r['images'] for r in rows)}, "
@@ -122,11 +128,13 @@ def write(rows: list[dict], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint files or globs (trained, with a threshold)")
+    p.add_argument("--checkpoints", nargs="+", required=True,
+                   help="checkpoint files or globs (trained, with a threshold)")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json and results.md")
     args = p.parse_args(argv)
     if not native_bf16():
-        raise SystemExit("this CPU has no native bf16 for OpenVINO (or the deploy extra is missing): nothing to measure")
+        raise SystemExit("this CPU has no native bf16 for OpenVINO (or the deploy extra is missing): "
+                         "nothing to measure")
     paths = sorted({Path(f) for pattern in args.checkpoints for f in (glob.glob(pattern) or [pattern])})
     missing = [str(f) for f in paths if not f.is_file()]
     if missing:

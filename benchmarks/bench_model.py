@@ -50,7 +50,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _model(size: int | tuple[int, int], device: torch.device, memory_size: int = 30, channels_last: bool = True, **kw) -> MemSeg:
+def _model(size: int | tuple[int, int], device: torch.device, memory_size: int = 30, channels_last: bool = True,
+           **kw) -> MemSeg:
     cfg = MemSegConfig(input_size=size, memory_size=memory_size, weights="random", channels_last=channels_last, **kw)
     model = MemSeg(cfg).to(device)
     g = torch.Generator().manual_seed(0)
@@ -89,7 +90,8 @@ def bench_inference(
     model = as_backend(model, dev)  # the torch model, or the exported one: both are InferenceBackends
     h, w = model.input_size
     x = torch.randn(batch, 3, h, w, device=dev)
-    ctx = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype is not None else (lambda: torch.autocast(dev.type, enabled=False))
+    ctx = ((lambda: torch.autocast(dev.type, dtype=dtype)) if dtype is not None
+           else (lambda: torch.autocast(dev.type, enabled=False)))
     times, cpu = [], []
     with torch.inference_mode(), ctx():
         for i in range(warmup + iters):
@@ -105,7 +107,8 @@ def bench_inference(
     p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
     # cpu_ms: process CPU time per batch (all threads); on a shared machine it is steadier than
     # the wall clock (with 1 thread it approximates the wall time on an idle core).
-    return {"img_per_s": batch / p50, "p50_ms": p50 * 1000, "p95_ms": p95 * 1000, "cpu_ms": statistics.median(cpu) * 1000}
+    return {"img_per_s": batch / p50, "p50_ms": p50 * 1000, "p95_ms": p95 * 1000,
+            "cpu_ms": statistics.median(cpu) * 1000}
 
 
 def _exported(model: MemSeg):
@@ -166,7 +169,8 @@ def bench_memory_size(
     dev = select_device(device)
     rows = []
     for n in ns:
-        r = bench_inference(batch=batch, size=size, device=dev, memory_size=n, iters=iters, warmup=1, channels_last=channels_last)
+        r = bench_inference(batch=batch, size=size, device=dev, memory_size=n, iters=iters, warmup=1,
+                            channels_last=channels_last)
         cfg = MemSegConfig(input_size=size, memory_size=n)
         h, w = cfg.input_size
         bank_bytes = 4 * n * (64 * h * w // 16 + 128 * h * w // 64 + 256 * h * w // 256)
@@ -245,12 +249,14 @@ def bench_cpu_runtimes(batches: tuple[int, ...] = (1, 8), size: int = 256, memor
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--what", nargs="+", default=["infer", "train", "memory"], choices=["infer", "train", "memory", "runtimes"])
+    p.add_argument("--what", nargs="+", default=["infer", "train", "memory"],
+                   choices=["infer", "train", "memory", "runtimes"])
     p.add_argument("--device", default="auto")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, nargs="+", default=None, help="default: 1 and 8 for inference, 8 for training")
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16"], help="autocast dtype for inference")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="channels_last convolutions (model default)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last convolutions (model default)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--repeats", type=int, default=8, help="--what runtimes: interleaved repeats per route and batch")
     p.add_argument("--backend", nargs="+", default=["torch"], choices=["torch", "onnxruntime"],
@@ -260,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.dtype]
     dev = select_device(args.device)
-    print(json.dumps({"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__, "channels_last": args.channels_last, "dtype": args.dtype}))
+    print(json.dumps({"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                      "channels_last": args.channels_last, "dtype": args.dtype}))
     if "infer" in args.what:
         for b in args.batch or [1, 8]:
             p50 = {}
@@ -271,18 +278,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({"bench": "inference", "backend": backend, "batch": b, "size": args.size,
                                   **{k: round(v, 2) for k, v in r.items()}}), flush=True)
             if len(p50) == 2:
-                print(json.dumps({"bench": "inference_ratio", "batch": b, "torch_over_onnxruntime": round(p50["torch"] / p50["onnxruntime"], 2)}), flush=True)
+                print(json.dumps({"bench": "inference_ratio", "batch": b,
+                                  "torch_over_onnxruntime": round(p50["torch"] / p50["onnxruntime"], 2)}), flush=True)
     if "train" in args.what:
         b = args.batch[0] if args.batch else 8
         s = bench_train_step(batch=b, size=args.size, device=dev, channels_last=args.channels_last, dtype=dtype)
-        print(json.dumps({"bench": "train_step", "batch": b, "size": args.size, "seconds": round(s, 3), "cpu_s": round(bench_train_step.last_cpu_s, 3)}), flush=True)
+        print(json.dumps({"bench": "train_step", "batch": b, "size": args.size, "seconds": round(s, 3),
+                          "cpu_s": round(bench_train_step.last_cpu_s, 3)}), flush=True)
     if "runtimes" in args.what:
         for row in bench_cpu_runtimes(tuple(args.batch or [1, 8]), args.size, repeats=args.repeats,
                                       threads=args.threads):
             print(json.dumps(row), flush=True)
     if "memory" in args.what:
         for row in bench_memory_size(size=args.size, device=dev, channels_last=args.channels_last):
-            print(json.dumps({"bench": "memory_size", **{k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}}), flush=True)
+            print(json.dumps({"bench": "memory_size",
+                              **{k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}}), flush=True)
     return 0
 
 

@@ -232,12 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kit", required=True, type=Path, help="folder holding TooTouch/MemSeg (configs.yaml, models/)")
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts to measure (default: 1 .. cores)")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="thread counts to measure (default: 1 .. cores)")
     p.add_argument("--routes", nargs="+", default=list(ROUTES), choices=ROUTES)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--check-images", type=int, default=8, help="random images for the map/ranking agreement")
-    p.add_argument("--trust", type=Path, default=None, help="a trained checkpoint: count bf16 verdict flips on its test split")
+    p.add_argument("--trust", type=Path, default=None,
+                   help="a trained checkpoint: count bf16 verdict flips on its test split")
     args = p.parse_args(argv)
     threads = args.threads or list(range(1, (os.cpu_count() or 1) + 1))
     n = kit_memory_size(args.kit)
@@ -254,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     kit = build_kit(args.kit, memory)
     ours = build_ours(args.size, memory)
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt, onnx_path = checkpoint_and_graph(ours, Path(tmp)) if {"onnxruntime", "mixed", "predictor"} & set(args.routes) else (None, None)
+        exported = {"onnxruntime", "mixed", "predictor"} & set(args.routes)
+        ckpt, onnx_path = checkpoint_and_graph(ours, Path(tmp)) if exported else (None, None)
         fixed: dict[str, Route] = {"eager": ours.anomaly_map, "bf16": bf16(ours)}
         if "compile" in args.routes:
             try:

@@ -55,7 +55,8 @@ def bench_simulation(
         textures = torch.randint(0, 256, (n_textures, 3, size, size), generator=g, dtype=torch.uint8)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "no foreground preset" for custom categories
-            sim = AnomalySimulator(SimulationConfig(), size=(size, size), device=dev, category=category, textures=textures)
+            sim = AnomalySimulator(SimulationConfig(), size=(size, size), device=dev, category=category,
+                                   textures=textures)
 
         def sync() -> None:
             if dev.type == "cuda":
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     n = torch.get_num_threads()
     print(f"simulation CPU {n} threads ({label}): {bench_simulation(threads=None, **common):.1f} samples/s")
     if torch.cuda.is_available():
-        print(f"simulation CUDA batched ({label}): {bench_simulation(threads=None, device='cuda', **common):.1f} samples/s")
+        print(f"simulation CUDA batched ({label}): {bench_simulation(threads=None, device='cuda', **common):.1f} "
+              "samples/s")
     else:
         print("simulation CUDA: not available on this machine")
 

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         cfg = configs[name]
         t0 = time.perf_counter()
-        last = Path(cfg.out) / "checkpoints" / "last.pt"  # resume a killed run, else start over (train names what it removes)
+        # resume a killed run, else start over (train names what it removes)
+        last = Path(cfg.out) / "checkpoints" / "last.pt"
         result = train(cfg, progress=True, resume=last.is_file(), overwrite=not last.is_file())
         seconds = time.perf_counter() - t0
         m = evaluate(result.checkpoint, args.data, args.category, device=args.device, progress=True,
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: image AUROC {m['image_auroc']:.3f} pixel AUROC {m['pixel_auroc']:.3f} "
               f"AUPRO@0.3 {m['aupro']:.3f} ({seconds:.0f} s)", flush=True)
 
-    print(f"\n{args.category}: {args.steps} steps, batch 8, {args.size}x{args.size}, weights {args.weights}, seed {args.seed}\n")
+    print(f"\n{args.category}: {args.steps} steps, batch 8, {args.size}x{args.size}, weights {args.weights}, seed "
+          f"{args.seed}\n")
     print("| model | image AUROC | pixel AUROC | AUPRO@0.3 | F1-max | train s |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:

@@ -38,7 +38,8 @@ def summary_table(rows: list[dict]) -> str:
     for category in sorted({r["category"] for r in rows}):
         mine = [r for r in rows if r["category"] == category]
         summary = {s["variant"]: s for s in summarise_runs(mine, list(METRICS))}
-        lines += [f"## {category}", "", "| N | seeds | image AUROC | pixel AUROC | AUPRO@0.3 |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"## {category}", "", "| N | seeds | image AUROC | pixel AUROC | AUPRO@0.3 |",
+                  "| --- | --- | --- | --- | --- |"]
         for n in sorted({r["memory_size"] for r in mine}):
             s = summary[label(n)]
             lines.append(f"| {n} | {s['n']} | " + " | ".join(_pct(s[k], s[f'{k}_std']) for k in METRICS) + " |")
@@ -101,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.sizes:
             for seed in args.seeds:
                 r = run_one(args, label(n), {**FULL, "memory_size": n}, seed)
-                print(f"{args.category} | N={n} | seed {seed}: image {r['image_auroc']:.3f} pixel {r['pixel_auroc']:.3f} "
-                      f"AUPRO {r['aupro']:.3f} | {r['train_seconds']:.0f} s", flush=True)
+                print(f"{args.category} | N={n} | seed {seed}: image {r['image_auroc']:.3f} pixel "
+                      f"{r['pixel_auroc']:.3f} AUPRO {r['aupro']:.3f} | {r['train_seconds']:.0f} s", flush=True)
     if args.out:
         rows = []
         for path in sorted(Path(args.runs).glob("*/n-*/seed*/result.json")):

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--category", required=True)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--command", action="append", default=[], help="a command that made the run (repeatable; shown on the page)")
+    p.add_argument("--command", action="append", default=[],
+                   help="a command that made the run (repeatable; shown on the page)")
     p.add_argument("--predictions", type=int, default=4, help="test images in predictions.png (0: no prediction grid)")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)

@@ -56,7 +56,8 @@ TARGETS: dict[str, dict[str, Any]] = {
     "paper_rtx3090_batch1_img_per_s": {"value": 31.34, "note": "MemSeg paper, RTX 3090, batch 1"},
     "gpu_batch1_img_per_s": {"value": 667.0, "note": "project goal: batch-1 latency <= 1.5 ms on an H100 (667 img/s)"},
     "gpu_batched_bf16_img_per_s": {"value": 8000.0, "note": "project goal: >= 8,000 img/s batched bf16 on an H100"},
-    "gpu_train_2700_steps_s": {"value": 60.0, "note": "project goal: 2700 steps (paper schedule) <= 60 s wall on an H100"},
+    "gpu_train_2700_steps_s": {"value": 60.0,
+                               "note": "project goal: 2700 steps (paper schedule) <= 60 s wall on an H100"},
     "cpu_train_step_s": {"value": 2.1, "note": "project goal on the 2-core CPU (known kit: 6.3 s)"},
     "cpu_infer_ms_per_img": {"value": 100.0, "note": "project goal on the 2-core CPU (known kit: ~200 ms)"},
     "cpu_sim_1thread_samples_per_s": {"value": 400.0, "note": "project goal per CPU thread (known kit: ~40)"},
@@ -81,7 +82,8 @@ def _timed(fn: Callable[[], Any], device: torch.device, iters: int, warmup: int)
     return times
 
 
-def reference_resnet18(device: torch.device, size: int, batch: int = REFERENCE_BATCH, iters: int = 10, warmup: int = 2) -> float:
+def reference_resnet18(device: torch.device, size: int, batch: int = REFERENCE_BATCH, iters: int = 10,
+                       warmup: int = 2) -> float:
     """Yardstick: img/s of timm resnet18 feature extraction (random weights, eval, fp32)."""
     import timm
 
@@ -111,7 +113,8 @@ def bench_metrics(size: int = 256, n_images: int = 100, seed: int = 0) -> float:
     return time.perf_counter() - t0
 
 
-def _fallback_bench_simulation(size: int = 256, batch: int = 32, threads: int | None = 1, device: str = "cpu", seconds: float = 3.0) -> float:
+def _fallback_bench_simulation(size: int = 256, batch: int = 32, threads: int | None = 1, device: str = "cpu",
+                               seconds: float = 3.0) -> float:
     """samples/s of `AnomalySimulator.simulate` on cached images and procedural textures (no decoding)."""
     from memseg.simulation.simulator import AnomalySimulator
 
@@ -155,7 +158,8 @@ def _bench_functions() -> dict[str, Callable[..., Any]]:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -231,11 +235,13 @@ def run_suite(size: int = 256, device: str = "auto", quick: bool = False, progre
 
     def sim(key: str, threads: int | None, d: str) -> None:
         batch = 32 if d == "cpu" else 256
-        res["simulation"][key] = float(funcs["simulation"](size=size, batch=batch, threads=threads, device=d, seconds=sim_seconds))
+        res["simulation"][key] = float(funcs["simulation"](size=size, batch=batch, threads=threads, device=d,
+                                                           seconds=sim_seconds))
 
     def infer(key: str, d: torch.device, batch: int, dtype: torch.dtype | None) -> None:
         n = iters if d.type == "cuda" or batch == 1 else max(1, iters // 4)  # big CPU batches: fewer repeats
-        r = funcs["inference"](batch=batch, size=size, device=d, dtype=dtype, iters=n, warmup=1 if d.type == "cpu" else warmup)
+        r = funcs["inference"](batch=batch, size=size, device=d, dtype=dtype, iters=n,
+                               warmup=1 if d.type == "cpu" else warmup)
         res["inference"][key][f"batch{batch}"] = {k: float(v) for k, v in r.items()}
 
     def train(key: str, d: torch.device, dtype: torch.dtype | None) -> None:
@@ -311,10 +317,12 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     ref = res["reference"]["resnet18_img_per_s"]
     for dev in ("cpu", "cuda"):
         if ref[dev] is not None:
-            rows.append(("yardstick resnet18", f"{dev} batch {res['reference']['batch']}", f"{_fmt(ref[dev])} img/s", "ratios below"))
+            rows.append(("yardstick resnet18", f"{dev} batch {res['reference']['batch']}", f"{_fmt(ref[dev])} img/s",
+                         "ratios below"))
     simulation = res["simulation"]
     sim_target = f">= {_fmt(t['cpu_sim_1thread_samples_per_s'], 0)} /s"
-    for key, label, target in (("cpu_1_thread", "cpu 1 thread", sim_target), ("cpu_all_threads", "cpu all threads", ""), ("cuda_batched", "cuda batched", "")):
+    for key, label, target in (("cpu_1_thread", "cpu 1 thread", sim_target), ("cpu_all_threads", "cpu all threads", ""),
+                               ("cuda_batched", "cuda batched", "")):
         if simulation[key] is not None:
             rows.append(("simulation", label, f"{_fmt(simulation[key])} samples/s", target))
     for key, label in (("cpu", "cpu fp32"), ("cuda_fp32", "cuda fp32"), ("cuda_bf16", "cuda bf16")):
@@ -325,7 +333,8 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             if key == "cpu":
                 target = f"<= {_fmt(t['cpu_infer_ms_per_img'], 0)} ms/img" if b == 1 else ""
             elif b == 1:
-                target = f"H100 >= {_fmt(t['gpu_batch1_img_per_s'], 0)} (<= 1.5 ms); paper 3090 {t['paper_rtx3090_batch1_img_per_s']}"
+                target = (f"H100 >= {_fmt(t['gpu_batch1_img_per_s'], 0)} (<= 1.5 ms); paper 3090 "
+                          f"{t['paper_rtx3090_batch1_img_per_s']}")
             else:
                 target = f"H100 bf16 >= {_fmt(t['gpu_batched_bf16_img_per_s'], 0)} img/s" if key == "cuda_bf16" else ""
             ratio = res["ratios"].get(f"{key}_batch{b}_vs_resnet18")
@@ -343,14 +352,16 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             rows.append(("train step", f"{label} batch {res['train_step']['batch']}", measured, target))
     m = res.get("metrics", {})
     if m.get("compute_metrics_s") is not None:
-        rows.append(("metrics", f"compute_metrics, {m['n_images']} maps", f"{_fmt(m['compute_metrics_s'], 2)} s", "AUROCs, AUPRO@0.3, F1, per defect"))
+        rows.append(("metrics", f"compute_metrics, {m['n_images']} maps", f"{_fmt(m['compute_metrics_s'], 2)} s",
+                     "AUROCs, AUPRO@0.3, F1, per defect"))
     for r in res["memory"]["rows"]:
         measured = f"{_fmt(r.get('img_per_s'))} img/s, bank {_fmt(r.get('bank_bytes', 0) / 2**20, 1)} MiB"
         rows.append(("memory bank", f"N={r.get('N')} ({res['memory']['device']})", measured, ""))
     return rows
 
 
-def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...] = ("benchmark", "setting", "measured", "target / reference")) -> str:
+def format_table(rows: list[tuple[str, ...]],
+                 header: tuple[str, ...] = ("benchmark", "setting", "measured", "target / reference")) -> str:
     """Left-aligned plain-text table with a header rule."""
     all_rows = [tuple(header)] + [tuple(r) for r in rows]
     widths = [max(len(r[i]) for r in all_rows) for i in range(len(header))]
@@ -385,13 +396,15 @@ def write_json(res: dict[str, Any], path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="few repetitions (smoke test; numbers are noisy)")
-    p.add_argument("--device", default="auto", help="auto (CPU + CUDA when available), cpu (CPU only) or cuda (CPU + CUDA, required)")
+    p.add_argument("--device", default="auto", help="auto (CPU + CUDA when available), cpu (CPU only) or cuda (CPU + "
+                                                    "CUDA, required)")
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/<date>-<host>.json)")
     p.add_argument("--size", type=int, default=256, help="image side (default 256, the paper's)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.out and Path(args.out).exists():
-        print(f"error: {args.out} already exists; choose another --out (results are never overwritten)", file=sys.stderr)
+        print(f"error: {args.out} already exists; choose another --out (results are never overwritten)",
+              file=sys.stderr)
         return 2
     try:
         res = run_suite(size=args.size, device=args.device, quick=args.quick, progress=not args.no_progress)
@@ -400,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     meta = res["meta"]
     print(f"\nmemseg-kit benchmarks  {meta['date']}  host {meta['host']}  torch {meta['torch']}  "
-          f"threads {meta['torch_threads']}  gpu {meta['gpu'] or '-'}  size {meta['size']}{'  (quick)' if args.quick else ''}")
+          f"threads {meta['torch_threads']}  gpu {meta['gpu'] or '-'}  size "
+          f"{meta['size']}{'  (quick)' if args.quick else ''}")
     print(format_table(table_rows(res)))
     for err in res["errors"]:
         print(f"FAILED {err}", file=sys.stderr)

@@ -32,14 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="*", help="notebook file names (default: every notebooks/0*.ipynb)")
     parser.add_argument("--out", type=Path, help="output folder (default build/slides or build/site)")
     parser.add_argument("--executed", type=Path, default=root / "build" / "executed",
-                        help="folder of executed notebooks to reuse and to save new executions in (default build/executed)")
-    parser.add_argument("--no-execute", action="store_true", help="fail instead of executing a notebook without a fresh copy")
-    parser.add_argument("--vendor", type=Path, default=root / "build" / "vendor", help="npm cache of reveal.js and MathJax")
+                        help="folder of executed notebooks to reuse and to save new executions in (default "
+                             "build/executed)")
+    parser.add_argument("--no-execute", action="store_true",
+                        help="fail instead of executing a notebook without a fresh copy")
+    parser.add_argument("--vendor", type=Path, default=root / "build" / "vendor",
+                        help="npm cache of reveal.js and MathJax")
     args = parser.parse_args(argv)
     names = args.notebooks or notebook_names(root)
     unknown = [n for n in names if not (root / "notebooks" / n).is_file()]
     if unknown:
-        parser.error(f"no such notebook under {root / 'notebooks'}: {', '.join(unknown)} (expected e.g. {notebook_names(root)[0]})")
+        parser.error(f"no such notebook under {root / 'notebooks'}: {', '.join(unknown)} (expected e.g. "
+                     f"{notebook_names(root)[0]})")
     try:
         modules = ensure_vendor(args.vendor)
         nbs = executed_notebooks(names, args.executed, run_missing=not args.no_execute, newer_than=package_mtime(root))
