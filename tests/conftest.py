@@ -92,7 +92,8 @@ def load_benchmark(project_root: Path):
     """``load_benchmark(name)`` -> the module ``benchmarks/<name>.py``, loaded from its path."""
 
     def load(name: str):
-        spec = importlib.util.spec_from_file_location(f"memseg_bench_{name}", project_root / "benchmarks" / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"memseg_bench_{name}",
+                                                      project_root / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module

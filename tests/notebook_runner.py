@@ -162,7 +162,8 @@ def _save_for_reuse(nb, name: str | Path) -> bool:
 
 
 def execute_notebook(name: str | Path, env: dict):
-    """Run ``notebooks/<name>`` (or the notebook at an absolute path) top to bottom; fail on any error output; return the executed notebook."""
+    """Run ``notebooks/<name>`` (or the notebook at an absolute path) top to bottom; fail on any error output; return
+    the executed notebook."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
@@ -199,7 +200,8 @@ def execute_notebook(name: str | Path, env: dict):
                 folder = Path(out) if _committed(name) else Path(out) / Path(name).parent.name
                 folder.mkdir(parents=True, exist_ok=True)
                 nbformat.write(nb, folder / Path(name).name)
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
     assert not errors, errors
     # the final check cell ran (and printed or passed silently) without error
     assert nb.cells[-1].cell_type == "code" and nb.cells[-1].get("execution_count") is not None

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "memseg"
-LAYER = {"config": 0, "config_schema": 0, "utils": 0, "paths": 0, "viz": 0, "data": 1, "simulation": 2, "models": 2, "engine": 3,
+LAYER = {"config": 0, "config_schema": 0, "utils": 0, "paths": 0, "viz": 0, "data": 1, "simulation": 2, "models": 2,
+         "engine": 3,
          "notebook": 4, "apps": 4}
 MAX_LINES = 500
 

@@ -153,7 +153,8 @@ def test_draem_texture_only_overrides_apply_to_the_simulator(tmp_path):
         arr = (torch.rand(48, 48, 3, generator=g) * 255).to(torch.uint8).numpy()
         Image.fromarray(arr).save(dtd / f"banded_{i:04d}.jpg")
     base = sim_mod.SimulationConfig()
-    cfg = dataclasses.replace(base, **DRAEM(DRAEMConfig.small(input_size=(H, W), simulation_source="texture")).simulation_overrides())
+    cfg = dataclasses.replace(base, **DRAEM(DRAEMConfig.small(input_size=(H, W),
+                                                              simulation_source="texture")).simulation_overrides())
     simulator = sim_mod.AnomalySimulator(cfg, dtd_root=tmp_path / "dtd", size=(H, W))
     res = simulator.simulate(torch.rand(6, 3, H, W), generator=torch.Generator().manual_seed(3))
     assert res.source == ["texture"] * 6
@@ -192,7 +193,8 @@ def test_mmr_shapes_and_ranges():
     loss, parts = model.compute_loss(x, masks, clean)
     assert torch.isfinite(loss)
     assert set(parts) == {"loss", "cos_block1", "cos_block2", "cos_block3"}
-    assert float(parts["loss"]) == pytest.approx(float(parts["cos_block1"] + parts["cos_block2"] + parts["cos_block3"]), rel=1e-5)
+    assert float(parts["loss"]) == pytest.approx(float(parts["cos_block1"] + parts["cos_block2"] + parts["cos_block3"]),
+                                                 rel=1e-5)
 
 
 def test_mmr_map_scale_is_image_independent():
@@ -346,7 +348,8 @@ def test_registry_builds_baselines(kind, cls):
     if not hasattr(models, "build_model"):
         pytest.skip("memseg.models.build_model not available yet")
     model = models.build_model(kind, {"input_size": [H, W], "base_width": 4, "disc_base_width": 4} if kind == "draem"
-                               else {"input_size": [H, W], "embed_dim": 32, "depth": 1, "num_heads": 2, "weights": "random"})
+                               else {"input_size": [H, W], "embed_dim": 32, "depth": 1, "num_heads": 2,
+                                     "weights": "random"})
     assert isinstance(model, cls)
     assert model.config.input_size == (H, W)
     assert model.anomaly_map(_batch()[0]).shape == (2, 1, H, W)
@@ -393,7 +396,8 @@ def test_short_training_run_beats_chance(kind, synthetic_weave, tmp_path):
 
     run = SLOW_RUNS[kind]
     cfg = TrainConfig(data=str(synthetic_weave), category="weave", model=kind, model_options=dict(run["model_options"]),
-                      size=64, steps=run["steps"], optimizer="adamw", lr=run["lr"], weight_decay=run["weight_decay"], warmup_steps=10,
+                      size=64, steps=run["steps"], optimizer="adamw", lr=run["lr"], weight_decay=run["weight_decay"],
+                      warmup_steps=10,
                       seed=0, device="cpu", out=str(tmp_path / "run"))
     result = train(cfg, progress=False)
     losses = [row["loss"] for row in result.history]

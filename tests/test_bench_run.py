@@ -34,7 +34,8 @@ def fake_benches(bench, monkeypatch):
 
     def memory_size(ns, size, device, iters=5):
         calls.append(("memory", tuple(ns), size, str(device)))
-        return [{"N": n, "bank_MiB": 0.5 * n, "img_per_s": 100.0 / n, "p50_ms": float(n), "p95_ms": float(n)} for n in ns]
+        return [{"N": n, "bank_MiB": 0.5 * n, "img_per_s": 100.0 / n, "p50_ms": float(n), "p95_ms": float(n)}
+                for n in ns]
 
     monkeypatch.setattr(bench, "_bench_functions", lambda: {
         "simulation": simulation, "inference": inference, "train_step": train_step, "memory_size": memory_size})

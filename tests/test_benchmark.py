@@ -91,7 +91,8 @@ def test_benchmark_resumes_an_interrupted_run_and_evaluates_a_finished_one(two_c
     assert (run / "checkpoints" / "last.pt").is_file() and not (run / "final.pt").exists()
     capsys.readouterr()
 
-    bench.run_benchmark(two_categories, out, ["tiny"], [0], steps=3, size=32, weights="random", device="cpu", progress=False)
+    bench.run_benchmark(two_categories, out, ["tiny"], [0], steps=3, size=32, weights="random", device="cpu",
+                        progress=False)
     assert "(resumed 3 steps, evaluated;" in capsys.readouterr().out
     steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
@@ -99,7 +100,8 @@ def test_benchmark_resumes_an_interrupted_run_and_evaluates_a_finished_one(two_c
     (run / "eval" / "metrics.json").unlink()  # killed between training and evaluation
     (run / "eval" / "metrics.md").unlink()
     final_mtime = (run / "final.pt").stat().st_mtime_ns
-    bench.run_benchmark(two_categories, out, ["tiny"], [0], steps=3, size=32, weights="random", device="cpu", progress=False)
+    bench.run_benchmark(two_categories, out, ["tiny"], [0], steps=3, size=32, weights="random", device="cpu",
+                        progress=False)
     assert "(training done earlier, evaluated;" in capsys.readouterr().out
     assert (run / "final.pt").stat().st_mtime_ns == final_mtime and (run / "eval" / "metrics.json").is_file()
 
@@ -110,7 +112,8 @@ def test_benchmark_refuses_a_run_folder_of_another_budget(two_categories, tmp_pa
     final = out / "tiny" / "seed0" / "final.pt"
     before = final.stat().st_mtime_ns
     capsys.readouterr()
-    args = ["benchmark", "--data", str(two_categories), "--categories", "tiny", "--out", str(out), *TINY, "--steps", "3"]
+    args = ["benchmark", "--data", str(two_categories), "--categories", "tiny", "--out", str(out), *TINY, "--steps",
+            "3"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "seed0 was trained with other settings: steps 2 (asked: 3)" in err

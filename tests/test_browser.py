@@ -247,7 +247,8 @@ def test_dashboard_in_headless_chromium(demo_env: dict[str, str], tmp_path: Path
                 document.body.appendChild(this);
             };""")
         css("button.memseg-upload, .memseg-upload").click()
-        wait(lambda: driver.find_elements(By.CSS_SELECTOR, "input.memseg-test-file-input"), 10, "the upload's file input")
+        wait(lambda: driver.find_elements(By.CSS_SELECTOR, "input.memseg-test-file-input"), 10,
+             "the upload's file input")
         css("input.memseg-test-file-input").send_keys(str(bad))
         wait(lambda: "not-an-image.png" in text(".memseg-error"), 60, "the upload error message")
         assert "not an image" in text(".memseg-error")

@@ -180,7 +180,8 @@ def _memseg_with_image_bank(size: int = 64, memory_size: int = 3):
     """A MemSeg whose bank is built from uint8 images, as training builds it; returns (model, images)."""
     torch.manual_seed(3)
     model = build_model("memseg", {"input_size": (size, size), "memory_size": memory_size, "weights": "random"})
-    images = torch.randint(0, 256, (memory_size, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    images = torch.randint(0, 256, (memory_size, 3, size, size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(4))
     model.prepare(normalize(images.float().div_(255.0)))
     return model.eval(), images
 
@@ -197,7 +198,8 @@ def test_slim_checkpoint_stores_images_not_bank_and_rebuilds_it_exactly(tmp_path
     assert raw["optimizer_state"] is None and raw["scheduler_state"] is None
     assert not any(k.startswith("memory.level") for k in raw["model_state"])
     assert raw[MEMORY_IMAGES].dtype == torch.uint8 and torch.equal(raw[MEMORY_IMAGES], images)
-    bank_bytes = sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if k.startswith("memory.level"))
+    bank_bytes = sum(v.numel() * v.element_size() for k, v in model.state_dict().items()
+                     if k.startswith("memory.level"))
     assert full.stat().st_size - slim.stat().st_size >= bank_bytes - images.numel()  # the bank is not in the file
 
     rebuilt, info = load_checkpoint(slim, device="cpu")
@@ -212,7 +214,8 @@ def test_slim_checkpoint_stores_images_not_bank_and_rebuilds_it_exactly(tmp_path
 
 def test_slim_checkpoint_memory_images_are_checked(tmp_path):
     model, images = _memseg_with_image_bank()
-    with pytest.raises(ValueError, match=r"expected the memory bank's source images as a \(3, 3, 64, 64\) uint8 tensor"):
+    with pytest.raises(ValueError,
+                       match=r"expected the memory bank's source images as a \(3, 3, 64, 64\) uint8 tensor"):
         save_checkpoint(tmp_path / "bad.pt", model, memory_images=images.float())
     p = save_checkpoint(tmp_path / "final.pt", model, memory_images=images)
     ck = torch.load(p, weights_only=True)

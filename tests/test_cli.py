@@ -27,7 +27,8 @@ def _small_config(tmp_path: Path) -> Path:
 
 def test_train_evaluate_predict_end_to_end(synthetic_root, tmp_path, capsys):
     run = tmp_path / "run"
-    train_args = ["train", "--data", str(synthetic_root), "--category", CATEGORY, "--config", str(_small_config(tmp_path)),
+    train_args = ["train", "--data", str(synthetic_root), "--category", CATEGORY, "--config",
+                  str(_small_config(tmp_path)),
                   "--size", "64", "--steps", "4", "--out", str(run), "--device", "cpu"]
     assert main(train_args) == 0
     out = capsys.readouterr().out
@@ -66,7 +67,8 @@ def test_train_evaluate_predict_end_to_end(synthetic_root, tmp_path, capsys):
     default_args = eval_args[:eval_args.index("--out")] + eval_args[eval_args.index("--out") + 2:]
     assert main(default_args) == 0 and main(default_args) == 0
     capsys.readouterr()
-    assert (run / f"eval-{CATEGORY}" / "metrics.json").is_file() and (run / f"eval-{CATEGORY}-2" / "metrics.json").is_file()
+    assert ((run / f"eval-{CATEGORY}" / "metrics.json").is_file()
+            and (run / f"eval-{CATEGORY}-2" / "metrics.json").is_file())
 
     # predict: one TSV line per image (with its overlay), overlays mirror the inputs' folders, never overwritten
     good = sorted((synthetic_root / CATEGORY / "test" / "good").glob("*.png"))[0]
@@ -74,7 +76,8 @@ def test_train_evaluate_predict_end_to_end(synthetic_root, tmp_path, capsys):
     bad = sorted(defect_dir.glob("*.png"))[0]
     assert good.name == bad.name  # same file name in two folders: the overlays must still map back
     pred_out = tmp_path / "pred"
-    assert main(["predict", "--checkpoint", str(ckpt), str(good), str(bad), "--out", str(pred_out), "--device", "cpu"]) == 0
+    assert main(["predict", "--checkpoint", str(ckpt), str(good), str(bad), "--out", str(pred_out), "--device",
+                 "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
     for line, src in zip(lines, (good, bad)):
@@ -86,7 +89,8 @@ def test_train_evaluate_predict_end_to_end(synthetic_root, tmp_path, capsys):
     with Image.open(overlay) as im:
         assert im.size == Image.open(good).size and im.mode == "RGB"
     first_csv = (pred_out / "predictions.csv").read_text()
-    assert main(["predict", "--checkpoint", str(ckpt), str(good), str(bad), "--out", str(pred_out), "--device", "cpu"]) == 0
+    assert main(["predict", "--checkpoint", str(ckpt), str(good), str(bad), "--out", str(pred_out), "--device",
+                 "cpu"]) == 0
     capsys.readouterr()
     assert overlay.read_bytes() == first_bytes and (pred_out / "good" / f"{good.stem}_overlay-2.png").is_file()
     assert (pred_out / "predictions.csv").read_text() == first_csv and (pred_out / "predictions-2.csv").is_file()
@@ -107,7 +111,8 @@ def test_predict_bad_image_path_exits_2_naming_the_file(synthetic_root, tmp_path
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     good = tmp_path / "ok.png"
     Image.fromarray(np.full((40, 56, 3), 128, np.uint8)).save(good)
-    rc = main(["predict", "--checkpoint", str(ckpt), str(missing), str(corrupt), str(good), "--out", str(tmp_path / "o"),
+    rc = main(["predict", "--checkpoint", str(ckpt), str(missing), str(corrupt), str(good), "--out",
+               str(tmp_path / "o"),
                "--device", "cpu"])
     captured = capsys.readouterr()
     assert rc == 2
@@ -142,7 +147,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = build_model("memseg", {"input_size": (64, 64), "memory_size": 2, "weights": "random"})
     model.prepare(normalize(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))))
-    return save_checkpoint(tmp_path_factory.mktemp("ck") / "ck.pt", model, config={"category": CATEGORY}, threshold=0.25)
+    return save_checkpoint(tmp_path_factory.mktemp("ck") / "ck.pt", model, config={"category": CATEGORY},
+                           threshold=0.25)
 
 
 def _png(path: Path, h: int = 40, w: int = 56, value: int = 128) -> Path:
@@ -163,12 +169,14 @@ def test_predict_out_is_a_file_fails_before_loading_the_model(tmp_path, capsys):
     out_file.write_text("not a folder")
     image = _png(tmp_path / "img.png")
     # the checkpoint does not exist either: the --out error coming first shows nothing was loaded
-    rc = main(["predict", "--checkpoint", str(tmp_path / "missing.pt"), str(image), "--out", str(out_file), "--device", "cpu"])
+    rc = main(["predict", "--checkpoint", str(tmp_path / "missing.pt"), str(image), "--out", str(out_file), "--device",
+               "cpu"])
     line = _one_error_line(capsys.readouterr().err, "predict")
     assert rc == 2 and str(out_file) in line and "--out" in line and "missing.pt" not in line
     assert out_file.read_text() == "not a folder"
     # a file further up the path is named too
-    rc = main(["predict", "--checkpoint", str(tmp_path / "missing.pt"), str(image), "--out", str(out_file / "sub"), "--device", "cpu"])
+    rc = main(["predict", "--checkpoint", str(tmp_path / "missing.pt"), str(image), "--out", str(out_file / "sub"),
+               "--device", "cpu"])
     line = _one_error_line(capsys.readouterr().err, "predict")
     assert rc == 2 and f"{out_file} is a file" in line
 
@@ -203,7 +211,8 @@ def test_main_turns_every_oserror_into_one_line(monkeypatch, capsys, error):
 
 def test_evaluate_batch_size_zero_names_the_flag(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["evaluate", "--checkpoint", "ck.pt", "--data", str(tmp_path), "--category", CATEGORY, "--batch-size", "0"])
+        main(["evaluate", "--checkpoint", "ck.pt", "--data", str(tmp_path), "--category", CATEGORY, "--batch-size",
+              "0"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "argument --batch-size: expected an integer >= 1, got 0" in err and "Traceback" not in err
@@ -224,7 +233,8 @@ def test_predict_mirrors_input_folders_writes_csv_and_says_where(tiny_checkpoint
     expected = {a: out / "bottle/test/crack/000_overlay.png", b: out / "screw/test/crack/000_overlay.png",
                 c: out / "screw/test/crack/001_overlay.png"}
     printed = [line.split("\t") for line in captured.out.strip().splitlines()]
-    assert [(p, Path(o)) for p, _, _, o in printed] == [(str(k), Path("predictions") / v.relative_to(out)) for k, v in expected.items()]
+    assert [(p, Path(o)) for p, _, _, o in printed] == [(str(k), Path("predictions") / v.relative_to(out))
+                                                        for k, v in expected.items()]
     for target in expected.values():
         assert target.is_file()
     with open(out / "predictions.csv", newline="") as f:
@@ -241,12 +251,14 @@ def test_predict_reports_bad_sizes_and_limits_per_file(tiny_checkpoint, tmp_path
     thin = _png(tmp_path / "thin.png", h=1, w=500)
     big = _png(tmp_path / "big.png", h=100, w=120)
     ok = _png(tmp_path / "ok.png")
-    rc = main(["predict", "--checkpoint", str(tiny_checkpoint), str(thin), str(big), str(ok), "--out", str(tmp_path / "o"),
+    rc = main(["predict", "--checkpoint", str(tiny_checkpoint), str(thin), str(big), str(ok), "--out",
+               str(tmp_path / "o"),
                "--max-pixels", "5000", "--device", "cpu"])
     captured = capsys.readouterr()
     assert rc == 2
     assert f"{thin}: image is 500x1 px (WxH); expected each side >= 16 px" in captured.err
-    assert f"{big}: 120x100 = 0.0 Mpx is above the limit of 0.005 Mpx" in captured.err and "--max-pixels" in captured.err
+    assert (f"{big}: 120x100 = 0.0 Mpx is above the limit of 0.005 Mpx" in captured.err
+            and "--max-pixels" in captured.err)
     assert captured.out.startswith(f"{ok}\t") and len(captured.out.strip().splitlines()) == 1
     assert "1 overlay(s) under" in captured.err and "2 input(s) failed" in captured.err
 
@@ -276,7 +288,8 @@ def test_every_option_has_help_and_defaults_are_shown(capsys):
         for action in p._actions:
             if isinstance(action, argparse._HelpAction):
                 continue
-            assert action.help and action.help.strip(), f"memseg {name} {action.option_strings or action.dest}: no help text"
+            assert action.help and action.help.strip(), (f"memseg {name} {action.option_strings or action.dest}: no "
+                                                         "help text")
         page = p.format_help()
         for action in p._actions:
             if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
@@ -297,7 +310,8 @@ def test_train_with_a_text_file_as_weights_says_what_was_expected(synthetic_root
     notes = tmp_path / "resnet18.txt"
     notes.write_text("download the weights from the model zoo\n")
     rc = main(["train", "--data", str(synthetic_root), "--category", CATEGORY, "--config", str(_small_config(tmp_path)),
-               "--weights", str(notes), "--size", "32", "--steps", "1", "--out", str(tmp_path / "run"), "--device", "cpu"])
+               "--weights", str(notes), "--size", "32", "--steps", "1", "--out", str(tmp_path / "run"), "--device",
+               "cpu"])
     err = capsys.readouterr().err
     assert rc == 2
     assert f"{notes}: cannot be read as encoder weights: it is a text file; expected a resnet18 state dict" in err
@@ -307,7 +321,8 @@ def test_train_with_a_text_file_as_weights_says_what_was_expected(synthetic_root
 def test_set_reaches_the_trained_model_and_the_simulation(synthetic_root, tmp_path, capsys):
     """`--set` values travel the same road as the --config file's: into the run's config and the built model."""
     run = tmp_path / "run"
-    assert main(["train", "--data", str(synthetic_root), "--category", CATEGORY, "--config", str(_small_config(tmp_path)),
+    assert main(["train", "--data", str(synthetic_root), "--category", CATEGORY, "--config",
+                 str(_small_config(tmp_path)),
                  "--size", "64", "--steps", "2", "--out", str(run), "--device", "cpu",
                  "--set", "model_options.attention=literal", "--set", "model_options.memory_shift=1",
                  "--set", "simulation.grid=[2,4]", "--set", "val_fraction=0", "--set", "steps=9"]) == 0

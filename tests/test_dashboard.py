@@ -71,7 +71,8 @@ def _png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+            + chunk(b"IEND", b""))
 
 
 def _anomalous_index(app: DashboardApp) -> int:
@@ -206,12 +207,14 @@ def _upload(app: DashboardApp, name: str, data: bytes) -> None:
     ],
     ids=["not-an-image", "empty", "over-20MB", "over-50Mpx"],
 )
-def test_bad_upload_shows_an_error_and_leaves_the_app_usable(app: DashboardApp, name: str, data: bytes, expect: str) -> None:
+def test_bad_upload_shows_an_error_and_leaves_the_app_usable(app: DashboardApp, name: str, data: bytes,
+                                                             expect: str) -> None:
     before = (app.state.source.name, app.state.result.score, app.ui.panels["input"].value)
     _upload(app, name, data)
     assert name in app.state.error_text and expect in app.state.error_text
     assert "memseg-error-box" in app.ui.error_html.value and name in app.ui.error_html.value
-    assert (app.state.source.name, app.state.result.score, app.ui.panels["input"].value) == before  # nothing else changed
+    # nothing else changed
+    assert (app.state.source.name, app.state.result.score, app.ui.panels["input"].value) == before
     app.ui.next_btn.click()  # still usable; a good action clears the error
     assert app.state.error_text == "" and app.state.source.name != before[0]
 
@@ -292,7 +295,8 @@ def test_debounce_coalesces_a_burst_into_one_latest_update(tiny_demo: DemoSettin
 
 
 # ------------------------------------------------------------------------------------ presenter-proofing (issue 12)
-def test_loading_a_checkpoint_runs_a_warm_up_forward_first(app: DashboardApp, tiny_demo: DemoSettings, monkeypatch) -> None:
+def test_loading_a_checkpoint_runs_a_warm_up_forward_first(app: DashboardApp, tiny_demo: DemoSettings,
+                                                           monkeypatch) -> None:
     from memseg.engine.inference import Predictor
 
     calls: list[torch.Tensor] = []
@@ -373,8 +377,10 @@ def test_the_models_category_comes_first_and_another_one_shows_a_warning_banner(
     other = next(v for _label, v in app.ui.category_dd.options if v != CATEGORY)
     app.ui.category_dd.value = other  # as a pick in the page would
     banner = app.ui.warning_html.value
-    assert "memseg-warning-box" in banner and f"trained on <b>{CATEGORY}</b>" in banner and f"not <b>{other}</b>" in banner
-    assert app.state.source.defect is not None and app.state.result is not None  # the page still works on the other category
+    assert ("memseg-warning-box" in banner and f"trained on <b>{CATEGORY}</b>" in banner
+            and f"not <b>{other}</b>" in banner)
+    # the page still works on the other category
+    assert app.state.source.defect is not None and app.state.result is not None
     app.ui.category_dd.value = CATEGORY
     assert app.ui.warning_html.value == ""
 
@@ -423,13 +429,15 @@ km = app.kernel_manager
 print(json.dumps({"unknown": unknown, "kernel_manager": type(km).__mro__[1].__name__,
                   "cull": [km.cull_idle_timeout, km.cull_interval, km.cull_connected, km.cull_busy]}))
 """
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["unknown"] == []
     cull = settings["MappingKernelManager"]
     assert got["cull"] == [cull["cull_idle_timeout"], cull["cull_interval"], cull["cull_connected"], cull["cull_busy"]]
-    assert 0 < cull["cull_idle_timeout"] <= 300 and cull["cull_connected"] is False  # closed pages go soon, open ones stay
+    # closed pages go soon, open ones stay
+    assert 0 < cull["cull_idle_timeout"] <= 300 and cull["cull_connected"] is False
     assert not settings["Voila"].get("tornado_settings", {}).get("disable_check_xsrf")  # XSRF protection stays on
 
 
@@ -515,8 +523,8 @@ def test_memseg_no_token_must_be_exactly_1_or_unset_on_every_host(tmp_path: Path
 def test_a_token_shorter_than_16_characters_is_refused(tmp_path: Path, variable: str) -> None:
     res, argv = _run_entrypoint(tmp_path, {variable: "short-token-15ch"[:15]})
     assert res.returncode == 2 and argv is None and "stub python" not in res.stdout
-    assert res.stderr.strip() == (f"memseg demo: error: {variable} is 15 characters long; expected at least 16 (letters, "
-                                  "digits and - _ . ~), or unset it for a generated one")
+    assert res.stderr.strip() == (f"memseg demo: error: {variable} is 15 characters long; expected at least 16 "
+                                  "(letters, digits and - _ . ~), or unset it for a generated one")
     res, argv = _run_entrypoint(tmp_path, {variable: "exactly-16-chars"})
     assert res.returncode == 0 and _voila_token(tmp_path) == "exactly-16-chars"
 

@@ -293,7 +293,8 @@ def test_bad_arguments(tmp_path: Path) -> None:
         load_split(root, "thing", layout="kaggle")
     with pytest.raises(FileNotFoundError, match=r"train/ok"):
         load_split(root, "thing", layout="btad")
-    assert AnomalyDataset([Record(root / "thing" / "train" / "good" / "000.png", None, 0, "good")], size=4)[0]["image"].shape == (3, 4, 4)
+    record = Record(root / "thing" / "train" / "good" / "000.png", None, 0, "good")
+    assert AnomalyDataset([record], size=4)[0]["image"].shape == (3, 4, 4)
 
 
 def test_loose_images_in_test_folder_are_rejected(tmp_path: Path) -> None:

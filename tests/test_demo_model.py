@@ -29,8 +29,8 @@ def test_the_default_demo_model_classifies_and_localises_its_test_split(tmp_path
     result = evaluate(ckpt, settings.data, settings.category, device=settings.device, progress=False)
     decision, overall = result["decision"], result["overall"]
     print(f"\ndemo model ({settings.category}, {settings.steps} steps, {settings.size}px): accuracy "
-          f"{decision['accuracy']:.3f} at threshold {decision['threshold']:.4f} (tp {decision['tp']} fp {decision['fp']} "
-          f"fn {decision['fn']} tn {decision['tn']}), image AUROC {overall['image_auroc']:.3f}, pixel AUROC "
-          f"{overall['pixel_auroc']:.3f}; first run {first_run_s:.0f} s")
+          f"{decision['accuracy']:.3f} at threshold {decision['threshold']:.4f} (tp {decision['tp']} fp "
+          f"{decision['fp']} fn {decision['fn']} tn {decision['tn']}), image AUROC {overall['image_auroc']:.3f}, pixel "
+          f"AUROC {overall['pixel_auroc']:.3f}; first run {first_run_s:.0f} s")
     assert decision["accuracy"] >= MIN_ACCURACY, decision
     assert overall["pixel_auroc"] >= MIN_PIXEL_AUROC, overall

@@ -88,9 +88,11 @@ def test_misaligned_maps_match_hand_computed_auroc(tmp_path):
 
     root = make_tiny_dataset(tmp_path / "data", n_good=2, n_defect=2)
     model = BrightnessModel(shift=(20, 24))  # squares (side 12) land away from their masks
-    preds = collect_predictions(model, load_split(root, "tiny", "test", size=(40, 48)), batch_size=3, device="cpu", progress=False)
+    preds = collect_predictions(model, load_split(root, "tiny", "test", size=(40, 48)), batch_size=3, device="cpu",
+                                progress=False)
     assert not ((preds.maps > 0.9) & preds.masks).any()
-    expected = _mann_whitney_auroc(preds.maps[preds.masks].astype(np.float64), preds.maps[~preds.masks].astype(np.float64))
+    expected = _mann_whitney_auroc(preds.maps[preds.masks].astype(np.float64),
+                                   preds.maps[~preds.masks].astype(np.float64))
     result = evaluate(model, root, "tiny", progress=False, device="cpu")
     assert result["overall"]["pixel_auroc"] == pytest.approx(expected, abs=1e-9)
     assert result["overall"]["pixel_auroc"] < 0.5
@@ -140,7 +142,8 @@ def test_f1_max_is_reported_beside_the_all_anomalous_baseline(tmp_path):
     o = result["overall"]
     assert o["f1_all_anomalous"] == pytest.approx(0.6) and o["f1_max"] == pytest.approx(1.0)
     md = (tmp_path / "eval" / "metrics.md").read_text()
-    assert "| image F1-max | F1 calling all anomalous |" in md and "| tiny | 100.0 | 100.0 | 100.0 | 100.0 | 60.0 |" in md
+    assert ("| image F1-max | F1 calling all anomalous |" in md
+            and "| tiny | 100.0 | 100.0 | 100.0 | 100.0 | 60.0 |" in md)
     assert "2p/(1+p) with p = 3/7 anomalous test images: 60.0 here" in md
     assert "| spot | 3 | 100.0 | 100.0 | 100.0 | 100.0 | 60.0 |" in md  # per defect too
     chance = evaluate(ConstantModel(), root, "tiny", progress=False, device="cpu")["overall"]
@@ -156,11 +159,13 @@ def test_cli_evaluate_prints_the_baseline_beside_f1_max(tmp_path, monkeypatch, c
     root = make_tiny_dataset(tmp_path / "data", n_good=4, n_defect=3)
     record = CheckpointRecord(model_name="fake", input_size=(64, 64), step=5)
     monkeypatch.setattr(ev, "_resolve_model", lambda ckpt, device, backend="auto": (BrightnessModel(), record))
-    args = argparse.Namespace(checkpoint=str(tmp_path / "run" / "checkpoints" / "last.pt"), data=str(root), category="tiny",
+    args = argparse.Namespace(checkpoint=str(tmp_path / "run" / "checkpoints" / "last.pt"), data=str(root),
+                              category="tiny",
                               layout="auto", out=str(tmp_path / "eval"), batch_size=4, device="cpu")
     assert run_evaluate(args) == 0
     line = capsys.readouterr().out.splitlines()[0]
-    assert "image F1-max 100.0 (calling every image anomalous: 60.0)" in line and "(7 images, 3 anomalous, step 5)" in line
+    assert ("image F1-max 100.0 (calling every image anomalous: 60.0)" in line
+            and "(7 images, 3 anomalous, step 5)" in line)
 
 
 def test_output_folder_and_batch_size_are_checked_before_any_work(tmp_path):

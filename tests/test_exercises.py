@@ -221,7 +221,8 @@ def test_a_function_that_writes_into_its_inputs_cannot_change_the_expected_answe
 
 @pytest.mark.parametrize("expected, got, words", [
     (torch.zeros(2, 3), torch.zeros(3, 2), "should have shape (2, 3), but it has shape (3, 2)"),
-    (torch.zeros(2, 3), torch.tensor([[0.0, 0, 0], [0, 0.5, 0]]), "differs at index (1, 1): expected 0, got 0.5 (1 of 6"),
+    (torch.zeros(2, 3), torch.tensor([[0.0, 0, 0], [0, 0.5, 0]]),
+     "differs at index (1, 1): expected 0, got 0.5 (1 of 6"),
     ((torch.zeros(1), torch.ones(1)), torch.zeros(1), "should be a tuple of 2"),
     (torch.tensor(0.25), 0.5, "expected 0.25, got 0.5"),
     (torch.tensor([1, 2]), [1, 3], "differs at index (1,): expected 2, got 3"),
@@ -231,7 +232,8 @@ def test_compare_says_where_and_how(expected, got, words):
 
 
 @pytest.mark.parametrize("expected, got", [
-    (torch.ones(2), np.ones(2)), (torch.ones(2, 2), torch.ones(2, 2, dtype=torch.bool)), (torch.tensor(1.5), 1.5 + 1e-7),
+    (torch.ones(2), np.ones(2)), (torch.ones(2, 2), torch.ones(2, 2, dtype=torch.bool)),
+    (torch.tensor(1.5), 1.5 + 1e-7),
     ([torch.zeros(1), torch.tensor([1])], (torch.zeros(1), [1])),
 ])
 def test_compare_accepts_equal_values_in_other_containers(expected, got):

@@ -69,7 +69,8 @@ def test_predict_and_evaluate_run_the_exported_model_like_the_checkpoint(trained
     assert by_onnx["decision"]["accuracy"] == by_torch["decision"]["accuracy"]
 
     images = sorted((Path(data) / "tiny" / "test").rglob("*.png"))
-    torch_pred, onnx_pred = Predictor.from_checkpoint(ckpt, device="cpu", backend="torch"), Predictor.from_checkpoint(exported)
+    torch_pred = Predictor.from_checkpoint(ckpt, device="cpu", backend="torch")
+    onnx_pred = Predictor.from_checkpoint(exported)
     assert onnx_pred.threshold == pytest.approx(torch_pred.threshold)
     t_scores = np.array([torch_pred.predict(p).score for p in images])
     o_scores = np.array([onnx_pred.predict(p).score for p in images])
@@ -106,15 +107,18 @@ def test_cli_predict_runs_a_checkpoint_through_its_cached_graph(trained, tmp_pat
     data, ckpt = trained
     image = next((Path(data) / "tiny" / "test" / "spot").glob("*.png"))
     for run, says in ((1, "exporting"), (2, None)):
-        assert cli_main(["predict", "--checkpoint", str(ckpt), str(image), "--out", str(tmp_path / f"p{run}"), "--device", "cpu"]) == 0
+        assert cli_main(["predict", "--checkpoint", str(ckpt), str(image), "--out", str(tmp_path / f"p{run}"),
+                         "--device", "cpu"]) == 0
         captured = capsys.readouterr()
         assert (says in captured.err) if says else ("exporting" not in captured.err)
         row = captured.out.strip().split("\t")
-        assert float(row[1]) == pytest.approx(Predictor.from_checkpoint(ckpt, device="cpu", backend="torch").predict(image).score, abs=1e-4)
+        torch_score = Predictor.from_checkpoint(ckpt, device="cpu", backend="torch").predict(image).score
+        assert float(row[1]) == pytest.approx(torch_score, abs=1e-4)
     model, info = load_checkpoint(ckpt, device="cpu")
     changed = save_checkpoint(tmp_path / ckpt.name, model, config=info["config"], threshold=0.123)
     assert cached_onnx(changed) != cached_onnx(ckpt) and cached_onnx(ckpt).parent == tmp_path / "cache" / "onnx"
-    assert sorted(p.name for p in (tmp_path / "cache" / "onnx").iterdir()) == sorted([cached_onnx(ckpt).name, cached_onnx(changed).name])
+    assert sorted(p.name for p in (tmp_path / "cache" / "onnx").iterdir()) == sorted([cached_onnx(ckpt).name,
+                                                                                      cached_onnx(changed).name])
 
 
 def test_cli_errors_are_one_line(trained, exported, tmp_path, capsys):
@@ -125,9 +129,11 @@ def test_cli_errors_are_one_line(trained, exported, tmp_path, capsys):
     assert err.startswith("memseg export: error:") and "already exists" in err and len(err.strip().splitlines()) == 1
     assert exported.read_bytes() == before
     image = str(next((Path(data) / "tiny" / "test" / "good").glob("*.png")))
-    assert cli_main(["predict", "--checkpoint", str(ckpt), "--backend", "onnxruntime", image, "--out", str(tmp_path / "a")]) == 2
+    assert cli_main(["predict", "--checkpoint", str(ckpt), "--backend", "onnxruntime", image, "--out",
+                     str(tmp_path / "a")]) == 2
     assert "memseg export --checkpoint" in capsys.readouterr().err
-    assert cli_main(["predict", "--checkpoint", str(exported), "--backend", "torch", image, "--out", str(tmp_path / "b")]) == 2
+    assert cli_main(["predict", "--checkpoint", str(exported), "--backend", "torch", image, "--out",
+                     str(tmp_path / "b")]) == 2
     assert "exported ONNX model" in capsys.readouterr().err
     fake = tmp_path / "fake.onnx"
     fake.write_text("not a model\n")
@@ -144,6 +150,7 @@ def test_benchmark_measures_onnxruntime_beside_torch_in_one_run(load_benchmark, 
     measured = {r["backend"]: r for r in rows if r.get("bench") == "inference"}
     assert set(measured) == {"torch", "onnxruntime"} and all(r["img_per_s"] > 0 for r in measured.values())
     ratio = next(r for r in rows if r.get("bench") == "inference_ratio")
-    assert ratio["torch_over_onnxruntime"] == pytest.approx(measured["torch"]["p50_ms"] / measured["onnxruntime"]["p50_ms"], rel=0.02)
+    assert ratio["torch_over_onnxruntime"] == pytest.approx(
+        measured["torch"]["p50_ms"] / measured["onnxruntime"]["p50_ms"], rel=0.02)
     with pytest.raises(ValueError, match="onnxruntime is measured on the CPU in float32"):
         bench.bench_inference(batch=1, size=64, device="cpu", dtype=torch.bfloat16, backend="onnxruntime")

@@ -72,7 +72,8 @@ train(cfg, progress=False, callback=park)
 """
 
 
-@pytest.mark.slow  # two real trainings (about 7 s on a busy 2-core machine); the fast twin below holds with the lock alone
+# two real trainings (about 7 s on a busy 2-core machine); the fast twin below holds with the lock alone
+@pytest.mark.slow
 def test_a_second_train_into_a_training_run_folder_fails_at_once_naming_the_folder_and_pid(tiny, capsys):
     """A run in progress holds its folder; `memseg train` into it (fresh, --overwrite or --resume) fails at once
     with one line naming the folder and the holder's PID and touches nothing; once the holder is killed
@@ -212,7 +213,8 @@ def test_evaluate_never_writes_metrics_through_a_dangling_link(trained, tiny, ca
                                                "another output folder (or overwrite=True)")
     evaluate(trained, tiny / "data", "tiny", out=out, overwrite=True, backend="torch", device="cpu", progress=False)
     assert list(elsewhere.iterdir()) == []  # the link itself was replaced, not followed
-    assert not (out / "metrics.json").is_symlink() and json.loads((out / "metrics.json").read_text())["category"] == "tiny"
+    assert (not (out / "metrics.json").is_symlink()
+            and json.loads((out / "metrics.json").read_text())["category"] == "tiny")
 
 
 def test_new_files_are_created_exclusively_and_never_through_links(tmp_path):
@@ -234,7 +236,8 @@ def test_new_files_are_created_exclusively_and_never_through_links(tmp_path):
     with pytest.raises(FileExistsError, match="already exists"):
         create_new_file(out / "kept.json", out, mode="w")
     (out / "sub").symlink_to(elsewhere)
-    with pytest.raises(ValueError, match=r"sub is a link to .*elsewhere, outside --out .*; refusing to write through it"):
+    with pytest.raises(ValueError,
+                       match=r"sub is a link to .*elsewhere, outside --out .*; refusing to write through it"):
         create_new_file(out / "sub" / "deeper" / "a.png", out)
     assert list(elsewhere.iterdir()) == [] and (out / "kept.json").read_text() == "mine"
     (out / "inside").symlink_to(out / "real", target_is_directory=True)  # a link that stays inside --out is fine
@@ -303,8 +306,8 @@ def test_a_full_disk_on_final_pt_keeps_last_pt_of_the_final_step(tiny, monkeypat
         train(_cfg(tiny, "run", steps=2), progress=False)
     last = tiny / "run" / "checkpoints" / "last.pt"
     assert calls[-1].startswith(".final.pt.") and info.value.filename == str(tiny / "run" / "final.pt")
-    assert info.value.strerror.endswith(f"the last good checkpoint {last} (step 2) is kept: free some space, then continue "
-                                    "with resume=True")
+    assert info.value.strerror.endswith(f"the last good checkpoint {last} (step 2) is kept: free some space, then "
+                                    "continue with resume=True")
     assert read_checkpoint(last)["step"] == 2 and sorted(p.name for p in (tiny / "run").iterdir()) == [
         "checkpoints", "config.yaml", "train_log.csv", "train_log.jsonl"]
 
@@ -322,8 +325,8 @@ def test_export_on_a_full_disk_names_the_file_and_leaves_nothing(trained, tiny, 
     monkeypatch.setattr(ckpt_mod, "free_bytes", lambda folder: 0)
     out = tiny / "exported" / "model.onnx"
     assert cli_main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 2
-    assert capsys.readouterr().err == (f"memseg export: error: {out}: the disk is full (ENOSPC, no space left on device "
-                                       f"in {out.parent}); model.onnx was not written\n")
+    assert capsys.readouterr().err == (f"memseg export: error: {out}: the disk is full (ENOSPC, no space left on "
+                                       f"device in {out.parent}); model.onnx was not written\n")
     assert list(out.parent.iterdir()) == []
 
 
@@ -375,10 +378,13 @@ def _check_refuses_bad_pixels(predictor) -> None:
 
     good = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
     cases = [(torch.full((3, 32, 32), float("nan")), r"predict: 3072 of 3072 pixel values are NaN or infinite"),
-             (good.clone().index_put_((torch.tensor([0]),), torch.tensor(float("inf"))), r"predict: 1024 of 3072 pixel values are NaN"),
-             (good * 255, r"predict: float pixel values span \[0\.\d+, 254\.\d+\]; .* \(divide a 0\.\.255 image by 255\)"),
-             (good * 2 - 1, r"predict: float pixel values span \[-0\.\d+, 0\.\d+\]; expected finite float pixel values in "
-                            r"\[0, 1\], or a uint8 image \(0\.\.255\)$")]
+             (good.clone().index_put_((torch.tensor([0]),), torch.tensor(float("inf"))),
+              r"predict: 1024 of 3072 pixel values are NaN"),
+             (good * 255,
+              r"predict: float pixel values span \[0\.\d+, 254\.\d+\]; .* \(divide a 0\.\.255 image by 255\)"),
+             (good * 2 - 1,
+              r"predict: float pixel values span \[-0\.\d+, 0\.\d+\]; expected finite float pixel values in "
+              r"\[0, 1\], or a uint8 image \(0\.\.255\)$")]
     for image, match in cases:
         with pytest.raises(ValueError, match=match):
             predictor.predict(image)
@@ -393,9 +399,11 @@ def _check_refuses_bad_pixels(predictor) -> None:
         scores, maps = predictor.predict_batch(batch)
         assert np.allclose(scores, ref_scores, atol=1e-6) and np.allclose(maps, ref_maps, atol=1e-6)
     assert predictor.predict(good).score == pytest.approx(float(predictor.predict_batch(good[None])[0][0]), abs=1e-6)
-    for bad, got in (([[0.5]], "got list"), (np.zeros((32, 32, 3), np.uint8), r"got a uint8 NumPy array of shape \(32, 32, 3\)")):
-        with pytest.raises(ValueError, match=r"predict_batch expects float images \(B, 3, H, W\) in \[0, 1\] as a torch "
-                                             r"tensor or a NumPy array, or NumPy uint8 images \(B, H, W, 3\); " + got):
+    for bad, got in (([[0.5]], "got list"),
+                     (np.zeros((32, 32, 3), np.uint8), r"got a uint8 NumPy array of shape \(32, 32, 3\)")):
+        with pytest.raises(ValueError, match=r"predict_batch expects float images \(B, 3, H, W\) in \[0, 1\] as a "
+                                             r"torch tensor or a NumPy array, or NumPy uint8 images \(B, H, W, 3\); "
+                                             + got):
             predictor.predict_batch(bad)
 
 
@@ -436,14 +444,16 @@ def test_checkpoint_values_are_checked_on_load_naming_the_file(trained, tiny, ca
     bad = tiny / "bad.pt"
     torch.save(ckpt, bad)
     image = tiny / "data" / "tiny" / "test" / "good" / "000.png"
-    line = (f"{bad}: {expected} (the decision threshold on the image score)" if key == "threshold" else f"{bad}: {expected}")
+    line = (f"{bad}: {expected} (the decision threshold on the image score)" if key == "threshold"
+            else f"{bad}: {expected}")
     for args in (["predict", "--checkpoint", str(bad), str(image), "--out", str(tiny / "p"), "--backend", "torch"],
                  ["evaluate", "--checkpoint", str(bad), "--data", str(tiny / "data"), "--category", "tiny", "--out",
                   str(tiny / "e"), "--backend", "torch"]):
         assert cli_main([*args, "--device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"memseg {args[0]}: error: {line}") and len(err.strip().splitlines()) == 1, err
-        assert err.strip().endswith("the file is damaged or was edited (write it again with `memseg train` or `memseg export`)")
+        assert err.strip().endswith("the file is damaged or was edited (write it again with `memseg train` or `memseg "
+                                    "export`)")
     assert not (tiny / "p").exists() and not (tiny / "e" / "metrics.json").exists()
 
 
@@ -456,8 +466,10 @@ def _tiny_onnx(path: Path, meta: dict, channels_out: int = 1, size: int = 32) ->
     node = helper.make_node("ReduceMean", ["input", "axes"], ["anomaly_map"], keepdims=1) if channels_out == 1 else \
         helper.make_node("Identity", ["input"], ["anomaly_map"])
     inits = [helper.make_tensor("axes", TensorProto.INT64, [1], [1])] if channels_out == 1 else []
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
-                              [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", channels_out, size, size])],
+    graph = helper.make_graph([node], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+                              [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT,
+                                                             ["batch", channels_out, size, size])],
                               initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
@@ -486,8 +498,9 @@ def test_onnx_metadata_and_graph_are_checked_on_load_naming_the_file(tmp_path):
     with pytest.raises(ValueError) as info:
         load_onnx(path)
     assert str(info.value) == (f"{path}: the model's graph takes input ('batch', 3, 32, 32) and gives anomaly_map "
-                               "('batch', 3, 32, 32); expected input ('B', 3, 32, 32) -> anomaly_map ('B', 1, 32, 32) as "
-                               "`memseg export` writes it (the model file does not fit its own metadata; export it again)")
+                               "('batch', 3, 32, 32); expected input ('B', 3, 32, 32) -> anomaly_map ('B', 1, 32, 32) "
+                               "as `memseg export` writes it (the model file does not fit its own metadata; export it "
+                               "again)")
     path = _tiny_onnx(tmp_path / "other-size.onnx", {**meta, "input_size": [64, 64]})
     with pytest.raises(ValueError, match=r"takes input \('batch', 3, 32, 32\) .*expected input \('B', 3, 64, 64\)"):
         load_onnx(path)
@@ -503,9 +516,10 @@ def test_onnx_metadata_and_graph_are_checked_on_load_naming_the_file(tmp_path):
     ("min_lr_ratio: 2\n", "min_lr_ratio must be in [0, 1], got 2.0"),
     ("checkpoint_minutes: .inf\n", "checkpoint_minutes must be a finite number, got inf"),
     ("seed: -1\n", "seed must be in [0, 2**32), got -1"),
-    ("simulation: {threshold: 2}\n", "simulation: threshold must be a finite number in (-1, 1) (the Perlin noise P lies "
-                                     "in about [-1, 1]; the paper uses 0.5), got 2"),
-    ("simulation: {delta_range: [.nan, 1]}\n", "simulation: delta_range must satisfy 0 <= low <= high <= 1, got (nan, 1.0)"),
+    ("simulation: {threshold: 2}\n", "simulation: threshold must be a finite number in (-1, 1) (the Perlin noise P "
+                                     "lies in about [-1, 1]; the paper uses 0.5), got 2"),
+    ("simulation: {delta_range: [.nan, 1]}\n",
+     "simulation: delta_range must satisfy 0 <= low <= high <= 1, got (nan, 1.0)"),
 ])
 def test_train_config_numbers_are_checked_before_any_work(tmp_path, capsys, monkeypatch, yaml_text, expected):
     import memseg.data
@@ -601,8 +615,8 @@ def test_the_next_run_removes_temporary_files_left_by_killed_checkpoint_writes(t
         p.write_bytes(b"\0" * 4096)
     notes: list[str] = []
     train(_cfg(tiny, "run", steps=2), progress=False, resume=True, log=notes.append)
-    assert notes[0] == (f"removed 2 temporary files left by an interrupted checkpoint write in {out}: .final.pt.ab12cd34.tmp, "
-                        "checkpoints/.last.pt.k3x_9q2a.tmp")
+    assert notes[0] == (f"removed 2 temporary files left by an interrupted checkpoint write in {out}: "
+                        ".final.pt.ab12cd34.tmp, checkpoints/.last.pt.k3x_9q2a.tmp")
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)  # only the kit's own naming
     assert read_checkpoint(out / "final.pt")["step"] == 2
 
@@ -613,10 +627,11 @@ def test_the_next_run_removes_temporary_files_left_by_killed_checkpoint_writes(t
     notes.clear()
     res = train(_cfg(tiny, "fresh", steps=1), progress=False, log=notes.append)
     assert notes[0].startswith("removed 1 temporary file left by an interrupted checkpoint write in ")
-    assert sorted(p.name for p in (tiny / "fresh" / "checkpoints").iterdir()) == ["last.pt"] and res.checkpoint.is_file()
+    assert (sorted(p.name for p in (tiny / "fresh" / "checkpoints").iterdir()) == ["last.pt"]
+            and res.checkpoint.is_file())
 
 
-# ------------------------------------------------------------------ 8. every message names its source and what is expected
+# -------------------------------------------------------------- 8. every message names its source and what is expected
 @pytest.fixture
 def no_data_loading(monkeypatch):
     """Any image loading fails the test: what is checked here must be refused before the data is touched."""
@@ -647,12 +662,13 @@ def test_a_yaml_file_that_is_not_text_is_named_with_what_was_expected(tmp_path, 
     config = tmp_path / "run.yaml"
     config.write_bytes(b"\x80\x81PK\x03\x04 binary")  # e.g. a checkpoint given as --config
     assert cli_main(["train", "--data", str(tmp_path), "--category", "x", "--config", str(config)]) == 2
-    assert _one_error_line(capsys, "train") == (f"{config}: not a text file (byte 0 is not UTF-8); expected a YAML file "
-                                                "of TrainConfig keys")
+    assert _one_error_line(capsys, "train") == (f"{config}: not a text file (byte 0 is not UTF-8); expected a YAML "
+                                                "file of TrainConfig keys")
     config.write_text("a: [1\n")
     assert cli_main(["train", "--data", str(tmp_path), "--category", "x", "--config", str(config)]) == 2
     line = _one_error_line(capsys, "train")
-    assert line.startswith(f"{config}: not valid YAML: ") and line.endswith("; expected a YAML file of TrainConfig keys")
+    assert (line.startswith(f"{config}: not valid YAML: ")
+            and line.endswith("; expected a YAML file of TrainConfig keys"))
 
 
 def test_an_unknown_device_names_the_flag_or_file_and_the_accepted_names(tmp_path, capsys, no_data_loading):
@@ -687,7 +703,8 @@ def test_a_bad_hub_timeout_variable_is_one_line_before_any_work(tiny, capsys, mo
     ("{use_memory: maybe}", "model_options: use_memory must be true or false, got 'maybe'"),
     ("{head: weird}", "model_options: head must be auto or one of"),
 ])
-def test_model_options_are_checked_before_any_work_naming_the_file(tmp_path, capsys, no_data_loading, options, expected):
+def test_model_options_are_checked_before_any_work_naming_the_file(tmp_path, capsys, no_data_loading, options,
+                                                                   expected):
     config = tmp_path / "run.yaml"
     config.write_text(f"model_options: {options}\n")
     assert cli_main(["train", "--data", str(tmp_path), "--category", "x", "--config", str(config), "--size", "32",
@@ -706,10 +723,12 @@ def test_model_options_are_checked_before_any_work_naming_the_file(tmp_path, cap
                                      "this machine has 8.0 GB of RAM; choose a smaller --size (the default is 256)"),
 ])
 def test_a_size_or_n_beyond_the_machine_is_refused_before_allocating_with_the_estimate(tmp_path, capsys, eight_gb,
-                                                                                        no_data_loading, command, expected):
+                                                                                        no_data_loading, command,
+                                                                                        expected):
     name, *flags = command
     where = ["--out", str(tmp_path / "s")] if name == "synth" else [
-        "--data", str(tmp_path), "--category", "x", "--device", "cpu", *(["--out", str(tmp_path / "r")] if name == "train" else [])]
+        "--data", str(tmp_path), "--category", "x", "--device", "cpu",
+        *(["--out", str(tmp_path / "r")] if name == "train" else [])]
     flags = [str(tmp_path / f) if f.endswith(".pt") else f for f in flags]
     assert cli_main([name, *where, *flags]) == 2  # at once: was "can't allocate 240000000000 bytes" (or a traceback)
     assert _one_error_line(capsys, name).startswith(expected)
@@ -720,8 +739,9 @@ def test_simulate_refuses_an_n_it_cannot_hold_before_simulating(tiny, capsys, ei
     args = ["simulate", "--data", str(tiny / "data"), "--category", "tiny", "--size", "256", "--device", "cpu"]
     assert cli_main([*args, "--n", "10000000", "--out", str(tiny / "s")]) == 2
     assert _one_error_line(capsys, "simulate") == (
-        "--size 256, --n 10000000 (kept until written), --batch-size 32 (8 images decoded at 256x256 px) needs at least "
-        "10.5 TB of memory; this machine has 8.0 GB of RAM; lower --size, --n or --batch-size (--no-save keeps nothing)")
+        "--size 256, --n 10000000 (kept until written), --batch-size 32 (8 images decoded at 256x256 px) needs at "
+        "least 10.5 TB of memory; this machine has 8.0 GB of RAM; lower --size, --n or --batch-size (--no-save keeps "
+        "nothing)")
     assert not (tiny / "s").exists()
 
 
@@ -733,7 +753,8 @@ def test_an_allocation_that_fails_anyway_is_one_line_naming_what_to_lower():
 
     with pytest.raises(MemoryError) as info:
         np.empty((10**7, 10**7))  # 728 TiB: numpy's own MemoryError (was a traceback: not caught)
-    assert _error_text(info.value, "synth").startswith("out of memory: an allocation of 728 TiB failed (this machine has ")
+    assert _error_text(info.value, "synth").startswith("out of memory: an allocation of 728 TiB failed "
+                                                       "(this machine has ")
     assert _error_text(info.value, "synth").endswith("; lower --size")
     with pytest.raises(RuntimeError) as info:
         torch.empty(10**13, dtype=torch.uint8)
@@ -747,7 +768,8 @@ def test_an_allocation_that_fails_anyway_is_one_line_naming_what_to_lower():
     (lambda c: c.update(model_state=[1]), "stored model_config and model_state are dict and list, not the mappings"),
     (lambda c: c["model_config"].update(foo=1), "stored model_config: unknown key(s) ['foo'] for the memseg model; "
                                                 "valid keys: input_size, memory_size"),
-    (lambda c: c["model_config"].update(memory_size="abc"), "stored model_config: memory_size must be an integer, got 'abc'"),
+    (lambda c: c["model_config"].update(memory_size="abc"),
+     "stored model_config: memory_size must be an integer, got 'abc'"),
     (lambda c: c["model_config"].update(head="weird"), "stored model_config: head must be auto or one of"),
     (lambda c: c["model_config"].update(input_size=[100000, 100000]),
      "its memseg model (input size [100000, 100000], memory_size 2) needs at least 563.3 GB of memory; this machine "
@@ -794,11 +816,12 @@ def test_an_onnx_file_onnxruntime_cannot_load_or_run_is_named(tmp_path, capsys, 
     assert str(info.value).startswith(f"{tmp_path / 'ok.onnx'}: onnxruntime could not run the model (")
 
     big = _tiny_onnx(tmp_path / "big.onnx", {**meta, "input_size": [100000, 100000]}, size=100000)
-    with pytest.raises(ValueError, match=r"big\.onnx: its stored input size \[100000, 100000\] .* needs at least 160\.0 GB"):
+    with pytest.raises(ValueError, match=r"big\.onnx: its stored input size \[100000, 100000\] .* needs at least "
+                                         r"160\.0 GB"):
         load_onnx(big)
 
 
-# ------------------------------------------------------------------ 9. the command line shows warnings as one plain line
+# ---------------------------------------------------------------- 9. the command line shows warnings as one plain line
 def _warning_lines(err: str, command: str) -> list[str]:
     assert "UserWarning" not in err and ".py:" not in err, err  # no category, no file:line, no source line
     return [ln for ln in err.replace("\r", "\n").splitlines() if "warning" in ln.lower()]
@@ -810,14 +833,16 @@ def test_cli_warnings_are_one_plain_line_in_cli_terms_and_the_api_keeps_its_warn
     from memseg.simulation import AnomalySimulator
     from memseg.simulation.foreground import FOREGROUND_PRESETS
 
-    warnings.filterwarnings("default", message="no foreground preset")  # ignored elsewhere in this module; the subject here
+    # ignored elsewhere in this module; the subject here
+    warnings.filterwarnings("default", message="no foreground preset")
     args = ["simulate", "--data", str(tiny / "data"), "--category", "tiny", "--no-save", "--n", "2", "--size", "32",
             "--device", "cpu", "--source", "structure"]
     before = warnings.showwarning
     assert cli_main(args) == 0
     assert _warning_lines(capsys.readouterr().err, "simulate") == [
-        f"memseg simulate: warning: no foreground preset for category 'tiny' (known: {', '.join(sorted(FOREGROUND_PRESETS))}); "
-        "using none (M_I = all ones); simulated anomalies may land anywhere in the image"]  # no API advice
+        "memseg simulate: warning: no foreground preset for category 'tiny' (known: "
+        f"{', '.join(sorted(FOREGROUND_PRESETS))}); using none (M_I = all ones); simulated anomalies may land anywhere "
+        "in the image"]  # no API advice
     assert warnings.showwarning is before  # the API, in the same process, keeps Python's warnings and their advice
     with pytest.warns(UserWarning, match=r"Pass foreground=ForegroundConfig\(\.\.\.\) to restrict anomalies"):
         AnomalySimulator.for_category("tiny", size=(32, 32), device="cpu")
@@ -833,7 +858,7 @@ def test_evaluate_warns_in_one_plain_line_naming_the_checkpoint(trained, tiny, c
         f"memseg evaluate: warning: {trained} was trained on category 'tiny', evaluating it on 'other'"]
 
 
-# ------------------------------------------------------------------ 10. the dashboard: uploads it cannot score, bad model files
+# --------------------------------------------------------- 10. the dashboard: uploads it cannot score, bad model files
 @pytest.fixture
 def onnx_app(tiny):
     """The dashboard on the tiny data and a small ONNX graph shaped like memseg export's (no training, no export)."""
@@ -894,7 +919,8 @@ def test_a_failed_model_run_names_the_image_and_the_page_goes_back_to_the_shown_
 
     monkeypatch.setattr(app.state.predictor, "predict", refuse)
     assert app.upload("mine.png", _png(64, 48)) is True
-    assert app.state.error_text == "mine.png: float pixel values span [0, 3]; expected finite float pixel values in [0, 1]"
+    assert app.state.error_text == ("mine.png: float pixel values span [0, 3]; expected finite float pixel values in "
+                                    "[0, 1]")
     assert _page(app) == before and app.state.source is app.state.shown_source
     app.set_simulation(enabled=False)  # the next action does not fail again: it runs on the shown image
     assert app.state.error_text == "" and app.state.source.name == before[0]
@@ -908,7 +934,8 @@ def test_a_bad_onnx_in_the_model_picker_is_one_line_and_no_traceback(onnx_app, t
         bad = _tiny_onnx(tiny / name, {**meta, **changed})
         capsys.readouterr()
         app.select_checkpoint(bad)  # was "ValueError: could not convert string to float" / a TypeError, and a traceback
-        assert app.state.error_text.startswith(f"cannot load model: {bad}: stored validation scores "), app.state.error_text
+        assert app.state.error_text.startswith(f"cannot load model: {bad}: stored validation scores "), \
+            app.state.error_text
         assert len(app.state.error_text.splitlines()) == 1
         assert "Traceback" not in capsys.readouterr().err
         assert app.state.predictor is model and _page(app) == before
@@ -919,7 +946,7 @@ def test_a_bad_onnx_in_the_model_picker_is_one_line_and_no_traceback(onnx_app, t
                                     "written by `memseg export`")
 
 
-# ------------------------------------------------------------------ 14. the first predict on a new checkpoint: the route follows the work
+# ----------------------------------------------- 14. the first predict on a new checkpoint: the route follows the work
 @pytest.fixture
 def no_export_here(monkeypatch, tmp_path):
     """A fresh export cache, and any export in this process fails the test (pytest.fail is no Exception: the
@@ -1014,7 +1041,8 @@ def test_the_background_export_is_adopted_between_calls_and_cached_for_the_next_
         first = predictor.predict(image).score
         assert predictor.wait_for_route(timeout=300) != "torch"
         assert predictor.predict(image).score == pytest.approx(first, abs=1e-4)  # the same answer, faster route
-        assert f"memseg: {trained} now runs with {predictor.backend} (exported in the background)" in capsys.readouterr().err
+        assert (f"memseg: {trained} now runs with {predictor.backend} (exported in the "
+                "background)") in capsys.readouterr().err
         assert Predictor.from_checkpoint(trained, device="cpu").backend == predictor.backend  # cached: at once
     finally:
         _stop_background(predictor)

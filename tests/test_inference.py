@@ -47,7 +47,8 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(checkpoint):
-    return Predictor.from_checkpoint(checkpoint[0], device="cpu", images=EXPORT_WORTH_IMAGES)  # a job worth exporting for
+    # a job worth exporting for
+    return Predictor.from_checkpoint(checkpoint[0], device="cpu", images=EXPORT_WORTH_IMAGES)
 
 
 def test_attributes(predictor, checkpoint):
@@ -121,7 +122,8 @@ def test_unsupported_sizes_say_what_is_accepted(predictor, shape):
 
     h, w = shape[:2]
     with pytest.raises(ValueError, match=rf"image is {w}x{h} px \(WxH\); expected each side >= {MIN_IMAGE_SIDE} px "
-                                         rf"and an aspect ratio \(long side / short side\) of at most {MAX_ASPECT_RATIO:g}"):
+                                         r"and an aspect ratio \(long side / short side\) of at most "
+                                         rf"{MAX_ASPECT_RATIO:g}"):
         predictor.predict(np.zeros(shape, np.uint8))
     with pytest.raises(ValueError, match=rf"image is {w}x{h} px"):
         predictor.predict(torch.zeros(3, h, w))
@@ -186,7 +188,8 @@ def test_the_export_is_cached_by_content(checkpoint, onnx_cache, tmp_path, monke
     copy = tmp_path / "copy.pt"
     copy.write_bytes(checkpoint[1].read_bytes())
     first = Predictor.from_checkpoint(copy, device="cpu", images=EXPORT_WORTH_IMAGES)
-    assert capsys.readouterr().err.strip() == f"memseg: exporting {copy} for onnxruntime, once (cached as {first.model.path})"
+    assert capsys.readouterr().err.strip() == (f"memseg: exporting {copy} for onnxruntime, once (cached as "
+                                               f"{first.model.path})")
     monkeypatch.setattr(export, "export_onnx", lambda *a, **k: pytest.fail("a cached graph was exported again"))
     again = Predictor.from_checkpoint(copy, device="cpu", images=1)  # cached: taken for any job
     assert again.model.path == first.model.path and capsys.readouterr().err == ""
@@ -219,4 +222,5 @@ def test_a_failed_export_falls_back_to_torch_with_one_line(checkpoint, monkeypat
     monkeypatch.setattr(deploy_extra, "_SAID", set())
     assert Predictor.from_checkpoint(checkpoint[0], device="cpu", images=EXPORT_WORTH_IMAGES).backend == "torch"
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == [f"memseg: the onnxruntime route failed for {checkpoint[0]} (RuntimeError: exporter crashed); running it with torch"]
+    assert lines == [f"memseg: the onnxruntime route failed for {checkpoint[0]} (RuntimeError: exporter crashed); "
+                     "running it with torch"]

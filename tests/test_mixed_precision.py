@@ -105,7 +105,8 @@ def test_default_cpu_route_is_mixed_precision_and_its_verdicts_are_float32(check
     with torch.no_grad():
         bf16_scores = image_scores(fast.model.anomaly_map(normalize(x)), 100).numpy()
     ref_scores, ref_maps = exact.predict_batch(x)
-    assert 0 < float(np.abs(bf16_scores - ref_scores).max()) < mixed_precision.VERDICT_MARGIN  # bf16 moves scores a little
+    # bf16 moves scores a little
+    assert 0 < float(np.abs(bf16_scores - ref_scores).max()) < mixed_precision.VERDICT_MARGIN
     compare_runs = []
     run = fast.model.compare.run
     fast.model.compare = type("Counting", (), {"run": lambda self, *a: compare_runs.append(1) or run(*a)})()
@@ -140,7 +141,8 @@ class _OffByOne:
         return torch.full((len(x), 1, *x.shape[-2:]), self.value)
 
 
-@pytest.mark.parametrize("value, threshold, rescored", [(0.49, 0.5, True), (0.40, 0.5, False), (0.52, 0.5, True), (0.60, 0.5, False)])
+@pytest.mark.parametrize("value, threshold, rescored",
+                         [(0.49, 0.5, True), (0.40, 0.5, False), (0.52, 0.5, True), (0.60, 0.5, False)])
 def test_the_guard_scores_again_only_near_the_threshold(value, threshold, rescored):
     model = _OffByOne(value)
     assert isinstance(model, InferenceBackend)
@@ -150,7 +152,8 @@ def test_the_guard_scores_again_only_near_the_threshold(value, threshold, rescor
     assert out.score == pytest.approx(value if rescored else value + 0.02)
     assert out.is_anomalous == (out.score >= threshold)
     assert pred.is_exact_at(value + 0.02, threshold) == (not rescored)
-    assert Predictor(torch.nn.Identity(), CheckpointRecord("identity", (32, 32)), device="cpu").is_exact_at(0.5, 0.5)  # no margin: exact
+    # no margin: exact
+    assert Predictor(torch.nn.Identity(), CheckpointRecord("identity", (32, 32)), device="cpu").is_exact_at(0.5, 0.5)
 
 
 def test_without_openvino_the_route_is_onnxruntime_float32(checkpoint, monkeypatch):

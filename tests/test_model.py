@@ -95,7 +95,8 @@ def test_frozen_parts_stay_bit_identical_after_a_train_step() -> None:
         part = getattr(m.encoder.backbone, name)
         assert not part.training, f"{name} must stay in eval mode inside model.train()"
         assert all(not p.requires_grad for p in part.parameters())
-    frozen_before = {k: v.clone() for k, v in m.encoder.backbone.state_dict().items() if k.split(".")[0] in FROZEN_MODULES}
+    frozen_before = {k: v.clone() for k, v in m.encoder.backbone.state_dict().items()
+                     if k.split(".")[0] in FROZEN_MODULES}
     assert any("running_mean" in k for k in frozen_before)
     trainable_before = {
         "block4": m.encoder.backbone.layer4[0].downsample[0].weight.clone(),
@@ -198,7 +199,8 @@ def test_memory_index_picks_identical_sample() -> None:
 def test_memory_selection_sums_over_all_levels() -> None:
     # level 1 prefers sample 0, levels 2+3 prefer sample 1 by more: eq. (4) sums over all levels
     bank = MemoryBank(2, [(1, 2, 2), (1, 1, 1), (1, 1, 1)])
-    bank.fill([torch.tensor([[[[0.0, 0], [0, 0]]], [[[1.0, 1], [1, 1]]]]), torch.tensor([[[[9.0]]], [[[0.0]]]]), torch.zeros(2, 1, 1, 1)])
+    bank.fill([torch.tensor([[[[0.0, 0], [0, 0]]], [[[1.0, 1], [1, 1]]]]), torch.tensor([[[[9.0]]], [[[0.0]]]]),
+               torch.zeros(2, 1, 1, 1)])
     feats = [torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1)]
     d = bank.distances(feats)
     assert d.tolist() == [[9.0, 4.0]]
@@ -225,7 +227,8 @@ def test_distance_options_match_brute_force() -> None:
 
 def test_spatial_attention_maps_follow_eq_5_to_7() -> None:
     g = torch.Generator().manual_seed(4)
-    di = [torch.rand(2, 64, 16, 24, generator=g), torch.rand(2, 128, 8, 12, generator=g), torch.rand(2, 256, 4, 6, generator=g)]
+    di = [torch.rand(2, 64, 16, 24, generator=g), torch.rand(2, 128, 8, 12, generator=g),
+          torch.rand(2, 256, 4, 6, generator=g)]
     m1, m2, m3 = spatial_attention_maps(di)
     assert torch.allclose(m3, di[2].mean(1, keepdim=True))
     up3 = F.interpolate(m3, size=(8, 12), mode="bilinear", align_corners=False)
@@ -485,7 +488,8 @@ def test_frozen_encoder_and_memory_search_run_in_fp32_under_autocast(model: MemS
 
 def test_calibrated_attention_reads_di_on_the_memory_scale() -> None:
     g = torch.Generator().manual_seed(4)
-    di = [torch.rand(2, 64, 16, 24, generator=g), torch.rand(2, 128, 8, 12, generator=g), torch.rand(2, 256, 4, 6, generator=g)]
+    di = [torch.rand(2, 64, 16, 24, generator=g), torch.rand(2, 128, 8, 12, generator=g),
+          torch.rand(2, 256, 4, 6, generator=g)]
     scales = torch.tensor([0.5, 0.25, 2.0])
     m1, m2, m3 = spatial_attention_maps(di, scales)
     a = [2 * d.mean(1, keepdim=True) / (d.mean(1, keepdim=True) + s) for d, s in zip(di, scales)]
@@ -550,7 +554,8 @@ def test_head_ceiling(head: str) -> None:
     torch.manual_seed(0)
     h = SegmentationHead(8, head).eval()
     with torch.no_grad():
-        h[1].weight.copy_(-h[1].weight.abs() * torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1))  # logit_1 - logit_0 <= bias gap
+        # logit_1 - logit_0 <= bias gap
+        h[1].weight.copy_(-h[1].weight.abs() * torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1))
         ceiling = torch.softmax(h[1].bias, 0)[1]
         p = torch.softmax(h(3 * torch.randn(16, 8, 12, 12)), 1)[:, 1]
     if head == "paper":
@@ -612,7 +617,8 @@ def test_weight_names_resolve_to_timm_tags_offline() -> None:
         ew.resolve_name("timm:resnet50")
     from timm.models import get_pretrained_cfg
 
-    assert get_pretrained_cfg("resnet18.tv_in1k").hf_hub_id == "timm/resnet18.tv_in1k"  # the cache look-up follows the tag
+    # the cache look-up follows the tag
+    assert get_pretrained_cfg("resnet18.tv_in1k").hf_hub_id == "timm/resnet18.tv_in1k"
 
 
 def test_imagenet_loads_the_torchvision_tag(monkeypatch: pytest.MonkeyPatch) -> None:

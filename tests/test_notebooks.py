@@ -66,14 +66,16 @@ def test_parameters_cell(name: str):
     nb = _load(name)
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     first = code[0]
-    assert "parameters" in first.get("metadata", {}).get("tags", []), f"{name}: first code cell is not tagged 'parameters'"
+    assert "parameters" in first.get("metadata", {}).get("tags", []), \
+        f"{name}: first code cell is not tagged 'parameters'"
     src = "".join(first["source"])
     for p in PARAMETERS:
         assert f"{p} = " in src, f"{name}: parameters cell does not set {p}"
     body = "\n".join("".join(c["source"]) for c in code)
     assert "from memseg.notebook.settings import setup" in body and "= setup(" in body, \
         f"{name}: never calls memseg.notebook.settings.setup (which applies MEMSEG_* overrides)"
-    assert "assert " in "".join(code[-1]["source"]), f"{name}: the last code cell should assert what the notebook showed"
+    assert "assert " in "".join(code[-1]["source"]), (f"{name}: the last code cell should assert what the notebook "
+                                                      "showed")
 
 
 @pytest.mark.parametrize("name", TEACHING)
@@ -84,7 +86,8 @@ def test_notebook_cells_are_short(name: str):
         if cell["cell_type"] != "code":
             continue
         src = "".join(cell["source"])
-        assert "\ndef " not in "\n" + src and "\nclass " not in "\n" + src, f"{name} cell {i} defines logic; move it to memseg.notebook"
+        assert "\ndef " not in "\n" + src and "\nclass " not in "\n" + src, (f"{name} cell {i} defines logic; move it "
+                                                                             "to memseg.notebook")
         assert src.count("\n") < 25, f"{name} cell {i} has {src.count(chr(10)) + 1} lines"
 
 
@@ -117,7 +120,8 @@ def test_runner_stops_an_idle_kernel_quickly_and_retries_once(tmp_path, monkeypa
     monkeypatch.setenv("MEMSEG_NB_TIMEOUT", "600")
     nb = _tiny_notebook(tmp_path / "stall.ipynb", "x = sum(range(1000))", "import time\ntime.sleep(600)", "x")
     t0 = time.monotonic()
-    with pytest.warns(UserWarning, match=r"cell 1: the kernel used no CPU for \d+ s without replying on the first attempt"):
+    with pytest.warns(UserWarning, match=r"cell 1: the kernel used no CPU for \d+ s without replying on the first "
+                                         r"attempt"):
         with pytest.raises(AssertionError, match="used no CPU .* twice"):
             execute_notebook(nb, env=quick_env(tmp_path))
     assert time.monotonic() - t0 < 120

@@ -54,7 +54,8 @@ def pyproject_requirements() -> dict[str, str | None]:
 
 
 # name, an optional lower bound and an optional upper bound (e.g. ipykernel>=6.25,<7)
-_CONDA_SPEC = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:>=\s*([0-9][0-9A-Za-z.]*))?\s*(?:,\s*<\s*[0-9][0-9A-Za-z.]*)?\s*$")
+_CONDA_SPEC = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:>=\s*([0-9][0-9A-Za-z.]*))?"
+                         r"\s*(?:,\s*<\s*[0-9][0-9A-Za-z.]*)?\s*$")
 
 
 def environment() -> dict:
@@ -132,7 +133,8 @@ def test_environment_yml_matches_pyproject_names_and_lower_bounds():
     expected = pyproject_requirements()
     got, _, _ = environment_requirements()
     assert sorted(got) == sorted(expected), (
-        f"only in pyproject: {sorted(set(expected) - set(got))}; only in environment.yml: {sorted(set(got) - set(expected))}"
+        f"only in pyproject: {sorted(set(expected) - set(got))}; only in environment.yml: "
+        f"{sorted(set(got) - set(expected))}"
     )
     mismatched = {n: (expected[n], got[n]) for n in expected if expected[n] != got[n]}
     assert not mismatched, f"lower bounds differ (pyproject, environment.yml): {mismatched}"

@@ -64,7 +64,8 @@ def test_pretrain_stops_at_its_time_budget_and_resumes(tiny: Path, tmp_path: Pat
     first = json.loads(provenance_path(out).read_text())["steps_done"]
     assert 1 <= first < 6 and "time budget of 1.0 min spent" in capsys.readouterr().out
     monkeypatch.setattr(pt.time, "monotonic", lambda: 0.0)
-    assert main(["pretrain", "--data", str(tiny), *ARGS, "--steps", "6", "--out", str(out), "--resume", "--overwrite"]) == 2
+    assert main(["pretrain", "--data", str(tiny), *ARGS, "--steps", "6", "--out", str(out), "--resume",
+                 "--overwrite"]) == 2
     assert main(["pretrain", "--data", str(tiny), *ARGS, "--steps", "6", "--out", str(tmp_path / "other.pt")]) == 0
     out.unlink()
     assert main(["pretrain", "--data", str(tiny), *ARGS, "--steps", "6", "--out", str(out), "--resume"]) == 0
@@ -125,13 +126,15 @@ def test_train_prints_and_records_the_recipe_its_encoder_resolves_to(weights: st
 
     if weights == "kit-made":  # a file memseg pretrain wrote: its provenance says so, the offline recipe applies
         enc = tmp_path / "enc.pt"
-        torch.save(MemSeg(MemSegConfig(input_size=(32, 32), memory_size=1, weights="random")).encoder.frozen_state_dict(), enc)
+        torch.save(MemSeg(MemSegConfig(input_size=(32, 32), memory_size=1,
+                                       weights="random")).encoder.frozen_state_dict(), enc)
         provenance_path(enc).write_text(json.dumps({"made_by": "memseg pretrain"}))
         weights, family = str(enc), "offline"
     else:
         family = "random"
     run = tmp_path / "run"
-    assert main(["train", "--data", str(tiny), "--category", "tiny", "--size", "32", "--steps", "2", "--weights", weights,
+    assert main(["train", "--data", str(tiny), "--category", "tiny", "--size", "32", "--steps", "2", "--weights",
+                 weights,
                  "--out", str(run), "--device", "cpu", "--config", str(_config(tmp_path))]) == 0
     recipe = recipe_for(family)
     out = capsys.readouterr().out

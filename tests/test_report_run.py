@@ -18,7 +18,8 @@ def report(load_benchmark):
 
 def test_run_timing_reads_the_step_log(report, tmp_path):
     log = tmp_path / "train_log.jsonl"
-    log.write_text("\n".join(json.dumps({"step": i + 1, "loss": 1.0, "seconds": s}) for i, s in enumerate([3.0, 1.0, 2.0])) + "\n")
+    log.write_text("\n".join(json.dumps({"step": i + 1, "loss": 1.0, "seconds": s})
+                             for i, s in enumerate([3.0, 1.0, 2.0])) + "\n")
     assert report.run_timing(log) == {"steps": 3, "total_s": 6.0, "median_step_s": 2.0}
     log.write_text("")
     with pytest.raises(ValueError, match="no steps"):

@@ -136,7 +136,8 @@ def test_every_anomalous_sample_has_a_mask_even_when_perlin_gives_none():
 
 def test_empty_foreground_falls_back_to_whole_image():
     black = torch.zeros(3, 3, H, W)
-    s = AnomalySimulator(SimulationConfig(foreground=ForegroundConfig(threshold=0.5)), size=(H, W), textures=random_textures())
+    s = AnomalySimulator(SimulationConfig(foreground=ForegroundConfig(threshold=0.5)), size=(H, W),
+                         textures=random_textures())
     r = s.simulate(black, gen(0), return_intermediates=True)
     assert (r.intermediates["M_I"] == 1).all()
     assert (r.masks.sum(dim=(1, 2, 3)) > 0).all()
@@ -222,7 +223,8 @@ def test_uint8_input_and_normalised_input_rejected(sim):
 
 def test_scale_exp_and_source_overrides(sim):
     images = disc_images(3)
-    r = sim.simulate(images, gen(0), scale_exp=(2, 3), source=["texture", "structure", "texture"], return_intermediates=True)
+    r = sim.simulate(images, gen(0), scale_exp=(2, 3), source=["texture", "structure", "texture"],
+                     return_intermediates=True)
     assert r.source == ["texture", "structure", "texture"]
     assert r.intermediates["scale_exp"].tolist() == [[2, 3]] * 3
     with pytest.raises(ValueError, match="source"):
@@ -357,7 +359,8 @@ def test_dilate_erode_match_max_pool_reference(size):
 
 
 def test_presets_and_category_lookup():
-    for obj in ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor", "zipper", "washer"):
+    for obj in ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor",
+                "zipper", "washer"):
         assert isinstance(FOREGROUND_PRESETS[obj], ForegroundConfig), obj
     for tex in ("carpet", "grid", "leather", "tile", "wood", "weave", "toys"):
         assert FOREGROUND_PRESETS[tex] is None
@@ -457,7 +460,8 @@ def test_cli_simulate_writes_refuses_overwrite_and_no_save(tmp_path, capsys, mon
     monkeypatch.delenv("MEMSEG_DTD", raising=False)
     monkeypatch.setenv("MEMSEG_ROOT", str(tmp_path / "project"))  # no project default DTD either
     out = tmp_path / "out"
-    args = ["simulate", "--data", str(data), "--category", "tiny", "--size", "32", "--n", "5", "--batch-size", "2", "--device", "cpu"]
+    args = ["simulate", "--data", str(data), "--category", "tiny", "--size", "32", "--n", "5", "--batch-size", "2",
+            "--device", "cpu"]
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         assert cli_main([*args, "--out", str(out), "--delta", "0.5"]) == 0

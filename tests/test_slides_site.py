@@ -70,7 +70,8 @@ def test_static_pages_replace_widgets_and_hide_code_on_slides():
     nb.cells[1].metadata["tags"] = ["exercise"]
     progress = {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_p"]}}
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {
-        "bar": progress, "p": {"model_name": "FloatProgressModel", "state": {}}, "ui": {"model_name": "VBoxModel", "state": {}}}}}
+        "bar": progress, "p": {"model_name": "FloatProgressModel", "state": {}},
+        "ui": {"model_name": "VBoxModel", "state": {}}}}}
     view = "application/vnd.jupyter.widget-view+json"
     nb.cells[0].outputs = [nbformat.v4.new_output("display_data", {view: {"model_id": "bar"}, "text/plain": "x"}),
                            nbformat.v4.new_output("display_data", {view: {"model_id": "ui"}, "text/plain": "VBox()"})]
@@ -85,13 +86,15 @@ def test_links_between_pages_are_rewritten_and_links_outside_the_site_become_tex
     site = Site(pages={"docs/cli.md": "docs/cli.html", "docs/results/a/README.md": "docs/results/a/README.html",
                        "notebooks/01_x.ipynb": "notebooks/01_x.html", "index": "index.html"},
                 assets={"docs/results/a/fig.png"})
-    body = ('<a href="../notebooks/01_x.ipynb#Step-1">n</a> <a href="results/a/">r</a> <a href="../README.md">readme</a> '
-            '<a href="https://arxiv.org/abs/2205.00908">paper</a> <a href="#top">top</a> <img src="results/a/fig.png">')
+    body = ('<a href="../notebooks/01_x.ipynb#Step-1">n</a> <a href="results/a/">r</a> <a '
+            'href="../README.md">readme</a> <a href="https://arxiv.org/abs/2205.00908">paper</a> <a '
+            'href="#top">top</a> <img src="results/a/fig.png">')
     out = site.relink(body, "docs/cli.md")
     assert '<a href="../notebooks/01_x.html#Step-1">n</a>' in out
     assert '<a href="results/a/README.html">r</a>' in out
     assert '<span class="memseg-repo-file" title="README.md in the repository">readme</span>' in out
-    assert 'href="https://arxiv.org/abs/2205.00908"' in out and 'href="#top"' in out and 'src="results/a/fig.png"' in out
+    assert ('href="https://arxiv.org/abs/2205.00908"' in out and 'href="#top"' in out
+            and 'src="results/a/fig.png"' in out)
     script = '<script>var s = \'<a href="\' + url + \'">x</a>\';</script>'  # an output's JavaScript is left alone
     assert site.relink(script + body, "docs/cli.md").startswith(script)
 
@@ -107,7 +110,8 @@ def test_an_image_from_elsewhere_in_the_repository_is_copied_into_the_site(tmp_p
 
 
 def test_a_notebook_without_an_executed_copy_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"01_anomaly_simulation.ipynb: no up-to-date executed copy in .*--no-execute"):
+    with pytest.raises(FileNotFoundError, match=r"01_anomaly_simulation.ipynb: no up-to-date executed copy in "
+                                                r".*--no-execute"):
         publish.executed_notebooks(["01_anomaly_simulation.ipynb"], tmp_path, run_missing=False, root=ROOT)
 
 
@@ -139,7 +143,8 @@ def test_an_execution_of_other_sources_is_not_reused(tmp_path):
 def vendor() -> Path:
     from test_browser import _need
 
-    _need(shutil.which("npm") is not None, "npm not found: the decks bundle reveal.js and MathJax from the npm registry")
+    _need(shutil.which("npm") is not None, "npm not found: the decks bundle reveal.js and MathJax from the npm "
+                                           "registry")
     return publish.ensure_vendor(ROOT / "build" / "vendor", log=print)
 
 
@@ -280,10 +285,12 @@ def test_site_renders_offline_with_figures_and_working_links(executed, vendor, b
     assert not broken, f"{len(broken)} links point at no file: {broken[:5]}"
     # the index links every notebook page, and following a link opens it
     browser.get(index.as_uri())
-    links = browser.execute_script("return Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))")
+    links = browser.execute_script("return Array.from(document.querySelectorAll('a[href]')).map(a => "
+                                   "a.getAttribute('href'))")
     for name in NOTEBOOKS:
         assert f"notebooks/{Path(name).stem}.html" in links, f"the index does not link {name}"
     browser.find_element("css selector", f'a[href="notebooks/{Path(NOTEBOOKS[1]).stem}.html"]').click()
-    _wait(browser, f"return location.href.endsWith('{Path(NOTEBOOKS[1]).stem}.html') && document.readyState === 'complete'",
+    _wait(browser, f"return location.href.endsWith('{Path(NOTEBOOKS[1]).stem}.html') && document.readyState === "
+                   "'complete'",
           30, "the second notebook's page")
     assert browser.find_elements("css selector", "nav.memseg-nav a")

@@ -175,7 +175,8 @@ def test_ensure_synthetic_reuses_matching_and_refuses_mismatching(tmp_path: Path
 def test_cli_synth(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from memseg.apps.cli import main
 
-    args = ["synth", "--out", str(tmp_path / "d"), "--categories", "washer", "--size", "40", "--n-train", "2", "--n-test", "1"]
+    args = ["synth", "--out", str(tmp_path / "d"), "--categories", "washer", "--size", "40", "--n-train", "2",
+            "--n-test", "1"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "washer" in out and "2 train" in out

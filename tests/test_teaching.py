@@ -181,7 +181,8 @@ def test_tire_or_falls_back_or_switches(monkeypatch):
 
 
 def test_stage_table_shapes_and_parameters():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2)))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                          nn.Sequential(nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2)))
     for p in model[0].parameters():
         p.requires_grad_(False)
     stage_list = [stages.Stage("conv + relu", ["0", "1"]), "2"]
@@ -377,7 +378,8 @@ def test_predictions_and_metrics_table(fake_dataset, tmp_path):
     model, info = quick.quick_model(s, progress=False)
     preds = training_views.predictions(info["path"], s.data_root, s.category, device="cpu", n_anomalous=2, n_normal=1)
     assert preds["images"].shape == (3, 3, 64, 64) and preds["maps"].shape == (3, 64, 64)
-    assert preds["defects"] == ["spot", "spot", "good"] and preds["masks"][:2].sum() > 0 and preds["masks"][2].sum() == 0
+    assert (preds["defects"] == ["spot", "spot", "good"]
+            and preds["masks"][:2].sum() > 0 and preds["masks"][2].sum() == 0)
     metrics = evaluate(info["path"], s.data_root, s.category, device="cpu", progress=False)
     html = training_views.metrics_table(metrics).data
     assert "all defects" in html and "spot" in html and "3 / 3" in html
@@ -387,7 +389,8 @@ def test_predictions_and_metrics_table(fake_dataset, tmp_path):
 
 def test_run_ablations_trains_each_variant(fake_dataset, tmp_path):
     s = _settings(fake_dataset, tmp_path, steps=1)
-    res = ablations.run_ablations(s, {"full": {}, "no memory": {"use_memory": False}}, steps=1, size=(64, 64), progress=False)
+    res = ablations.run_ablations(s, {"full": {}, "no memory": {"use_memory": False}}, steps=1, size=(64, 64),
+                                  progress=False)
     assert [r["variant"] for r in res] == ["full", "no memory"]
     assert all(0 <= r["pixel_auroc"] <= 1 and r["steps"] == 1 and r["size"] == "64×64" for r in res)
     cfg = yaml.safe_load((s.runs / "ablation-no_memory-widget" / "config.yaml").read_text())
@@ -441,7 +444,8 @@ def test_simulator_without_dtd_is_structure_only_and_says_so(fake_dataset, tmp_p
 
 def test_attention_maps_in_both_forms_and_their_contrast(tiny_memseg, synthetic_root):
     image = torch.rand(3, 64, 64)
-    cal, lit = attention.attention_maps(tiny_memseg, image), attention.attention_maps(tiny_memseg, image, attention="literal")
+    cal = attention.attention_maps(tiny_memseg, image)
+    lit = attention.attention_maps(tiny_memseg, image, attention="literal")
     assert lit["attention"] == "literal" and np.array_equal(cal["DI1"], lit["DI1"])
     assert np.allclose(lit["M3"], lit["DI3"], atol=1e-6)  # literal eq. (5)
     assert np.median(lit["M1"]) < 0.1 * np.median(cal["M1"])  # random features: the literal products vanish

@@ -214,7 +214,8 @@ def test_fresh_run_refuses_existing_checkpoints(tiny_setup):
     cfg = _cfg(tmp_path, "run", steps=2, checkpoint_every=5, val_fraction=0.0)
     first = train(cfg, progress=False)
     stamps = {p: p.stat().st_mtime_ns for p in (first.checkpoint, first.last)}
-    with pytest.raises(ValueError, match=r"already has checkpoints \(checkpoints/last\.pt\); pass --resume \(resume=True\) "
+    with pytest.raises(ValueError, match=r"already has checkpoints \(checkpoints/last\.pt\); pass --resume "
+                                         r"\(resume=True\) "
                                          r"to continue it, --overwrite \(overwrite=True\) to start over"):
         train(_cfg(tmp_path, "run", steps=2, checkpoint_every=5, val_fraction=0.0), progress=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
@@ -238,10 +239,11 @@ def test_non_empty_folder_without_checkpoints_is_refused_and_overwrite_names_wha
     run.mkdir()
     for name, text in (("config.yaml", "steps: 99\n"), ("train_log.jsonl", '{"step": 1}\n'), ("notes.txt", "mine\n")):
         (run / name).write_text(text)
-    with pytest.raises(ValueError, match=r"run folder .*/run is not empty \(config.yaml, notes.txt, train_log.jsonl\) and "
-                                         r"has no checkpoint to resume; pass --overwrite \(overwrite=True\)"):
+    with pytest.raises(ValueError, match=r"run folder .*/run is not empty \(config.yaml, notes.txt, train_log.jsonl\) "
+                                         r"and has no checkpoint to resume; pass --overwrite \(overwrite=True\)"):
         train(_cfg(tmp_path, "run", steps=1, val_fraction=0.0), progress=False)
-    assert (run / "config.yaml").read_text() == "steps: 99\n" and (run / "train_log.jsonl").read_text() == '{"step": 1}\n'
+    assert ((run / "config.yaml").read_text() == "steps: 99\n"
+            and (run / "train_log.jsonl").read_text() == '{"step": 1}\n')
     notes: list[str] = []
     res = train(_cfg(tmp_path, "run", steps=1, val_fraction=0.0), progress=False, overwrite=True, log=notes.append)
     notes = _without_recipe(notes)
@@ -291,7 +293,8 @@ def test_cli_refuses_a_non_empty_folder_and_overwrite_says_what_it_removes(tiny_
     assert cli_main(_train_args(tiny_setup, run, "--steps", "1", "--overwrite")) == 0
     out = capsys.readouterr().out
     assert f"overwrite: removing the previous run's files in {run}: train_log.csv" in out
-    assert f"final model: {run / 'final.pt'}" in out and f"resumable checkpoint: {run / 'checkpoints' / 'last.pt'}" in out
+    assert f"final model: {run / 'final.pt'}" in out and ("resumable checkpoint: "
+                                                          f"{run / 'checkpoints' / 'last.pt'}") in out
     assert is_slim(read_checkpoint(run / "final.pt")) and read_checkpoint(run / "checkpoints" / "last.pt")["step"] == 1
 
 
@@ -306,7 +309,8 @@ def test_cli_says_which_textures_the_run_uses(tiny_setup, capsys, monkeypatch):
     monkeypatch.setenv("MEMSEG_ROOT", str(tiny_setup / "project"))
     args = _train_args(tiny_setup, tiny_setup / "b", "--steps", "1")
     cfg_file = Path(args[args.index("--config") + 1])
-    cfg_file.write_text("\n".join(line for line in cfg_file.read_text().splitlines() if not line.startswith("dtd_root")))
+    cfg_file.write_text("\n".join(line for line in cfg_file.read_text().splitlines()
+                                  if not line.startswith("dtd_root")))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         assert cli_main(args) == 0
@@ -327,7 +331,8 @@ def test_cli_config_errors_name_the_flag_or_the_file(tmp_path, capsys, flags, ya
     """A bad value is blamed on where it came from: the flag, or the --config file."""
     config = tmp_path / "run.yaml"
     config.write_text(yaml_text or "seed: 1\n")
-    args = ["train", "--data", str(tmp_path), "--category", "x", "--out", str(tmp_path / "r"), "--config", str(config), *flags]
+    args = ["train", "--data", str(tmp_path), "--category", "x", "--out", str(tmp_path / "r"), "--config", str(config),
+            *flags]
     assert cli_main(args) == 2
     assert capsys.readouterr().err.strip() == expected.format(config=config)
 
@@ -381,7 +386,8 @@ def test_interrupt_saves_the_completed_step_and_resume_is_bit_identical(tiny_set
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # restored
     last = tmp_path / "stopped" / "checkpoints" / "last.pt"
     assert read_checkpoint(last)["step"] == 4 and not (tmp_path / "stopped" / "final.pt").exists()
-    assert _without_recipe(notes) == [f"interrupted: saved {last} at step 4 of 6; continue with resume=True and the same config (out)"]
+    assert _without_recipe(notes) == [f"interrupted: saved {last} at step 4 of 6; continue with resume=True and the "
+                                      "same config (out)"]
     assert [r["step"] for r in _read_jsonl(tmp_path / "stopped" / "train_log.jsonl")] == [1, 2, 3, 4]
     monkeypatch.undo()
     res = train(_cfg(tmp_path, "stopped", checkpoint_every=1000), progress=False, resume=True)
@@ -411,7 +417,8 @@ def test_demo_prepare_resumes_an_interrupted_run_and_keeps_only_final_pt(tiny_se
     from memseg.apps import demo
 
     settings = demo.DemoSettings(data=tiny_setup / "data", category="tiny", runs=tiny_setup / "runs", device="cpu",
-                                 dtd=tiny_setup / "dtd", size=64, steps=4, batch_size=4, memory_size=2, weights="random",
+                                 dtd=tiny_setup / "dtd", size=64, steps=4, batch_size=4, memory_size=2,
+                                 weights="random",
                                  extra_train={"val_fraction": 0.0})
     cfg = demo._train_config(settings, demo.demo_checkpoint_path(settings).parent)
 
@@ -501,8 +508,8 @@ def test_short_memseg_training_beats_chance_on_real_test_defects(tmp_path):
     pixel AUROC: color 0.930, hole 0.996, scratch 0.872, stain 0.933); on its validation split the stored
     threshold through Predictor gave recall 1.00 / specificity 0.25, and 0.09 % of anomalous test pixels
     sat at the largest p (1.000). With the earlier defaults (literal attention, paper head): 0.971 / 0.944
-    / 0.857; with AdamW lr 1e-3 instead: 0.960 / 1.000. Without texture sources (structure-only) the same run stays below chance
-    (pixel AUROC ~0.40), which is why the procedural textures are part of the setting.
+    / 0.857; with AdamW lr 1e-3 instead: 0.960 / 1.000. Without texture sources (structure-only) the same run stays
+    below chance (pixel AUROC ~0.40), which is why the procedural textures are part of the setting.
     """
     from memseg.data.synthetic import generate
     from memseg.engine.evaluation import evaluate
@@ -515,8 +522,9 @@ def test_short_memseg_training_beats_chance_on_real_test_defects(tmp_path):
     result = train(cfg, progress=False)
     metrics = evaluate(result.checkpoint, root, "weave", progress=False, device="cpu")
     o = metrics["overall"]
-    print(f"\nshort MemSeg run on synthetic weave: pixel AUROC {o['pixel_auroc']:.3f}, image AUROC {o['image_auroc']:.3f}, "
-          f"AUPRO {o['aupro']:.3f}; per defect: " + ", ".join(f"{k} {v['pixel_auroc']:.3f}" for k, v in metrics["per_defect"].items()))
+    print(f"\nshort MemSeg run on synthetic weave: pixel AUROC {o['pixel_auroc']:.3f}, image AUROC "
+          f"{o['image_auroc']:.3f}, AUPRO {o['aupro']:.3f}; per defect: "
+          + ", ".join(f"{k} {v['pixel_auroc']:.3f}" for k, v in metrics["per_defect"].items()))
     assert o["pixel_auroc"] >= SLOW_MIN_PIXEL_AUROC
     assert o["image_auroc"] >= SLOW_MIN_IMAGE_AUROC
     _stored_threshold_separates_the_validation_split(cfg, result)
@@ -534,7 +542,8 @@ def _validation_split_through_predictor(cfg: TrainConfig, result):
 
     predictor = Predictor.from_checkpoint(result.checkpoint, device="cpu", backend="torch")
     default = Predictor.from_checkpoint(result.checkpoint, device="cpu")
-    assert predictor.threshold_source == "validation split" and predictor.threshold == result.threshold == default.threshold
+    assert (predictor.threshold_source == "validation split"
+            and predictor.threshold == result.threshold == default.threshold)
     splits = read_checkpoint(result.checkpoint)["extra"]["splits"]
     images = load_split(cfg.data, cfg.category, split="train", size=cfg.input_size).load_images(progress=False)
     simulator = AnomalySimulator(SimulationConfig(**cfg.simulation), dtd_root=cfg.dtd_root, size=cfg.input_size,
@@ -578,7 +587,8 @@ def _no_probability_ceiling(checkpoint: Path, root: Path, category: str) -> None
     from memseg.engine.scoring import collect_predictions
 
     model, _ = load_checkpoint(checkpoint, device="cpu")
-    preds = collect_predictions(model, load_split(root, category, split="test", size=SLOW_SIZE), device="cpu", progress=False)
+    preds = collect_predictions(model, load_split(root, category, split="test", size=SLOW_SIZE), device="cpu",
+                                progress=False)
     anomalous = preds.masks.astype(bool)
     share = float((preds.maps[anomalous] >= preds.maps.max()).mean())
     print(f"largest p {preds.maps.max():.4f}; anomalous pixels at it: {100 * share:.2f} %")
