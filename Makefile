@@ -10,11 +10,12 @@ PORT   ?= 8866
 HOST   ?= 127.0.0.1
 PYTEST_ARGS ?=
 
-.PHONY: setup demo lab test test-fast bench browser-deps slides docs clean help
+.PHONY: setup demo lab test test-fast lint bench browser-deps slides docs clean help
 
 help:
 	@echo "make demo   - set up, build the synthetic dataset, train a quick model if none is cached, serve the Voila dashboard"
-	@echo "make test   - set up and run the whole test suite (unit, integration, notebooks, browser)"
+	@echo "make test   - set up, lint, and run the whole test suite (unit, integration, notebooks, browser)"
+	@echo "make lint   - ruff with the rule set in pyproject.toml (pyflakes, import order, lines <= 120); make test runs it"
 	@echo "make lab    - JupyterLab on notebooks/"
 	@echo "make slides - the notebooks as reveal.js slide decks that work offline, in build/slides (needs npm)"
 	@echo "make docs   - a static site of the executed notebooks and the docs/ pages, in build/site (needs npm)"
@@ -41,11 +42,15 @@ browser-deps:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
 	else echo "browser tests need Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver"; fi
 
+# ruff's rules live in pyproject.toml ([tool.ruff]): pyflakes, import order and 120 columns, notebooks included.
+lint: setup
+	$(BIN)/ruff check .
+
 # -v names each test as it starts (a stall shows which one); --durations lists the slowest at the end.
-test: setup browser-deps
+test: setup browser-deps lint
 	$(BIN)/python -m pytest tests -v --durations=25 $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: setup lint
 	$(BIN)/python -m pytest tests -m "not slow and not browser and not notebook" $(PYTEST_ARGS)
 
 bench: setup
