@@ -606,6 +606,10 @@ def test_a_category_preset_sets_model_options_that_model_options_override():
 
     tire = TrainConfig(data="d", category="tire", size=64)
     assert model_config_for(tire)["attention"] == "literal"  # pose-varying tyre: eq. (5)-(7) as written
+    assert model_config_for(tire)["train_encoder"] is True  # blocks 1-3 train with the rest on tire
+    assert model_config_for(TrainConfig(data="d", category="tire", size=64,
+                                        model_options={"train_encoder": False}))["train_encoder"] is False
+    assert "train_encoder" not in model_config_for(TrainConfig(data="d", category="washer", size=64))
     assert model_config_for(TrainConfig(data="d", category="tire", size=64,
                                         model_options={"attention": "calibrated"}))["attention"] == "calibrated"
     assert "attention" not in model_config_for(TrainConfig(data="d", category="washer", size=64))
