@@ -456,3 +456,22 @@ def test_attention_maps_in_both_forms_and_their_contrast(tiny_memseg, synthetic_
     rows = attention.attention_contrast(tiny_memseg, test, anomalous)
     assert rows and all(r["M1 elsewhere"] > 0 and np.isfinite(r["M1 ratio"]) for r in rows)
     assert {"image", "DI1 ratio", "M1 ratio"} <= set(rows[0])
+
+
+def test_the_fig8_figure_plots_the_mean_over_seeds_per_memory_size(tmp_path):
+    """Notebook 02's Fig. 8 only plots committed results: one point per N, at the mean over the seeds."""
+    import json
+
+    from memseg.notebook.ablations import memory_size_figure
+
+    rows = [{"category": "washer", "memory_size": n, "seed": s, "steps": 300, "size": 128,
+             "image_auroc": 0.5 + 0.01 * n + 0.02 * s, "pixel_auroc": 0.9, "aupro": 0.7}
+            for n in (1, 15) for s in (0, 1)]
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    fig = memory_size_figure(tmp_path)
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == [1, 15]
+    image_line = ax.get_lines()[0]
+    assert list(image_line.get_ydata()) == pytest.approx([100 * (0.51 + 0.01), 100 * (0.65 + 0.01)])
+    with pytest.raises(FileNotFoundError, match="benchmarks/memory_size.py"):
+        memory_size_figure(tmp_path / "missing")

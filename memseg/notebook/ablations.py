@@ -106,18 +106,22 @@ def summarise_runs(rows: Sequence[dict], metrics: Sequence[str],
     return out
 
 
+def committed_results(results: str | Path | None, default: str, script: str) -> list[dict]:
+    """The rows of a committed ``results.json`` (a folder or the file; default: ``default`` under the project)."""
+    path = Path(results) if results is not None else project_root() / default
+    path = path / "results.json" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"no results at {path}; write them with benchmarks/{script} --out {path.parent}")
+    return json.loads(path.read_text())
+
+
 def measured_ablations(results: str | Path | None = None) -> list[dict]:
     """The committed multi-seed ablation as rows of mean ± std (%) per category and variant.
 
     Reads ``<results>/results.json`` written by ``benchmarks/ablation.py`` (default
     :data:`ABLATION_RESULTS` under the project folder).
     """
-    path = Path(results) if results is not None else project_root() / ABLATION_RESULTS
-    path = path / "results.json" if path.is_dir() else path
-    if not path.is_file():
-        raise FileNotFoundError(f"no ablation results at {path}; write them with benchmarks/ablation.py --out "
-                                f"{path.parent}")
-    rows = json.loads(path.read_text())
+    rows = committed_results(results, ABLATION_RESULTS, "ablation.py")
     first = ["full", "literal eq. (5)-(7)", "attention off", "memory off"]
     rows.sort(key=lambda r: (r["category"], first.index(r["variant"]) if r["variant"] in first else len(first),
                              r["variant"]))
@@ -146,12 +150,7 @@ def memory_size_figure(results: str | Path | None = None, title: str | None = No
     """
     import matplotlib.pyplot as plt
 
-    path = Path(results) if results is not None else project_root() / MEMORY_SIZE_RESULTS
-    path = path / "results.json" if path.is_dir() else path
-    if not path.is_file():
-        raise FileNotFoundError(f"no memory-size results at {path}; write them with benchmarks/memory_size.py --out "
-                                f"{path.parent}")
-    rows = json.loads(path.read_text())
+    rows = committed_results(results, MEMORY_SIZE_RESULTS, "memory_size.py")
     categories = sorted({r["category"] for r in rows})
     fig, axes = plt.subplots(1, len(categories), figsize=(7 * len(categories), 5), layout="constrained", squeeze=False)
     for ax, category in zip(axes[0], categories):
