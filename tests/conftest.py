@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from cpu_share import ThreadShare
 
 # Tests stay offline and deterministic: weights="auto" (the default) never asks the hub here, so it
 # resolves to the kit's shipped offline encoder (weights/) unless ImageNet weights are already in the local cache.
@@ -111,6 +112,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+_THREADS = ThreadShare()
+
+
+def pytest_configure(config) -> None:
+    """Torch's own thread count, read before any test or fixture changes it (the most the share gives)."""
+    import torch
+
+    _THREADS.most = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _threads_for_a_shared_machine():
+    """As many torch threads as the cores other processes leave free (``tests/cpu_share.py``): on a busy machine an
+    oversubscribed training test runs 2x slower, on an idle one nothing changes."""
+    _THREADS.apply()
+    yield
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
