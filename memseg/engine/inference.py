@@ -13,7 +13,7 @@ Large images: the model only ever sees its input size (128-256 px), so images ab
 :data:`memseg.data.io.DECODE_MAX_PIXELS` (4 Mpx) are decoded downscaled (JPEG draft mode, then a
 resize; same aspect ratio) and their anomaly map comes back at that bounded size instead of the
 original one (e.g. 2309 x 1732 for an 8000 x 6000 photo). Memory then stays bounded: through
-``memseg predict`` a 48 Mpx JPEG or PNG peaks about 110 MB above a tiny image (it was 2 GB), a
+``memseg predict`` a 48 Mpx JPEG or PNG peaks about 110 MB above a tiny image, a
 100 Mpx RGBA PNG about 700 MB. ``memseg predict`` refuses files above ``--max-pixels`` (default
 :data:`memseg.data.io.MAX_IMAGE_PIXELS`, 100 Mpx).
 """

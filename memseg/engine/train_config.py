@@ -209,9 +209,6 @@ class TrainConfig(ConfigBase):
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / f"{self.category}-{self.model}"
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 

@@ -291,8 +291,6 @@ class MemSeg(AnomalyModel):
                 lst.append(f.float().contiguous())
         self.memory.fill([torch.cat(lst) for lst in feats])
 
-    build_memory = prepare
-
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, return_intermediates: bool = False) -> torch.Tensor | dict[str, Any]:
         """x (B,3,H,W) normalised -> logits (B,2,H,W), or a dict of intermediates.
