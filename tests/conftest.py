@@ -12,6 +12,17 @@
   ``SYNTHETIC_N_TEST`` = 3 test images per defect type plus 3 test/good, seed 0, MVTec AD layout
   (``<root>/<category>/{train/good, test/<defect>, ground_truth/<defect>/NNN_mask.png, dataset.json}``).
   Treat it as read-only (it is shared by the whole session); copy it to ``tmp_path`` to modify.
+- ``tiny_dataset`` (function): ``tiny_dataset(**kw)`` -> a fresh root holding
+  :func:`tiny_data.make_tiny_dataset`'s fake MVTec AD category (default ``tiny``: 40x48 HxW, 12 train/good,
+  3 test/good, 3 test/spot with masks; ``kw`` as that function's) in a new tmp dir per call.
+- ``tiny_model`` (session): ``tiny_model(name="memseg", size=64, memory_size=2, seed=0, **options)`` -> a NEW tiny
+  model of any registered name (:func:`tiny_data.make_tiny_model`): eval mode, random weights seeded ``seed``, the
+  config's CPU options (``quick_options``) narrowed by ``tiny_data.TINY_OPTIONS``, a memory bank filled from
+  ``memory_size`` random images. Each call builds a new model (modify it freely).
+- ``tiny_batch`` (session): ``tiny_batch(b=2, size=64, seed=0, n_normal=1)`` -> normalised ``(inputs, masks,
+  clean)`` as the training loop feeds ``compute_loss``: the first ``n_normal`` images clean, the others with a
+  simulated anomaly (a noise rectangle) marked in their (B, 1, H, W) {0, 1} masks.
+- ``one_thread`` (module): one torch thread for the module's tests, the previous count restored afterwards.
 - ``MEMSEG_CACHE_DIR`` is a temporary folder for the session (the cached ONNX exports of
   ``Predictor``'s default CPU route), removed at exit.
 - ``load_benchmark`` (session): ``load_benchmark("run")`` imports ``benchmarks/run.py`` as a module
@@ -28,6 +39,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import tiny_data
 from cpu_share import ThreadShare
 
 # Tests stay offline and deterministic: weights="auto" (the default) never asks the hub here, so it
@@ -100,6 +112,28 @@ def load_benchmark(project_root: Path):
         return module
 
     return load
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory):
+    """``tiny_dataset(**kw)`` -> the root of a new :func:`tiny_data.make_tiny_dataset` (one tmp dir per call)."""
+
+    def make(**kw) -> Path:
+        return tiny_data.make_tiny_dataset(tmp_path_factory.mktemp("tiny-data") / "data", **kw)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """``tiny_model(name="memseg", ...)`` -> a new tiny model of any registered name (``tiny_data.make_tiny_model``)."""
+    return tiny_data.make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_batch():
+    """``tiny_batch(b=2, size=64, seed=0, n_normal=1)`` -> normalised (inputs, masks, clean) (``tiny_data``)."""
+    return tiny_data.tiny_batch
 
 
 @pytest.fixture(scope="module")

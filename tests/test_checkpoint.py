@@ -20,17 +20,10 @@ from memseg.models import build_model
 from memseg.utils import normalize
 
 
-def _tiny_memseg(seed: int = 0, size: int = 64, memory_size: int = 2):
-    torch.manual_seed(seed)
-    model = build_model("memseg", {"input_size": (size, size), "memory_size": memory_size, "weights": "random"})
-    g = torch.Generator().manual_seed(seed)
-    model.prepare(normalize(torch.rand(memory_size, 3, size, size, generator=g)))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def tiny_model():
-    return _tiny_memseg()
+def tiny_model(tiny_model):
+    """This module's model: the shared factory's (conftest) 64 px MemSeg, memory bank of 2 random images."""
+    return tiny_model("memseg")
 
 
 def test_round_trip_restores_weights_memory_and_metadata(tmp_path, tiny_model):

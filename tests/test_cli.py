@@ -136,17 +136,11 @@ def test_bad_inputs_to_train_and_evaluate_exit_2(synthetic_root, tmp_path, capsy
 
 # ------------------------------------------------------------------------------- hardening (issue 12)
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
+def tiny_checkpoint(tmp_path_factory, tiny_model) -> Path:
     """An untrained 64 px MemSeg checkpoint (memory bank of 2 random images, threshold 0.25)."""
-    import torch
-
     from memseg.engine.checkpoint import save_checkpoint
-    from memseg.models import build_model
-    from memseg.utils import normalize
 
-    torch.manual_seed(0)
-    model = build_model("memseg", {"input_size": (64, 64), "memory_size": 2, "weights": "random"})
-    model.prepare(normalize(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))))
+    model = tiny_model("memseg")
     return save_checkpoint(tmp_path_factory.mktemp("ck") / "ck.pt", model, config={"category": CATEGORY},
                            threshold=0.25)
 

@@ -15,8 +15,6 @@ from memseg.data import ImageLoadError, load_split
 from memseg.engine.checkpoint import save_checkpoint
 from memseg.engine.inference import DEFAULT_THRESHOLD, EXPORT_WORTH_IMAGES, Prediction, Predictor
 from memseg.engine.scoring import collect_predictions
-from memseg.models import build_model
-from memseg.utils import normalize
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,11 +32,9 @@ def onnx_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tmp_path_factory, tiny_model):
     d = tmp_path_factory.mktemp("inf")
-    torch.manual_seed(0)
-    model = build_model("memseg", {"input_size": (64, 64), "memory_size": 2, "weights": "random"})
-    model.prepare(normalize(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))))
+    model = tiny_model("memseg")  # 64 px, memory bank of 2 random images
     cfg = {"category": "tiny", "top_k": 100, "size": 64}
     with_thr = save_checkpoint(d / "with_thr.pt", model, config=cfg, step=5, threshold=0.25)
     without = save_checkpoint(d / "no_thr.pt", model, config=cfg, step=5)
