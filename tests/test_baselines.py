@@ -81,7 +81,7 @@ def test_draem_shapes_and_ranges():
 
 def test_draem_default_is_paper_width_and_small_is_small():
     assert DRAEMConfig().base_width == 128 and DRAEMConfig().disc_base_width == 64
-    small = DRAEMConfig.small()
+    small = DRAEMConfig(**DRAEMConfig.quick_options())
     assert small.base_width < 128 and small.disc_base_width < 64
     n_small = sum(p.numel() for p in DRAEM(small).parameters())
     assert n_small < 5_000_000
@@ -153,8 +153,8 @@ def test_draem_texture_only_overrides_apply_to_the_simulator(tmp_path):
         arr = (torch.rand(48, 48, 3, generator=g) * 255).to(torch.uint8).numpy()
         Image.fromarray(arr).save(dtd / f"banded_{i:04d}.jpg")
     base = sim_mod.SimulationConfig()
-    cfg = dataclasses.replace(base, **DRAEM(DRAEMConfig.small(input_size=(H, W),
-                                                              simulation_source="texture")).simulation_overrides())
+    quick = {**DRAEMConfig.quick_options(), "input_size": (H, W), "simulation_source": "texture"}
+    cfg = dataclasses.replace(base, **DRAEM(DRAEMConfig(**quick)).simulation_overrides())
     simulator = sim_mod.AnomalySimulator(cfg, dtd_root=tmp_path / "dtd", size=(H, W))
     res = simulator.simulate(torch.rand(6, 3, H, W), generator=torch.Generator().manual_seed(3))
     assert res.source == ["texture"] * 6
@@ -267,7 +267,7 @@ def test_mmr_learns_to_reconstruct_teacher_features():
 def test_mmr_config_validation_and_defaults():
     default = MMRConfig()
     assert (default.embed_dim, default.depth, default.num_heads, default.patch_size) == (768, 12, 12, 16)
-    small = MMRConfig.small()
+    small = MMRConfig(**MMRConfig.quick_options())
     assert (small.embed_dim, small.depth, small.num_heads, small.patch_size) == (192, 4, 3, 16)
     assert default.mask_ratio == pytest.approx(0.4)
     with pytest.raises(ValueError, match="multiples of 16"):

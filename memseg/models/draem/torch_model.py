@@ -38,7 +38,7 @@ SIMULATION_SOURCES = ("memseg", "texture", "structure")
 
 @dataclass
 class DRAEMConfig(ConfigBase):
-    """DRAEM hyper-parameters. Defaults follow the paper (GPU); :meth:`small` trains in minutes on CPU.
+    """DRAEM hyper-parameters. Defaults follow the paper (GPU); :meth:`quick_options` trains in minutes on CPU.
 
     - ``input_size``: (H, W), both multiples of 32 (the discriminative U-Net pools 5 times).
     - ``base_width``: reconstructive sub-network width (paper: 128; channels 1x,2x,4x,8x).
@@ -83,11 +83,6 @@ class DRAEMConfig(ConfigBase):
         """Suggested :class:`memseg.engine.training.TrainConfig` fields: DRAEM trains with Adam, lr 1e-4
         (paper); the quick configuration learns faster with lr 1e-3 over its few steps."""
         return {"optimizer": "adamw", "lr": 1e-3 if quick else 1e-4, "weight_decay": 0.0}
-
-    @classmethod
-    def small(cls, **overrides: Any) -> "DRAEMConfig":
-        """Quick-mode configuration (:meth:`quick_options`) that trains in minutes on CPU."""
-        return cls(**{**cls.quick_options(), **overrides})
 
 
 

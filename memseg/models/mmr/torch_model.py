@@ -36,7 +36,7 @@ from memseg.models.base import AnomalyModel
 
 @dataclass
 class MMRConfig(ConfigBase):
-    """MMR hyper-parameters. Defaults: ViT-B-like student for GPU; :meth:`small` trains in minutes on CPU.
+    """MMR hyper-parameters. Defaults: ViT-B-like student for GPU; :meth:`quick_options` trains in minutes on CPU.
 
     - ``input_size``: (H, W), multiples of ``patch_size`` and of 16 (teacher block 3 stride).
     - ``weights``: teacher (ResNet-18) initialisation, named as for MemSeg's encoder ("imagenet", "timm:<tag>",
@@ -85,11 +85,6 @@ class MMRConfig(ConfigBase):
         """Suggested :class:`memseg.engine.training.TrainConfig` fields: AdamW with weight decay 0.05 as in MMR;
         lr 1e-4 for the ViT-B-like default, 1e-3 for the tiny quick student."""
         return {"optimizer": "adamw", "lr": 1e-3 if quick else 1e-4, "weight_decay": 0.05}
-
-    @classmethod
-    def small(cls, **overrides: Any) -> "MMRConfig":
-        """Quick-mode configuration (:meth:`quick_options`) that trains in minutes on CPU."""
-        return cls(**{**cls.quick_options(), **overrides})
 
 
 
