@@ -6,22 +6,19 @@ import math
 
 import pytest
 import torch
+from tiny_data import make_tiny_model
 
 from memseg.engine.backends import InferenceBackend, TorchBackend, as_backend
 from memseg.engine.checkpoint import load_checkpoint, migrate_checkpoint, read_checkpoint, save_checkpoint
 from memseg.engine.checkpoint_record import CheckpointRecord
 from memseg.engine.export import exportable, exported_distances
 from memseg.engine.train_config import TrainConfig
-from memseg.models import build_model
 from memseg.utils import normalize
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = build_model("memseg", {"input_size": (64, 64), "memory_size": 3, "weights": "random"}).eval()
-    m.prepare(normalize(torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))))
-    return m
+    return make_tiny_model("memseg", memory_size=3)  # the shared tiny MemSeg (tests/tiny_data.py)
 
 
 def test_a_torch_model_is_an_inference_backend(model):

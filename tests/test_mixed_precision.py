@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tiny_data import make_tiny_model
 
 from memseg.engine import mixed_precision
 from memseg.engine.backends import InferenceBackend
@@ -34,10 +35,7 @@ def export_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = build_model("memseg", {"input_size": (64, 64), "memory_size": 3, "weights": "random"}).eval()
-    m.prepare(normalize(torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))))
-    return m
+    return make_tiny_model("memseg", memory_size=3)  # the shared tiny MemSeg (tests/tiny_data.py)
 
 
 @pytest.fixture(scope="module")
