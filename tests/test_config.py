@@ -348,3 +348,15 @@ def test_options_valid_together_are_not_refused_one_by_one() -> None:
     with pytest.raises(OptionError) as info:
         check_mapping(cls, {"embed_dim": 32, "num_heads": 2, "mask_ratio": 1.5}, "model_options")
     assert info.value.key == "model_options.mask_ratio"
+
+
+def test_one_channels_last_option_and_old_runs_still_resume():
+    """The memory format is the model's (model_options.channels_last); a run stored with the retired
+    TrainConfig.channels_last still reads, a new config naming it is refused with the valid keys."""
+    from memseg.engine.train_config import stored_config
+
+    assert "channels_last" not in {f.name for f in dataclasses.fields(TrainConfig)}
+    old = {**TrainConfig(data="d", category="c").to_dict(), "channels_last": False}
+    assert TrainConfig.from_dict(stored_config(old)) == TrainConfig(data="d", category="c")
+    with pytest.raises(ValueError, match="channels_last"):
+        TrainConfig.from_dict({"data": "d", "category": "c", "channels_last": True})

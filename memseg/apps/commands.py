@@ -32,7 +32,7 @@ from memseg.engine.config_sources import SET_FLAG, ConfigSources, parse_assignme
 from memseg.engine.evaluation import METRICS_JSON, METRICS_MD, evaluate, f1_baseline, pct
 from memseg.engine.export import OPSET, export_onnx
 from memseg.engine.run_folder import CHECKPOINT_DIR, LAST_CHECKPOINT, LOG_CSV, LOG_JSONL, check_run_dir_path
-from memseg.engine.train_config import TrainConfig
+from memseg.engine.train_config import TrainConfig, stored_config
 from memseg.engine.training import str_or_none, train
 from memseg.paths import locate_dtd
 from memseg.simulation import NO_DTD_WARNING, SOURCES, AnomalySimulator, SimulationResult
@@ -222,7 +222,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ckpt = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
         if not ckpt.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} (start a fresh run without --resume)")
-        stored = dict(read_checkpoint(ckpt).get("config", {}))
+        stored = stored_config(read_checkpoint(ckpt).get("config", {}))
         stored.pop("device", None)
         sources.add(stored, str(ckpt), check_keys=False)
     if args.config:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,24 @@ CATEGORY_MODEL_OPTIONS: dict[str, dict[str, dict]] = {
 """Per model, the ``model_options`` a category's preset sets unless ``model_options`` says otherwise."""
 
 
+RETIRED_KEYS = ("channels_last",)
+"""TrainConfig keys of older runs, dropped when their stored config is read (the memory format is the model's
+``model_options.channels_last``)."""
+
+
+def stored_config(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's stored TrainConfig dict as today's schema reads it (:data:`RETIRED_KEYS` dropped).
+
+    Examples:
+        >>> stored_config({"steps": 10, "channels_last": False})
+        {'steps': 10}
+    """
+    return {k: v for k, v in stored.items() if k not in RETIRED_KEYS}
+
+
 # Fields that may differ between the stored config and the one given to ``--resume``.
 _RESUME_MUTABLE = {"steps", "device", "out", "data", "dtd_root", "log_every", "checkpoint_every", "checkpoint_minutes",
-                   "amp", "channels_last"}
+                   "amp"}
 
 
 class ConfigValueError(ValueError):
@@ -89,8 +105,6 @@ class TrainConfig(ConfigBase):
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    # force channels_last for any model (MemSeg already defaults to it: model_options.channels_last)
-    channels_last: bool = False
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
     dtd_root: str | None = None  # DTD root (images/<category>/*.jpg); None -> structure-only simulation
     out: str | None = None  # run folder; default runs/<category>-<model>
@@ -219,7 +233,7 @@ def model_config_for(cfg: TrainConfig) -> dict:
 
     Examples:
         >>> model_config_for(TrainConfig(category="tire", size=64))
-        {'input_size': (64, 64), 'attention': 'literal'}
+        {'input_size': (64, 64), 'attention': 'literal', 'train_encoder': True}
     """
     preset = CATEGORY_MODEL_OPTIONS.get(cfg.model, {}).get(cfg.category, {})
     return {"input_size": cfg.input_size, **preset, **cfg.model_options}

@@ -213,8 +213,6 @@ def _build_model(cfg: TrainConfig, stored: dict | None, cache: torch.Tensor, dev
         model = build_model(stored["model_name"], stored["model_config"], init_weights=False)
     splits = split_indices(cache.shape[0], cfg, model.memory_size) if stored is None else stored["extra"]["splits"]
     model.to(device)
-    if cfg.channels_last:
-        model.set_channels_last(True)
     if model.memory_size:
         # Memory bank from N train images, no simulation (paper §3.2). On resume the stored bank
         # replaces it; building it anyway keeps lazily registered buffers loadable.
@@ -385,6 +383,7 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {cfg.model}/{cfg.category}",
                dynamic_ncols=True)
     done: int | None = start  # the last step whose update is complete; None while a step is under way
+    channels_last = bool(getattr(model.config, "channels_last", False))  # the model's memory format, for its inputs
     last_save = _now()
     try:
         with stop_after_step() as stop:
@@ -392,7 +391,7 @@ def _train_held(cfg: TrainConfig, progress: bool, callback: Callable[[int, dict]
                 done = None  # from here until the step's log line is written, the state is half a step
                 t0 = time.perf_counter()
                 idx = train_idx[torch.randint(len(train_idx), (bn + ba,), generator=gen, device=device)]
-                x, masks, c = _step_batch(cache[idx], bn, simulator, gen, cfg.channels_last)
+                x, masks, c = _step_batch(cache[idx], bn, simulator, gen, channels_last)
                 with _autocast(device, cfg.amp):
                     loss, parts = model.compute_loss(x, masks, c)  # eq. (8)-(10) for MemSeg
                 optimizer.zero_grad(set_to_none=True)
