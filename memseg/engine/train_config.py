@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from memseg.config import ConfigBase, as_size, read_yaml_mapping
-from memseg.config_schema import OptionError, check_mapping
+from memseg.config_schema import OptionError, check_mapping, deep_merge
 
 MODEL_NAMES = ("memseg", "draem", "mmr")
 
@@ -240,16 +240,8 @@ def model_config_for(cfg: TrainConfig) -> dict:
 
 
 def merge_overrides(values: dict, overrides: dict) -> dict:
-    """``values`` with every non-None override applied; ``model_options`` dicts are merged key by key."""
-    out = dict(values)
-    for key, val in overrides.items():
-        if val is None:
-            continue
-        if key in ("model_options", "simulation") and isinstance(val, dict):
-            out[key] = {**(out.get(key) or {}), **val}
-        else:
-            out[key] = val
-    return out
+    """``values`` with every non-None override laid on top, sections merged key by key (:func:`deep_merge`)."""
+    return deep_merge(values, {key: val for key, val in overrides.items() if val is not None})
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
