@@ -53,6 +53,18 @@ VARIANTS: dict[str, dict] = {
     "literal, tyre foreground, blocks 1-3 train too": {
         **FULL, "attention": "literal", "train_encoder": True, "simulation": {"foreground": dataclasses.asdict(TIRE)}
     },
+    "tire preset, memory off": {
+        **FULL, "attention": "literal", "train_encoder": True, "use_memory": False,
+        "simulation": {"foreground": dataclasses.asdict(TIRE)},
+    },
+    "tire preset, small defects": {
+        **FULL, "attention": "literal", "train_encoder": True,
+        "simulation": {"foreground": dataclasses.asdict(TIRE), "threshold": 0.7, "scale_exp_range": [1, 3]},
+    },
+    "calibrated, tyre foreground, blocks 1-3 train too, small defects": {
+        **FULL, "train_encoder": True,
+        "simulation": {"foreground": dataclasses.asdict(TIRE), "threshold": 0.7, "scale_exp_range": [1, 3]},
+    },
 }
 """Rows of the table: explicit ``model_options`` (so the rows keep their meaning if defaults change)."""
 
