@@ -108,10 +108,13 @@ def _fmt(values: list[float | None]) -> str:
     v = np.array([np.nan if x is None else x for x in values], dtype=float)
     if np.all(np.isnan(v)):
         return "–"
-    return f"{100 * np.nanmean(v):.1f} ± {100 * np.nanstd(v):.1f}"
+    v = v[~np.isnan(v)]
+    if len(v) == 1:
+        return f"{100 * v[0]:.1f}"
+    return f"{100 * v.mean():.1f} ± {100 * v.std(ddof=1):.1f}"  # sample std, as benchmarks/ablation.py
 
 
-def write_page(results: dict[str, list[dict]], out: Path, command: str, category: str) -> Path:
+def write_page(results: dict[str, list[dict]], out: Path, command: str, category: str, notes: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     defects = sorted({d for rows in results.values() for r in rows for d in r["per_defect"]})
@@ -121,8 +124,8 @@ def write_page(results: dict[str, list[dict]], out: Path, command: str, category
         f"# Where the maps peak: `{category}`",
         "",
         f"Made by `{command}` on {platform.machine()} ({platform.system()}), Python {platform.python_version()}.",
-        "All numbers in %, mean ± std over the seeds; final checkpoints; the test split's masks are read only to",
-        "explain the results (no option is chosen here). Columns: see the docstring of `benchmarks/defect_peaks.py`.",
+        "All numbers in %, mean ± sample std over the seeds; final checkpoints; the test split's masks are read only",
+        "to explain the results (no option is chosen here). Columns: the docstring of `benchmarks/defect_peaks.py`.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -132,6 +135,8 @@ def write_page(results: dict[str, list[dict]], out: Path, command: str, category
                  _fmt([r["defect_share"] for r in rows]), _fmt([r["memory_effect"] for r in rows]),
                  *[_fmt([r["per_defect"].get(d) for r in rows]) for d in defects]]
         lines.append("| " + " | ".join(cells) + " |")
+    if notes:
+        lines += ["", notes.strip()]
     page = out / "README.md"
     page.write_text("\n".join(lines) + "\n")
     return page
@@ -145,11 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=None, help="variant folders to read (default: all)")
     p.add_argument("--out", required=True, help="results page folder")
     p.add_argument("--top-k", type=int, default=100)
+    p.add_argument("--notes", default=None, help="a markdown file appended to the page (the reading of the table)")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     runs = Path(args.runs)
+    notes = ""
+    if args.notes:
+        try:
+            notes = Path(args.notes).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            p.error(f"--notes {args.notes}: cannot read it as UTF-8 text ({err.__class__.__name__})")
     if not runs.is_dir():
         p.error(f"--runs {runs}: no such folder (expected <variant>/seed<k>/final.pt under it)")
     names = args.variants or sorted(d.name for d in runs.iterdir() if d.is_dir())
@@ -163,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         p.error(f"--runs {runs}: no <variant>/seed<k>/final.pt found")
     command = "python benchmarks/defect_peaks.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(write_page(results, Path(args.out), command, args.category))
+    print(write_page(results, Path(args.out), command, args.category, notes))
     return 0
 
 
