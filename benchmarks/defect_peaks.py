@@ -104,6 +104,14 @@ def diagnose(checkpoint: Path, data: str, category: str, top_k: int = 100) -> di
     return row
 
 
+def variant_label(run: Path, folder: str) -> str:
+    """The row's label: the variant name that ``benchmarks/ablation.py`` wrote in ``result.json``, else the folder."""
+    try:
+        return str(json.loads((run / "result.json").read_text())["variant"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return folder
+
+
 def _fmt(values: list[float | None]) -> str:
     v = np.array([np.nan if x is None else x for x in values], dtype=float)
     if np.all(np.isnan(v)):
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         for ckpt in sorted((runs / name).glob("seed*/final.pt")):
             row = diagnose(ckpt, args.data, args.category, args.top_k)
-            results.setdefault(name, []).append(row)
+            results.setdefault(variant_label(ckpt.parent, name), []).append(row)
             print(f"{name} {ckpt.parent.name}: image {100 * row['image']:.1f} peak-in-defect "
                   f"{100 * row['peak_in_defect']:.1f} memory effect {row['memory_effect']}", flush=True)
     if not results:
