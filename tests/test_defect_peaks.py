@@ -18,7 +18,8 @@ def test_peak_statistics_tell_a_defect_peak_from_a_peak_elsewhere(peaks):
     masks[3:, 2:4, 2:4] = True
     labels = np.array([0, 0, 0, 1, 1, 1])
     maps[3:, 2, 2] = 0.9  # every defect lights up: its peak is the highest value of all
-    assert peaks.peak_statistics(maps, masks, labels) == {"peak_in_defect": 1.0, "defect_share": 1.0}
+    assert peaks.peak_statistics(maps, masks, labels) == {"peak_in_defect": 1.0, "defect_share": 1.0,
+                                                          "defect_area": [4 / 64] * 3}
     maps[:, 7, 7] = 0.95  # now every image peaks far from its defect, normal ones too
     stats = peaks.peak_statistics(maps, masks, labels)
     assert stats["defect_share"] == 0.0

@@ -36,7 +36,9 @@ CATEGORY_MODEL_OPTIONS: dict[str, dict[str, dict]] = {
         # normal tyre too; read as written (eq. 5-7) the maps do not amplify it, and training blocks 1-3 with the
         # rest (the memory re-extracted as they change) lifts pixel AUROC and AUPRO further, on the validation split
         # too. Literal measured with random and offline weights, the trained blocks with offline, neither with
-        # ImageNet (docs/results/trained-encoder);
+        # ImageNet (docs/results/trained-encoder). In effect the literal maps (~1e-7) switch the MSFF outputs off:
+        # at inference the memory changes no probability by more than ~1 %, and with the memory (and so the
+        # weighting) off the same run scores lower (docs/results/tire-defect-peaks);
         # model_options overrides either.
         "tire": {"attention": "literal", "train_encoder": True},
     },
