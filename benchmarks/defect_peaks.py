@@ -94,6 +94,7 @@ def diagnose(checkpoint: Path, data: str, category: str, top_k: int = 100) -> di
     images = torch.stack([torch.as_tensor(dataset[i]["image"]) for i in range(n)]).float()
     images = images / 255.0 if float(images.max()) > 1.5 else images
     row = {
+        "size": "×".join(map(str, size)),
         "image": image_auroc(labels, preds.scores),
         **peak_statistics(preds.maps, preds.masks, labels),
         "memory_effect": memory_effect(model, images),
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="dataset root (MVTec AD layout)")
     p.add_argument("--category", required=True)
-    p.add_argument("--runs", required=True, help="folder of <variant>/seed<k>/final.pt (benchmarks/ablation.py)")
+    p.add_argument("--runs", required=True, nargs="+",
+                   help="folders of <variant>/seed<k>/final.pt (benchmarks/ablation.py's --runs/<category>)")
     p.add_argument("--variants", nargs="+", default=None, help="variant folders to read (default: all)")
     p.add_argument("--out", required=True, help="results page folder")
     p.add_argument("--top-k", type=int, default=100)
@@ -172,25 +174,26 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    runs = Path(args.runs)
     notes = ""
     if args.notes:
         try:
             notes = Path(args.notes).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             p.error(f"--notes {args.notes}: cannot read it as UTF-8 text ({err.__class__.__name__})")
-    if not runs.is_dir():
-        p.error(f"--runs {runs}: no such folder (expected <variant>/seed<k>/final.pt under it)")
-    names = args.variants or sorted(d.name for d in runs.iterdir() if d.is_dir())
+    for runs in map(Path, args.runs):
+        if not runs.is_dir():
+            p.error(f"--runs {runs}: no such folder (expected <variant>/seed<k>/final.pt under it)")
     results: dict[str, list[dict]] = {}
-    for name in names:
-        for ckpt in sorted((runs / name).glob("seed*/final.pt")):
-            row = diagnose(ckpt, args.data, args.category, args.top_k)
-            results.setdefault(variant_label(ckpt.parent, name), []).append(row)
-            print(f"{name} {ckpt.parent.name}: image {100 * row['image']:.1f} peak-in-defect "
-                  f"{100 * row['peak_in_defect']:.1f} memory effect {row['memory_effect']}", flush=True)
+    for runs in map(Path, args.runs):
+        for name in args.variants or sorted(d.name for d in runs.iterdir() if d.is_dir()):
+            for ckpt in sorted((runs / name).glob("seed*/final.pt")):
+                row = diagnose(ckpt, args.data, args.category, args.top_k)
+                label = f"{variant_label(ckpt.parent, name)}, {row['size']}"
+                results.setdefault(label, []).append(row)
+                print(f"{label} {ckpt.parent.name}: image {100 * row['image']:.1f} peak-in-defect "
+                      f"{100 * row['peak_in_defect']:.1f} memory effect {row['memory_effect']}", flush=True)
     if not results:
-        p.error(f"--runs {runs}: no <variant>/seed<k>/final.pt found")
+        p.error(f"--runs {' '.join(args.runs)}: no <variant>/seed<k>/final.pt found")
     command = "python benchmarks/defect_peaks.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(write_page(results, Path(args.out), command, args.category, notes))
     return 0

@@ -41,10 +41,10 @@ def test_page_from_a_run_folder(peaks, tiny_model, tiny_dataset, tmp_path):
     save_checkpoint(runs / "v" / "seed0" / "final.pt", tiny_model(), config={"category": "tiny", "top_k": 10})
     assert peaks.main(["--data", str(data), "--category", "tiny", "--runs", str(runs), "--out",
                        str(tmp_path / "page"), "--top-k", "10"]) == 0
-    rows = json.loads((tmp_path / "page" / "results.json").read_text())["v"]
+    rows = json.loads((tmp_path / "page" / "results.json").read_text())["v, 64×64"]
     assert len(rows) == 1 and set(rows[0]["per_defect"]) == {"spot"}
     assert all(0.0 <= rows[0][k] <= 1.0 for k in ("image", "peak_in_defect", "defect_share"))
-    assert "| v | 1 |" in (tmp_path / "page" / "README.md").read_text()
+    assert "| v, 64×64 | 1 |" in (tmp_path / "page" / "README.md").read_text()
     with pytest.raises(SystemExit):
         peaks.main(["--data", str(data), "--category", "tiny", "--runs", str(tmp_path / "nothing"), "--out",
                     str(tmp_path / "p2")])
